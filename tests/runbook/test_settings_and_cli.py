@@ -1,0 +1,92 @@
+"""Settings never leak secrets; the CLI reads the store and reports configuration errors clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runbook.cli import main
+from runbook.errors import ConfigError
+from runbook.settings import fingerprint, load_settings
+
+SECRET = "sk_live_do_not_print_me_123456"
+WHSEC = "whsec_very_secret_value_987"
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Set secrets in the environment."""
+    monkeypatch.setenv("RUNBOOK_STRIPE_SECRET_KEY", SECRET)
+    monkeypatch.setenv("RUNBOOK_STRIPE_WEBHOOK_SECRET", WHSEC)
+    monkeypatch.setenv("RUNBOOK_VERCEL_TOKEN", SECRET + "v")
+    monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
+
+
+def test_config_output_hides_secrets(secret_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """`runbook config` shows set + fingerprint, never the value."""
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert SECRET not in out and WHSEC not in out
+    assert f"set ({fingerprint(SECRET)})" in out
+    assert "supabase_anon_key" in out and "unset" in out
+
+
+def test_settings_repr_hides_secrets(secret_env: None) -> None:
+    """repr() and str() of settings never show a secret."""
+    s = load_settings()
+    assert SECRET not in repr(s) and SECRET not in str(s) and WHSEC not in repr(s)
+
+
+def test_invalid_secret_error_hides_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed secret fails naming the variable, without the value."""
+    monkeypatch.setenv("RUNBOOK_STRIPE_WEBHOOK_SECRET", "not_whsec_" + SECRET)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "RUNBOOK_STRIPE_WEBHOOK_SECRET" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_config_invalid_exits_nonzero(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid URL setting makes `runbook config` exit 2 with a clear message."""
+    monkeypatch.setenv("RUNBOOK_APP_URL", "permit.school")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "RUNBOOK_APP_URL" in err and "http" in err
+
+
+def test_fingerprint_is_short_and_stable() -> None:
+    """A fingerprint is 'sha256:' + 8 hex, the same for the same value, different for another."""
+    assert fingerprint(WHSEC) == fingerprint(WHSEC) != fingerprint(SECRET)
+    assert len(fingerprint(WHSEC)) == len("sha256:") + 8
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`runbook --help` lists the commands."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("config", "incidents", "ack"):
+        assert cmd in out
+
+
+async def test_incidents_list_show_and_ack(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A declared incident is listed, shown with its timeline, and acknowledged from the CLI."""
+    import asyncio
+
+    from runbook.models import Incident, Severity
+    from runbook.store import open_store
+
+    async with open_store() as store:
+        inc, _ = await store.declare(Incident(title="Billing broken", severity=Severity.P1, fingerprint="f"))
+
+    def run(argv: list[str]) -> int:
+        return asyncio.get_running_loop().run_in_executor(None, main, argv)  # type: ignore[return-value]
+
+    assert await run(["incidents", "list"]) == 0
+    assert inc.id in capsys.readouterr().out
+    assert await run(["ack", inc.id, "--by", "alice"]) == 0
+    assert "acknowledged by alice" in capsys.readouterr().out
+    assert await run(["incidents", "show", inc.id]) == 0
+    out = capsys.readouterr().out
+    assert "declared" in out and "acknowledged" in out
+    assert await run(["incidents", "show", "inc-nope"]) == 1

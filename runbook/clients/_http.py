@@ -1,0 +1,403 @@
+"""The one retry and error-translation implementation every client uses.
+
+`RetryPolicy` holds the numbers (attempts, backoff, total wait, timeouts); `retry_call` runs any coroutine
+factory under it (HTTP requests, SDK calls, database connects); `HttpClient` is the async request helper: one
+attempt translates transport errors and HTTP statuses into the runbook's `IntegrationError` family;
+the retry loop repeats what is worth repeating.
+
+Retried: transport errors, timeouts, 429 and Statuspage's 420 (honouring `Retry-After`, seconds or HTTP date,
+up to a bound), 5xx. Never retried: 401/403 (`AuthError`) and any other 4xx (`RequestRejected`).
+Non-idempotent calls (create an incident, post a message, create a deployment) are retried only when the
+request surely did not reach the vendor (connect errors) or the vendor said "slow down" (429/420).
+
+Error messages are built from the vendor's error code and message, never from the request, and every message
+is passed through `Redactor`, which removes each configured secret (tokens, keys, webhook URLs, whsec values).
+Transport exceptions are raised `from None`: their request object carries the URL, and a Slack webhook URL is
+itself a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from runbook.errors import (
+    AuthError,
+    IntegrationError,
+    NotConfigured,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from runbook.settings import ENV_PREFIX
+
+log = logging.getLogger("runbook.clients")
+
+T = TypeVar("T")
+Sleeper = Callable[[float], Awaitable[None]]
+
+RATE_LIMIT_STATUSES = frozenset({420, 429})
+MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a client retries, and the timeouts of each attempt (seconds)."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    max_total_wait: float = 30.0
+    max_retry_after: float = 30.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    write_timeout: float = 15.0
+    pool_timeout: float = 5.0
+
+    def timeout(self) -> httpx.Timeout:
+        """Return the httpx timeout of one attempt."""
+        return httpx.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.write_timeout,
+            pool=self.pool_timeout,
+        )
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Return the full-jitter delay before retry number `attempt` (1-based)."""
+        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return (rng or random).uniform(0, cap)
+
+    def with_(self, **changes: Any) -> RetryPolicy:
+        """Return a copy with some fields changed."""
+        return replace(self, **changes)
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class Redactor:
+    """Remove known secret values from text before it leaves a client."""
+
+    def __init__(self, secrets: Iterable[str | SecretStr | None] = ()) -> None:
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | SecretStr | None) -> None:
+        """Register a secret; a URL also registers its path, query and password parts."""
+        raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        if not raw or len(raw) < 6:
+            return
+        parts = {raw}
+        if "://" in raw:
+            split = urlsplit(raw)
+            parts.update(p for p in (split.path, split.query, split.password or "") if len(p) >= 6)
+        self._secrets.extend(p for p in parts if p not in self._secrets)
+        self._secrets.sort(key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        """Return `text` with every registered secret replaced by `[redacted]`."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+
+def settings_secrets(settings: Any) -> list[str]:
+    """Return every secret value held by a Settings object (for a Redactor)."""
+    out: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            out.append(value.get_secret_value())
+    return out
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Return the seconds a `Retry-After` header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else time.time()
+    return max(0.0, when.timestamp() - current)
+
+
+def vendor_message(response: httpx.Response) -> str:
+    """Extract the vendor's error code/message from a response body (JSON shapes of every vendor, or text)."""
+    text = response.text.strip() if response.content else ""
+    if not text:
+        return response.reason_phrase or ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:MAX_MESSAGE]
+    return _message_from_json(body) or response.reason_phrase or ""
+
+
+def _message_from_json(body: Any) -> str:
+    if isinstance(body, list):
+        return "; ".join(filter(None, (_message_from_json(item) for item in body[:3])))
+    if isinstance(body, str):
+        return body
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    if isinstance(error, dict):
+        code, message = error.get("code") or error.get("type"), error.get("message")
+        return ": ".join(str(p) for p in (code, message) if p)
+    parts: list[str] = []
+    for key in ("error", "code", "message", "detail", "error_description"):
+        value = body.get(key)
+        if isinstance(value, str | int) and str(value) not in parts:
+            parts.append(str(value))
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        parts.extend(str(e) if not isinstance(e, dict) else _message_from_json(e) for e in errors[:3])
+    return ": ".join(parts)
+
+
+def error_for_status(
+    vendor: str, operation: str, response: httpx.Response, redact: Callable[[str], str] | None = None
+) -> IntegrationError:
+    """Translate a non-success response into the runbook's error hierarchy."""
+    status = response.status_code
+    message = (redact or (lambda s: s))(vendor_message(response))[:MAX_MESSAGE]
+    if status in RATE_LIMIT_STATUSES:
+        return RateLimited(vendor, operation, parse_retry_after(response.headers.get("retry-after")), status)
+    if status in (401, 403):
+        return AuthError(vendor, operation, message or "not authorised", status)
+    if status >= 500:
+        return TransientError(vendor, operation, message, status)
+    return RequestRejected(vendor, operation, message, status)
+
+
+def error_for_transport(
+    vendor: str,
+    operation: str,
+    exc: httpx.TransportError,
+    policy: RetryPolicy,
+    redact: Callable[[str], str] | None = None,
+) -> TransientError:
+    """Translate an httpx transport error into a TransientError that names no URL."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        message = f"connect timed out after {policy.connect_timeout:g}s"
+    elif isinstance(exc, httpx.ReadTimeout):
+        message = f"no response within {policy.read_timeout:g}s (read timeout)"
+    elif isinstance(exc, httpx.TimeoutException):
+        message = f"timed out ({type(exc).__name__})"
+    else:
+        detail = (redact or (lambda s: s))(str(exc))[:120]
+        message = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    error = TransientError(vendor, operation, message)
+    error.sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)  # type: ignore[attr-defined]
+    return error
+
+
+def is_retryable(exc: BaseException, idempotent: bool = True) -> bool:
+    """Say whether an error is worth another attempt (non-idempotent: only if it surely never landed)."""
+    if isinstance(exc, RateLimited):
+        return True
+    if not isinstance(exc, TransientError):
+        return False
+    return idempotent or getattr(exc, "sent", True) is False
+
+
+async def retry_call(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    sleep: Sleeper = asyncio.sleep,
+    retryable: Callable[[BaseException], bool] = is_retryable,
+    rng: random.Random | None = None,
+    label: str = "call",
+) -> T:
+    """Run `attempt` until it succeeds, the error is not retryable, or the attempt/wait budget is spent."""
+    waited = 0.0
+    number = 1
+    while True:
+        try:
+            return await attempt()
+        except IntegrationError as exc:
+            if number >= policy.max_attempts or not retryable(exc):
+                raise
+            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+            if retry_after is not None and retry_after > policy.max_retry_after:
+                raise
+            delay = retry_after if retry_after is not None else policy.backoff(number, rng)
+            if waited + delay > policy.max_total_wait:
+                raise
+            log.info("%s: attempt %d failed (%s); retrying in %.2fs", label, number, exc, delay)
+            await sleep(delay)
+            waited += delay
+            number += 1
+
+
+@dataclass
+class CallStats:
+    """What the last call through a client did: attempts and seconds waited between them."""
+
+    attempts: int = 0
+    waited: float = 0.0
+    statuses: list[int | None] = field(default_factory=list)
+
+
+class HttpClient:
+    """Async HTTP helper of one vendor: timeouts, retries and error translation on every request."""
+
+    def __init__(
+        self,
+        vendor: str,
+        base_url: str = "",
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        secrets: Iterable[str | SecretStr | None] = (),
+        sleep: Sleeper = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.vendor = vendor
+        self.policy = policy
+        self.redact = Redactor(secrets)
+        self.sleep = sleep
+        self.last = CallStats()
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=dict(headers or {}),
+            params=dict(params or {}),
+            timeout=policy.timeout(),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        operation: str,
+        idempotent: bool | None = None,
+        accept: Iterable[int] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send a request with retries; return the response (2xx or an accepted status) or raise our error."""
+        if idempotent is None:
+            idempotent = method.upper() in {"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}
+        accepted = frozenset(accept)
+        stats = CallStats()
+        self.last = stats
+
+        async def once() -> httpx.Response:
+            stats.attempts += 1
+            try:
+                response = await self._client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                stats.statuses.append(None)
+                raise error_for_transport(self.vendor, operation, exc, self.policy, self.redact) from None
+            stats.statuses.append(response.status_code)
+            if response.is_success or response.status_code in accepted:
+                return response
+            raise error_for_status(self.vendor, operation, response, self.redact)
+
+        async def sleep(delay: float) -> None:
+            stats.waited += delay
+            await self.sleep(delay)
+
+        return await retry_call(
+            once,
+            policy=self.policy,
+            sleep=sleep,
+            retryable=lambda exc: is_retryable(exc, idempotent),
+            label=f"{self.vendor} {operation}",
+        )
+
+    async def json(self, method: str, url: str, *, operation: str, **kwargs: Any) -> Any:
+        """Send a request with retries and return its JSON body (RequestRejected when it is not JSON)."""
+        response = await self.request(method, url, operation=operation, **kwargs)
+        return parse_json(self.vendor, operation, response)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+def parse_json(vendor: str, operation: str, response: httpx.Response) -> Any:
+    """Return a response's JSON body or raise RequestRejected naming the vendor and operation."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise RequestRejected(vendor, operation, "response is not JSON", response.status_code) from None
+
+
+class BaseClient:
+    """Base of the vendor clients: owns one HttpClient and is an async context manager."""
+
+    vendor = "vendor"
+
+    def __init__(self, http: HttpClient) -> None:
+        self.http = http
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def elapsed_ms(started: float) -> float:
+    """Return milliseconds since a `time.perf_counter()` reading, rounded to 0.1 ms."""
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def require(vendor: str, settings: Any, *names: str) -> None:
+    """Raise NotConfigured naming every RUNBOOK_ variable among `names` that is unset."""
+    missing = [name for name in names if not _is_set(getattr(settings, name, None))]
+    if missing:
+        raise NotConfigured(vendor, ", ".join(ENV_PREFIX + name.upper() for name in missing))
+
+
+def _is_set(value: Any) -> bool:
+    if isinstance(value, SecretStr):
+        return bool(value.get_secret_value())
+    return bool(value)
+
+
+def secret_value(value: SecretStr | str | None) -> str:
+    """Return the plain value of a secret (or '')."""
+    if value is None:
+        return ""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value

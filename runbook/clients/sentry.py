@@ -1,0 +1,164 @@
+"""Sentry: error count and rate over a window, and the error time series (Discover events API)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from runbook.clients._http import (
+    DEFAULT_POLICY,
+    BaseClient,
+    HttpClient,
+    RetryPolicy,
+    Sleeper,
+    require,
+    secret_value,
+    settings_secrets,
+)
+from runbook.errors import InputError
+from runbook.settings import Settings
+
+VENDOR = "sentry"
+
+
+class ErrorRate(BaseModel):
+    """Errors in a window: count, per minute, and % of requests when a request count was given."""
+
+    count: int
+    window_s: int
+    per_minute: float
+    requests: int | None = None
+    percent_of_requests: float | None = None
+
+
+class SeriesPoint(BaseModel):
+    """One bucket of the error time series."""
+
+    timestamp: datetime
+    count: int
+
+
+def stats_period(window: timedelta | int | str) -> tuple[str, int]:
+    """Return Sentry's `statsPeriod` and the window in seconds, for a timedelta, seconds or '15m'."""
+    if isinstance(window, str):
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+        number, unit = window[:-1], window[-1:]
+        if not number.isdigit() or unit not in units:
+            raise InputError(f"not a Sentry period (like 15m, 1h): {window[:20]!r}")
+        return window, int(number) * units[unit]
+    seconds = int(window.total_seconds()) if isinstance(window, timedelta) else int(window)
+    if seconds <= 0:
+        raise InputError("the window must be positive")
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h", seconds
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m", seconds
+    return f"{seconds}s", seconds
+
+
+class SentryClient(BaseClient):
+    """Typed client of one Sentry organisation and project."""
+
+    vendor = VENDOR
+
+    def __init__(self, http: HttpClient, org: str, project: str) -> None:
+        super().__init__(http)
+        self.org = org
+        self.project = project
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY, sleep: Sleeper = asyncio.sleep
+    ) -> SentryClient:
+        """Build from settings; NotConfigured names RUNBOOK_SENTRY_TOKEN / _ORG / _PROJECT when unset."""
+        require(VENDOR, settings, "sentry_token", "sentry_org", "sentry_project")
+        http = HttpClient(
+            VENDOR,
+            settings.sentry_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {secret_value(settings.sentry_token)}"},
+            policy=policy,
+            secrets=settings_secrets(settings),
+            sleep=sleep,
+        )
+        return cls(http, settings.sentry_org or "", settings.sentry_project or "")
+
+    async def error_count(self, window: timedelta | int | str = "15m") -> int:
+        """Return the number of error events in the last `window`."""
+        period, _ = stats_period(window)
+        body = await self.http.json(
+            "GET",
+            f"/api/0/organizations/{self.org}/events/",
+            operation="count errors",
+            params={"dataset": "errors", "field": "count()", "project": self.project, "statsPeriod": period},
+        )
+        rows = body.get("data", []) if isinstance(body, dict) else []
+        return int(rows[0].get("count()", 0) or 0) if rows and isinstance(rows[0], dict) else 0
+
+    async def error_rate(
+        self, window: timedelta | int | str = "15m", *, requests: int | None = None
+    ) -> ErrorRate:
+        """Return the error count, errors per minute and, given the request count, errors as % of requests."""
+        _, seconds = stats_period(window)
+        count = await self.error_count(window)
+        percent = round(100.0 * count / requests, 3) if requests else None
+        return ErrorRate(
+            count=count,
+            window_s=seconds,
+            per_minute=round(count / (seconds / 60), 3),
+            requests=requests,
+            percent_of_requests=percent,
+        )
+
+    async def error_series(
+        self, window: timedelta | int | str = "30m", interval: int = 60
+    ) -> list[SeriesPoint]:
+        """Return error counts per `interval` seconds over `window` (events-timeseries)."""
+        period, _ = stats_period(window)
+        body = await self.http.json(
+            "GET",
+            f"/api/0/organizations/{self.org}/events-timeseries/",
+            operation="error time series",
+            params={
+                "dataset": "errors",
+                "yAxis": "count()",
+                "project": self.project,
+                "statsPeriod": period,
+                "interval": interval,
+            },
+        )
+        return _series(body)
+
+
+def _series(body: Any) -> list[SeriesPoint]:
+    """Read the new `timeSeries[].values[{timestamp,value}]` or the older `data: [[ts, [{count}]]]` shape."""
+    points: list[SeriesPoint] = []
+    if isinstance(body, dict) and isinstance(body.get("timeSeries"), list):
+        for series in body["timeSeries"][:1]:
+            for item in series.get("values", []):
+                points.append(
+                    SeriesPoint(timestamp=_ts(item.get("timestamp")), count=int(item.get("value") or 0))
+                )
+    elif isinstance(body, dict) and isinstance(body.get("data"), list):
+        for item in body["data"]:
+            if isinstance(item, list | tuple) and len(item) == 2:
+                counts = item[1] if isinstance(item[1], list) else []
+                total = sum(int(c.get("count") or 0) for c in counts if isinstance(c, dict))
+                points.append(SeriesPoint(timestamp=_ts(item[0]), count=total))
+            elif isinstance(item, dict):
+                value = item.get("count()", item.get("value", item.get("count", 0)))
+                points.append(
+                    SeriesPoint(timestamp=_ts(item.get("timestamp") or item.get("time")), count=int(value))
+                )
+    return points
+
+
+def _ts(value: Any) -> datetime:
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, UTC)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.now(UTC)

@@ -1,0 +1,443 @@
+"""Stripe billing webhooks: endpoint registration, failed deliveries, the webhook secret, live probe, replay.
+
+Stripe calls go through the official SDK (`stripe.StripeClient` with its async methods over httpx) under the
+shared retry policy; SDK errors are translated into the runbook's hierarchy. Calls to the app's webhook
+endpoint go through the shared HTTP helper. No secret value ever leaves this module: the webhook secret is
+compared by fingerprint (`runbook.settings.fingerprint`) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import httpx
+import stripe as stripe_sdk
+from pydantic import BaseModel, Field, SecretStr
+
+from runbook.clients._http import (
+    DEFAULT_POLICY,
+    HttpClient,
+    Redactor,
+    RetryPolicy,
+    Sleeper,
+    parse_retry_after,
+    require,
+    retry_call,
+    secret_value,
+    settings_secrets,
+)
+from runbook.clients.vercel import VercelClient
+from runbook.errors import (
+    AuthError,
+    InputError,
+    IntegrationError,
+    NotConfigured,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from runbook.settings import Settings, fingerprint
+
+VENDOR = "stripe"
+APP = "app webhook"
+T = TypeVar("T")
+
+# The events the Permit School billing webhook handles (checkout and subscription lifecycle, invoices).
+DEFAULT_WEBHOOK_EVENTS: tuple[str, ...] = (
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+)
+
+
+class WebhookEndpoint(BaseModel):
+    """A webhook endpoint registered in Stripe."""
+
+    id: str
+    url: str
+    status: str
+    enabled_events: list[str] = Field(default_factory=list)
+
+
+class EndpointCheck(BaseModel):
+    """Is the app's URL registered, enabled, and subscribed to the events it needs?"""
+
+    url: str
+    ok: bool
+    endpoint_id: str | None = None
+    enabled: bool = False
+    missing_events: list[str] = Field(default_factory=list)
+    detail: str
+
+
+class FailedEvent(BaseModel):
+    """An event whose delivery has not succeeded (still pending or failed) for at least one endpoint."""
+
+    id: str
+    type: str
+    created: datetime
+    pending_webhooks: int = 0
+
+
+AppSecretState = Literal["match", "mismatch", "write-only", "missing", "not-checked"]
+
+
+class SecretCheck(BaseModel):
+    """The webhook secret: present and whsec_-shaped, and does the app's copy match (fingerprints only)."""
+
+    ok: bool
+    present: bool
+    shaped: bool
+    fingerprint: str = ""
+    app_state: AppSecretState = "not-checked"
+    app_fingerprint: str = ""
+    detail: str
+
+
+class WebhookProbe(BaseModel):
+    """Live probe of the app's webhook: unsigned must be rejected (400), a signed harmless event accepted."""
+
+    url: str
+    ok: bool
+    unsigned_status: int | None = None
+    signed_status: int | None = None
+    event_id: str
+    detail: str
+
+
+class ReplayResult(BaseModel):
+    """One event re-sent to the app with a fresh signature."""
+
+    event_id: str
+    ok: bool
+    status: int | None = None
+    detail: str = ""
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def translate_stripe_error(exc: stripe_sdk.StripeError, operation: str, redact: Redactor) -> IntegrationError:
+    """Translate an SDK error into the runbook's hierarchy (message from Stripe's code/message, redacted)."""
+    status = exc.http_status
+    code = exc.code or (getattr(exc.error, "type", None) if exc.error else None)
+    message = redact(": ".join(str(p) for p in (code, exc.user_message) if p))[:300]
+    if isinstance(exc, stripe_sdk.RateLimitError) or status == 429:
+        return RateLimited(VENDOR, operation, parse_retry_after(_header(exc.headers, "retry-after")), 429)
+    if isinstance(exc, stripe_sdk.AuthenticationError | stripe_sdk.PermissionError) or status in (401, 403):
+        return AuthError(VENDOR, operation, message or "not authorised", status)
+    if isinstance(exc, stripe_sdk.APIConnectionError):
+        cause = exc.__cause__
+        error = TransientError(
+            VENDOR, operation, f"connection failed ({type(cause).__name__ if cause else 'network'})"
+        )
+        error.sent = not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)  # type: ignore[attr-defined]
+        return error
+    if (status or 0) >= 500 or (status is None and isinstance(exc, stripe_sdk.APIError)):
+        return TransientError(VENDOR, operation, message, status)
+    return RequestRejected(VENDOR, operation, message, status)
+
+
+class StripeClient:
+    """Stripe checks and repairs for the app's billing webhook."""
+
+    vendor = VENDOR
+
+    def __init__(
+        self,
+        sdk: stripe_sdk.StripeClient,
+        sdk_http: stripe_sdk.HTTPXClient,
+        app_http: HttpClient,
+        *,
+        webhook_url: str | None,
+        webhook_secret: SecretStr | None,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        sleep: Sleeper = asyncio.sleep,
+    ) -> None:
+        self._sdk = sdk
+        self._sdk_http = sdk_http
+        self.app_http = app_http
+        self.webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self.policy = policy
+        self.sleep = sleep
+        self.redact = app_http.redact
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY, sleep: Sleeper = asyncio.sleep
+    ) -> StripeClient:
+        """Build from settings; NotConfigured names RUNBOOK_STRIPE_SECRET_KEY when unset."""
+        require(VENDOR, settings, "stripe_secret_key")
+        sdk_http = stripe_sdk.HTTPXClient(timeout=policy.timeout())
+        sdk = stripe_sdk.StripeClient(
+            secret_value(settings.stripe_secret_key),
+            base_addresses={"api": settings.stripe_api_url.rstrip("/")},
+            max_network_retries=0,  # retries are ours (runbook.clients._http)
+            http_client=sdk_http,
+        )
+        app_http = HttpClient(APP, policy=policy, secrets=settings_secrets(settings), sleep=sleep)
+        return cls(
+            sdk,
+            sdk_http,
+            app_http,
+            webhook_url=settings.webhook_url,
+            webhook_secret=settings.stripe_webhook_secret,
+            policy=policy,
+            sleep=sleep,
+        )
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        async def once() -> T:
+            try:
+                return await call()
+            except stripe_sdk.StripeError as exc:
+                raise translate_stripe_error(exc, operation, self.redact) from None
+
+        return await retry_call(once, policy=self.policy, sleep=self.sleep, label=f"{VENDOR} {operation}")
+
+    # Registration and deliveries
+
+    async def list_webhook_endpoints(self, limit: int = 100) -> list[WebhookEndpoint]:
+        """List the account's webhook endpoints."""
+        result = await self._call(
+            "list webhook endpoints", lambda: self._sdk.v1.webhook_endpoints.list_async({"limit": limit})
+        )
+        return [
+            WebhookEndpoint(
+                id=e.get("id", ""),
+                url=e.get("url", ""),
+                status=e.get("status", ""),
+                enabled_events=list(e.get("enabled_events") or []),
+            )
+            for e in result.data
+        ]
+
+    async def check_webhook_endpoint(
+        self, url: str | None = None, required_events: Iterable[str] = DEFAULT_WEBHOOK_EVENTS
+    ) -> EndpointCheck:
+        """Check that the app's webhook URL is registered, enabled and subscribed to `required_events`."""
+        target = (url or self.webhook_url or "").rstrip("/")
+        if not target:
+            raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_URL or RUNBOOK_APP_URL")
+        endpoints = [e for e in await self.list_webhook_endpoints() if e.url.rstrip("/") == target]
+        if not endpoints:
+            return EndpointCheck(
+                url=target, ok=False, detail="no webhook endpoint registered for the app's URL"
+            )
+        best = next((e for e in endpoints if e.status == "enabled"), endpoints[0])
+        events = set(best.enabled_events)
+        missing = [] if "*" in events else [e for e in required_events if e not in events]
+        enabled = best.status == "enabled"
+        problems = ([] if enabled else [f"endpoint is {best.status}"]) + (
+            [f"missing events: {', '.join(missing)}"] if missing else []
+        )
+        return EndpointCheck(
+            url=target,
+            ok=not problems,
+            endpoint_id=best.id,
+            enabled=enabled,
+            missing_events=missing,
+            detail="; ".join(problems) or "registered, enabled, subscribed to the required events",
+        )
+
+    async def failed_events(
+        self, since: datetime | timedelta = timedelta(hours=24), *, limit: int = 100, max_pages: int = 5
+    ) -> list[FailedEvent]:
+        """List events not yet delivered (`delivery_success=false`) since a time (Stripe keeps 30 days)."""
+        start = datetime.now(UTC) - since if isinstance(since, timedelta) else since
+        params: dict[str, Any] = {
+            "delivery_success": False,
+            "created": {"gte": int(start.timestamp())},
+            "limit": min(limit, 100),
+        }
+        out: list[FailedEvent] = []
+        for _ in range(max_pages):
+            page_params = dict(params)
+            page = await self._call(
+                "list failed events", lambda p=page_params: self._sdk.v1.events.list_async(p)
+            )
+            for event in page.data:
+                out.append(
+                    FailedEvent(
+                        id=event.get("id", ""),
+                        type=event.get("type", ""),
+                        created=datetime.fromtimestamp(int(event.get("created") or 0), UTC),
+                        pending_webhooks=int(event.get("pending_webhooks") or 0),
+                    )
+                )
+            if not page.get("has_more") or not page.data or len(out) >= limit:
+                break
+            params["starting_after"] = page.data[-1].get("id")
+        return out[:limit]
+
+    # The webhook secret
+
+    async def check_webhook_secret(
+        self, vercel: VercelClient | None = None, *, env_key: str = "STRIPE_WEBHOOK_SECRET"
+    ) -> SecretCheck:
+        """Check the whsec_ secret is present and shaped and (given Vercel) that the app's copy matches."""
+        ours = secret_value(self._webhook_secret)
+        present, shaped = bool(ours), ours.startswith("whsec_")
+        fp = fingerprint(ours)
+        if not present:
+            return SecretCheck(
+                ok=False, present=False, shaped=False, detail="RUNBOOK_STRIPE_WEBHOOK_SECRET unset"
+            )
+        if vercel is None:
+            detail = "present and whsec_-shaped" if shaped else "present but not whsec_-shaped"
+            return SecretCheck(
+                ok=shaped, present=True, shaped=shaped, fingerprint=fp, detail=detail + "; app not checked"
+            )
+        env = await vercel.find_env(env_key)
+        state: AppSecretState
+        app_fp = ""
+        if env is None:
+            state, detail = "missing", f"the app has no {env_key} in production"
+        elif env.write_only or env.value is None:
+            state, detail = "write-only", f"cannot compare: {env_key} is write-only (sensitive)"
+        else:
+            app_fp = fingerprint(env.value)
+            if app_fp == fp:
+                state, detail = "match", f"the app's {env_key} matches ({fp})"
+            else:
+                state, detail = (
+                    "mismatch",
+                    f"the app's {env_key} ({app_fp}) differs from Stripe's secret ({fp})",
+                )
+        ok = shaped and state in ("match", "write-only")
+        return SecretCheck(
+            ok=ok,
+            present=True,
+            shaped=shaped,
+            fingerprint=fp,
+            app_state=state,
+            app_fingerprint=app_fp,
+            detail=detail,
+        )
+
+    # Talking to the app's endpoint
+
+    def _sign(self, payload: str) -> str:
+        secret = secret_value(self._webhook_secret)
+        if not secret:
+            raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_SECRET")
+        return stripe_sdk.WebhookSignature.generate_signature_header(payload, secret)
+
+    def _target(self, url: str | None) -> str:
+        target = url or self.webhook_url
+        if not target:
+            raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_URL or RUNBOOK_APP_URL")
+        return target
+
+    async def _post_to_app(
+        self, url: str, payload: str, signature: str | None, operation: str
+    ) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["Stripe-Signature"] = signature
+        # 4xx are answers here (the probe expects a 400); 5xx and transport errors are retried.
+        return await self.app_http.request(
+            "POST",
+            url,
+            operation=operation,
+            idempotent=True,
+            accept=range(400, 500),
+            content=payload,
+            headers=headers,
+        )
+
+    async def probe_webhook(self, url: str | None = None) -> WebhookProbe:
+        """POST unsigned (expect 400), then a signed `runbook.probe` event (expect 2xx), to the app."""
+        target = self._target(url)
+        event_id = f"evt_runbook_probe_{secrets.token_hex(8)}"
+        unsigned = await self._post_to_app(
+            target, json.dumps({"type": "runbook.probe"}), None, "unsigned probe"
+        )
+        payload = json.dumps(
+            {
+                "id": event_id,
+                "object": "event",
+                "type": "runbook.probe",
+                "created": int(time.time()),
+                "livemode": False,
+                "data": {"object": {"object": "runbook.probe", "id": event_id}},
+            }
+        )
+        signed = await self._post_to_app(target, payload, self._sign(payload), "signed probe")
+        rejects_unsigned = unsigned.status_code == 400
+        accepts_signed = signed.is_success
+        problems = []
+        if not rejects_unsigned:
+            problems.append(f"unsigned request got HTTP {unsigned.status_code}, expected 400")
+        if not accepts_signed:
+            problems.append(f"signed event got HTTP {signed.status_code}: the app rejects Stripe's signature")
+        return WebhookProbe(
+            url=_shown(target),
+            ok=not problems,
+            unsigned_status=unsigned.status_code,
+            signed_status=signed.status_code,
+            event_id=event_id,
+            detail="; ".join(problems) or "unsigned rejected (400), signed accepted",
+        )
+
+    async def get_event_payload(self, event_id: str) -> str:
+        """Return an event's JSON exactly as Stripe serves it."""
+        if not event_id.startswith("evt_") or any(c in event_id for c in "/?#& "):
+            raise InputError(f"not a Stripe event id: {event_id[:40]!r}")
+        event = await self._call("retrieve event", lambda: self._sdk.v1.events.retrieve_async(event_id))
+        raw = getattr(event.last_response, "body", None) if event.last_response else None
+        return raw if isinstance(raw, str) and raw else json.dumps(event.to_dict())
+
+    async def replay_events(self, event_ids: Iterable[str], url: str | None = None) -> list[ReplayResult]:
+        """Re-send events to the app, each with a fresh signature; one result per event (errors captured)."""
+        target = self._target(url)
+        results: list[ReplayResult] = []
+        for event_id in event_ids:
+            try:
+                payload = await self.get_event_payload(event_id)
+                response = await self._post_to_app(target, payload, self._sign(payload), "replay event")
+            except (IntegrationError, InputError) as exc:
+                results.append(ReplayResult(event_id=event_id, ok=False, detail=str(exc)))
+                continue
+            ok = response.is_success
+            results.append(
+                ReplayResult(
+                    event_id=event_id,
+                    ok=ok,
+                    status=response.status_code,
+                    detail="delivered" if ok else f"app answered HTTP {response.status_code}",
+                )
+            )
+        return results
+
+    async def aclose(self) -> None:
+        """Close the SDK's and the app client's connections."""
+        await self._sdk_http.close_async()
+        await self.app_http.aclose()
+
+    async def __aenter__(self) -> StripeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _shown(url: str) -> str:
+    split = httpx.URL(url)
+    return str(split.copy_with(query=None, fragment=None, username=None, password=None))

@@ -1,0 +1,399 @@
+"""Vercel REST API: production deployments, rollback/promote with alias-job polling, env vars, redeploy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from runbook.clients._http import (
+    DEFAULT_POLICY,
+    BaseClient,
+    HttpClient,
+    RetryPolicy,
+    Sleeper,
+    require,
+    secret_value,
+    settings_secrets,
+)
+from runbook.errors import InputError, RequestRejected, TransientError
+from runbook.settings import Settings
+
+VENDOR = "vercel"
+AliasJobStatus = Literal["pending", "in-progress", "succeeded", "failed", "skipped", "unknown"]
+TERMINAL_JOB = {"succeeded", "failed", "skipped"}
+TERMINAL_DEPLOY = {"READY", "ERROR", "CANCELED"}
+
+
+class Deployment(BaseModel):
+    """One Vercel deployment."""
+
+    id: str
+    url: str | None = None
+    state: str | None = Field(None, description="READY, ERROR, BUILDING, QUEUED, CANCELED, INITIALIZING")
+    target: str | None = None
+    created: int | None = Field(None, description="Creation time, ms since the epoch")
+    is_rollback_candidate: bool | None = None
+    commit_sha: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def created_at(self) -> datetime | None:
+        """Return the creation time as an aware datetime."""
+        return datetime.fromtimestamp(self.created / 1000, UTC) if self.created else None
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> Deployment:
+        """Build from a v6 list item or a v13 deployment."""
+        meta = raw.get("meta") or {}
+        return cls(
+            id=raw.get("uid") or raw.get("id") or "",
+            url=raw.get("url"),
+            state=raw.get("readyState") or raw.get("state"),
+            target=raw.get("target"),
+            created=raw.get("createdAt") or raw.get("created"),
+            is_rollback_candidate=raw.get("isRollbackCandidate"),
+            commit_sha=meta.get("githubCommitSha"),
+            meta=meta,
+        )
+
+
+class AliasJob(BaseModel):
+    """The project's last alias request (a rollback or promote) as Vercel reports it."""
+
+    job_status: AliasJobStatus = "unknown"
+    type: str | None = None
+    from_deployment_id: str | None = None
+    to_deployment_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Return True once the job reached a terminal state."""
+        return self.job_status in TERMINAL_JOB
+
+    @property
+    def succeeded(self) -> bool:
+        """Return True when the alias now points at the target deployment."""
+        return self.job_status == "succeeded"
+
+
+class Project(BaseModel):
+    """The Vercel project and its last alias request."""
+
+    id: str
+    name: str | None = None
+    last_alias_request: AliasJob | None = None
+
+
+class EnvVar(BaseModel):
+    """A project environment variable; the value is a SecretStr and only present when read one by one."""
+
+    id: str
+    key: str
+    type: str | None = None
+    target: list[str] = Field(default_factory=list)
+    value: SecretStr | None = None
+    decrypted: bool | None = None
+
+    @property
+    def write_only(self) -> bool:
+        """Return True when Vercel never returns the value (type sensitive)."""
+        return self.type == "sensitive"
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> EnvVar:
+        """Build from a Vercel env object."""
+        target = raw.get("target") or []
+        value = raw.get("value")
+        return cls(
+            id=raw.get("id") or "",
+            key=raw.get("key") or "",
+            type=raw.get("type"),
+            target=[target] if isinstance(target, str) else list(target),
+            value=SecretStr(value) if isinstance(value, str) and value != "" else None,
+            decrypted=raw.get("decrypted"),
+        )
+
+
+class VercelClient(BaseClient):
+    """Typed client of the Vercel REST API for one project (teamId on every call)."""
+
+    vendor = VENDOR
+
+    def __init__(self, http: HttpClient, project_id: str, poll_interval: float = 2.0) -> None:
+        super().__init__(http)
+        self.project_id = project_id
+        self.poll_interval = poll_interval
+        self._project_name: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        sleep: Sleeper = asyncio.sleep,
+        poll_interval: float = 2.0,
+    ) -> VercelClient:
+        """Build from settings; NotConfigured names RUNBOOK_VERCEL_TOKEN/_PROJECT_ID when unset."""
+        require(VENDOR, settings, "vercel_token", "vercel_project_id")
+        params = {"teamId": settings.vercel_team_id} if settings.vercel_team_id else {}
+        http = HttpClient(
+            VENDOR,
+            settings.vercel_api_url,
+            headers={"Authorization": f"Bearer {secret_value(settings.vercel_token)}"},
+            params=params,
+            policy=policy,
+            secrets=settings_secrets(settings),
+            sleep=sleep,
+        )
+        return cls(http, settings.vercel_project_id or "", poll_interval)
+
+    # Deployments
+
+    async def list_deployments(
+        self,
+        *,
+        target: str | None = "production",
+        state: str | None = "READY",
+        limit: int = 20,
+        max_pages: int = 5,
+    ) -> list[Deployment]:
+        """List the project's deployments, newest first, following `pagination.next` as `until`."""
+        params: dict[str, Any] = {"projectId": self.project_id, "limit": limit}
+        if target:
+            params["target"] = target
+        if state:
+            params["state"] = state
+        out: list[Deployment] = []
+        for _ in range(max_pages):
+            body = await self.http.json("GET", "/v6/deployments", operation="list deployments", params=params)
+            out.extend(Deployment.from_api(d) for d in (body or {}).get("deployments", []))
+            nxt = ((body or {}).get("pagination") or {}).get("next")
+            if not nxt:
+                break
+            params["until"] = nxt
+        return out
+
+    async def get_deployment(self, deployment_id: str) -> Deployment:
+        """Return one deployment."""
+        _check_id(deployment_id)
+        body = await self.http.json("GET", f"/v13/deployments/{deployment_id}", operation="get deployment")
+        return Deployment.from_api(body or {})
+
+    async def project(self) -> Project:
+        """Return the project with its last alias request (`?rollbackInfo=true`)."""
+        body = (
+            await self.http.json(
+                "GET",
+                f"/v9/projects/{self.project_id}",
+                operation="get project",
+                params={"rollbackInfo": "true"},
+            )
+            or {}
+        )
+        job = body.get("lastAliasRequest")
+        self._project_name = body.get("name") or self._project_name
+        return Project(
+            id=body.get("id") or self.project_id,
+            name=body.get("name"),
+            last_alias_request=_alias_job(job) if isinstance(job, dict) else None,
+        )
+
+    async def current_production(self) -> Deployment | None:
+        """Return the deployment production serves: the last succeeded alias target, else the newest."""
+        project = await self.project()
+        job = project.last_alias_request
+        if job and job.succeeded and job.to_deployment_id:
+            return await self.get_deployment(job.to_deployment_id)
+        deployments = await self.list_deployments(limit=1, max_pages=1)
+        return deployments[0] if deployments else None
+
+    async def rollback_candidate(self, current: Deployment | str | None = None) -> Deployment | None:
+        """Return the newest READY production deployment older than `current` (default: production's)."""
+        if current is None:
+            current = await self.current_production()
+            if current is None:
+                return None
+        elif isinstance(current, str):
+            current = await self.get_deployment(current)
+        for deployment in await self.list_deployments(state="READY"):
+            if deployment.id == current.id or deployment.is_rollback_candidate is False:
+                continue
+            if current.created is None or (deployment.created or 0) < current.created:
+                return deployment
+        return None
+
+    async def rollback(
+        self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
+    ) -> AliasJob:
+        """Roll production back to a deployment and wait for the alias job to finish (or raise on timeout)."""
+        _check_id(deployment_id)
+        await self.http.request(
+            "POST",
+            f"/v9/projects/{self.project_id}/rollback/{deployment_id}",
+            operation="rollback",
+            idempotent=True,
+            json={},
+        )
+        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval)
+
+    async def promote(
+        self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
+    ) -> AliasJob:
+        """Promote a deployment to production (201 started / 202 queued) and wait for the alias job."""
+        _check_id(deployment_id)
+        await self.http.request(
+            "POST",
+            f"/v10/projects/{self.project_id}/promote/{deployment_id}",
+            operation="promote",
+            idempotent=True,
+            json={},
+        )
+        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval)
+
+    async def wait_alias(
+        self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
+    ) -> AliasJob:
+        """Poll `lastAliasRequest` until the job to `deployment_id` ends; TransientError on timeout."""
+        interval = self.poll_interval if poll_interval is None else poll_interval
+        deadline = time.monotonic() + timeout
+        job: AliasJob | None = None
+        while True:
+            job = (await self.project()).last_alias_request
+            if job and job.to_deployment_id in (None, deployment_id) and job.done:
+                return job
+            if time.monotonic() + interval > deadline:
+                status = job.job_status if job else "no alias request"
+                raise TransientError(VENDOR, "wait for alias", f"still {status} after {timeout:g}s")
+            await asyncio.sleep(interval)
+
+    async def redeploy(
+        self,
+        deployment_id: str,
+        *,
+        wait: bool = True,
+        timeout: float = 300.0,
+        poll_interval: float | None = None,
+    ) -> Deployment:
+        """Rebuild a deployment for production (picks up current env vars); wait for READY/ERROR/CANCELED."""
+        _check_id(deployment_id)
+        name = self._project_name or (await self.project()).name or self.project_id
+        body = await self.http.json(
+            "POST",
+            "/v13/deployments",
+            operation="redeploy",
+            idempotent=False,
+            json={"name": name, "deploymentId": deployment_id, "target": "production"},
+        )
+        deployment = Deployment.from_api(body or {})
+        if not wait or not deployment.id:
+            return deployment
+        return await self.wait_deployment(deployment.id, timeout=timeout, poll_interval=poll_interval)
+
+    async def wait_deployment(
+        self, deployment_id: str, *, timeout: float = 300.0, poll_interval: float | None = None
+    ) -> Deployment:
+        """Poll a deployment until READY, ERROR or CANCELED; TransientError on timeout."""
+        interval = self.poll_interval if poll_interval is None else poll_interval
+        deadline = time.monotonic() + timeout
+        while True:
+            deployment = await self.get_deployment(deployment_id)
+            if (deployment.state or "").upper() in TERMINAL_DEPLOY:
+                return deployment
+            if time.monotonic() + interval > deadline:
+                raise TransientError(
+                    VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:g}s"
+                )
+            await asyncio.sleep(interval)
+
+    # Environment variables
+
+    async def list_env(self) -> list[EnvVar]:
+        """List the project's env vars (values are not decrypted in the list)."""
+        body = await self.http.json("GET", f"/v10/projects/{self.project_id}/env", operation="list env")
+        items = body.get("envs", []) if isinstance(body, dict) else body or []
+        return [EnvVar.from_api(e) for e in items]
+
+    async def get_env(self, env_id: str) -> EnvVar:
+        """Read one env var with its decrypted value (none for type sensitive)."""
+        _check_id(env_id)
+        body = await self.http.json(
+            "GET", f"/v1/projects/{self.project_id}/env/{env_id}", operation="read env"
+        )
+        return EnvVar.from_api(body or {})
+
+    async def find_env(self, key: str, target: str = "production") -> EnvVar | None:
+        """Return the env var `key` for `target`, read one by one (with its value when readable)."""
+        for env in await self.list_env():
+            if env.key == key and (not env.target or target in env.target):
+                return await self.get_env(env.id)
+        return None
+
+    async def upsert_env(
+        self,
+        key: str,
+        value: SecretStr | str,
+        *,
+        targets: list[str] | None = None,
+        type: str = "encrypted",
+    ) -> list[EnvVar]:
+        """Create or replace an env var (`?upsert=true`); RequestRejected when `failed[]` is not empty."""
+        payload = {
+            "key": key,
+            "value": secret_value(value),
+            "type": type,
+            "target": targets or ["production"],
+        }
+        body = await self.http.json(
+            "POST",
+            f"/v10/projects/{self.project_id}/env",
+            operation="upsert env",
+            params={"upsert": "true"},
+            idempotent=True,
+            json=payload,
+        )
+        body = body or {}
+        failed = body.get("failed") or []
+        if failed:
+            reasons = self.http.redact("; ".join(_failure_reason(f) for f in failed))
+            raise RequestRejected(VENDOR, "upsert env", f"{key}: {reasons}", 201)
+        created = body.get("created")
+        items = created if isinstance(created, list) else [created] if isinstance(created, dict) else []
+        return [EnvVar.from_api(e) for e in items]
+
+    async def delete_env(self, env_id: str) -> None:
+        """Delete an env var."""
+        _check_id(env_id)
+        await self.http.request(
+            "DELETE", f"/v9/projects/{self.project_id}/env/{env_id}", operation="delete env"
+        )
+
+
+def _alias_job(raw: dict[str, Any]) -> AliasJob:
+    status = raw.get("jobStatus")
+    return AliasJob(
+        job_status=status
+        if status in {"pending", "in-progress", "succeeded", "failed", "skipped"}
+        else "unknown",
+        type=raw.get("type"),
+        from_deployment_id=raw.get("fromDeploymentId"),
+        to_deployment_id=raw.get("toDeploymentId"),
+    )
+
+
+def _failure_reason(item: Any) -> str:
+    """Describe one `failed[]` entry by its error code/message only (never a value)."""
+    if isinstance(item, dict):
+        error = item.get("error") if isinstance(item.get("error"), dict) else item
+        return ": ".join(str(p) for p in (error.get("code"), error.get("message")) if p) or "failed"
+    return "failed"
+
+
+def _check_id(value: str) -> None:
+    """Refuse ids that could change the request path."""
+    if not value or any(c in value for c in "/?#& \t\n"):
+        raise InputError(f"not a Vercel id: {value[:40]!r}")

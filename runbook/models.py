@@ -210,6 +210,36 @@ class Incident(BaseModel):
         return self.resolved_at - self.created_at if self.resolved_at else None
 
 
+class EventKind(StrEnum):
+    """The timeline's vocabulary; the report and the MTTA/MTTR figures are computed from these kinds."""
+
+    DECLARED = "declared"                      # incident detected (details.alert keeps the alert)
+    DUPLICATE_ALERT = "duplicate_alert"        # a later alert attached to the open incident
+    CHECK = "check"                            # an acknowledge/verification check ran (details.ok)
+    PAGED = "paged"                            # PagerDuty trigger sent (details.role, dedup_key)
+    ESCALATED = "escalated"                    # next contact of the chain paged
+    ACKNOWLEDGED = "acknowledged"              # a human took the incident (MTTA ends)
+    SLA_MISSED = "sla_missed"                  # response time passed without acknowledgement
+    ASSESSMENT = "assessment"                  # initial assessment evidence
+    STATUS_PAGE = "status_page"                # status page incident created/updated
+    SLACK = "slack"                            # message posted to a channel
+    NOTIFIED = "notified"                      # stakeholder / customer / executive notice sent
+    STATUS_CHANGED = "status_changed"          # lifecycle move (details.from, details.to)
+    DIAGNOSIS = "diagnosis"                    # a scenario diagnostic finished (details.found → root cause identified)
+    APPROVAL_REQUESTED = "approval_requested"  # a plan waits for a human (details.plan_hash)
+    APPROVAL = "approval"                      # approve / reject / timeout
+    REMEDIATION_STARTED = "remediation_started"
+    REMEDIATION_APPLIED = "remediation_applied"  # resolution implemented
+    REMEDIATION_ABORTED = "remediation_aborted"  # refused, rejected, plan changed, failed
+    VERIFICATION = "verification"              # details.passed → service restored when True
+    RECOVERY_OBSERVED = "recovery_observed"    # the monitor saw the breach clear
+    FOLLOW_UP_SCHEDULED = "follow_up_scheduled"
+    REVIEW_RECORDED = "review_recorded"
+    REMINDER = "reminder"
+    REPORT_WRITTEN = "report_written"
+    NOTE = "note"
+
+
 class TimelineEvent(BaseModel):
     """One side effect or observation on an incident: who/what, when, what happened, which flow run."""
 

@@ -148,7 +148,7 @@ def _series(body: Any) -> list[SeriesPoint]:
                 total = sum(int(c.get("count") or 0) for c in counts if isinstance(c, dict))
                 points.append(SeriesPoint(timestamp=_ts(item[0]), count=total))
             elif isinstance(item, dict):
-                value = item.get("count()", item.get("value", item.get("count", 0)))
+                value = item.get("count()", item.get("value", item.get("count"))) or 0
                 points.append(
                     SeriesPoint(timestamp=_ts(item.get("timestamp") or item.get("time")), count=int(value))
                 )

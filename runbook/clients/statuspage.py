@@ -185,7 +185,7 @@ class StatuspageClient(BaseClient):
 def _incident(data: Any) -> StatusIncident:
     data = data if isinstance(data, dict) else {}
     components = data.get("components") or []
-    ids = [c.get("id") for c in components if isinstance(c, dict) and c.get("id")]
+    ids = [str(c["id"]) for c in components if isinstance(c, dict) and c.get("id")]
     return StatusIncident(
         id=str(data.get("id") or ""),
         name=data.get("name"),

@@ -225,7 +225,7 @@ class StripeClient:
                 status=e.get("status", ""),
                 enabled_events=list(e.get("enabled_events") or []),
             )
-            for e in result.data
+            for e in (item.to_dict() for item in result.data)
         ]
 
     async def check_webhook_endpoint(
@@ -268,11 +268,9 @@ class StripeClient:
         }
         out: list[FailedEvent] = []
         for _ in range(max_pages):
-            page_params = dict(params)
-            page = await self._call(
-                "list failed events", lambda p=page_params: self._sdk.v1.events.list_async(p)
-            )
-            for event in page.data:
+            page = await self._list_events(dict(params))
+            events = [item.to_dict() for item in page.data]
+            for event in events:
                 out.append(
                     FailedEvent(
                         id=event.get("id", ""),
@@ -281,10 +279,13 @@ class StripeClient:
                         pending_webhooks=int(event.get("pending_webhooks") or 0),
                     )
                 )
-            if not page.get("has_more") or not page.data or len(out) >= limit:
+            if not page.has_more or not events or len(out) >= limit:
                 break
-            params["starting_after"] = page.data[-1].get("id")
+            params["starting_after"] = events[-1].get("id")
         return out[:limit]
+
+    async def _list_events(self, params: dict[str, Any]) -> Any:
+        return await self._call("list failed events", lambda: self._sdk.v1.events.list_async(params))  # type: ignore[arg-type]
 
     # The webhook secret
 

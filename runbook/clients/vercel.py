@@ -388,7 +388,8 @@ def _alias_job(raw: dict[str, Any]) -> AliasJob:
 def _failure_reason(item: Any) -> str:
     """Describe one `failed[]` entry by its error code/message only (never a value)."""
     if isinstance(item, dict):
-        error = item.get("error") if isinstance(item.get("error"), dict) else item
+        nested = item.get("error")
+        error: dict[str, Any] = nested if isinstance(nested, dict) else item
         return ": ".join(str(p) for p in (error.get("code"), error.get("message")) if p) or "failed"
     return "failed"
 

@@ -1,0 +1,52 @@
+"""What every task module shares: the current flow-run id, settings, and opening a vendor client.
+
+Vendor clients (runbook.clients) already retry transport errors, timeouts, 429 and 5xx with backoff, jitter and
+Retry-After; tasks therefore run with Prefect `retries=0` so a call is never retried twice over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+from runbook.settings import Settings, get_settings
+
+
+class _FromSettings(Protocol):
+    @classmethod
+    def from_settings(cls, settings: Settings, /) -> Any: ...
+
+
+C = TypeVar("C")
+
+
+def flow_run_id() -> str | None:
+    """Return the id of the flow run we are in, if any."""
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id
+        return str(run_id) if run_id else None
+    except Exception:  # outside any run context
+        return None
+
+
+def flow_run_name() -> str | None:
+    """Return the name of the flow run we are in, if any."""
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.name or None
+    except Exception:
+        return None
+
+
+@asynccontextmanager
+async def open_client(cls: type[C], settings: Settings | None = None) -> AsyncIterator[C]:
+    """Build a vendor client from settings and close it afterwards."""
+    client = cls.from_settings(settings or get_settings())  # type: ignore[attr-defined]
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,83 @@
+"""Incident-record tasks: declare, append to the timeline, change status, acknowledge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from runbook.models import Alert, Incident, Status, TimelineEvent
+from runbook.store import open_store
+from tasks.common import flow_run_id
+
+
+async def record(
+    incident_id: str | None,
+    kind: str,
+    summary: str,
+    details: dict[str, Any] | None = None,
+    actor: str = "runbook",
+) -> TimelineEvent | None:
+    """Append one event to the incident's timeline with the current flow-run id (nothing without an incident)."""
+    if not incident_id:
+        return None
+    async with open_store() as store:
+        return await store.append_event(
+            incident_id,
+            TimelineEvent(kind=kind, actor=actor, summary=summary, details=details or {}, flow_run_id=flow_run_id()),
+        )
+
+
+@task(name="record_event", retries=0)
+async def record_event(
+    incident_id: str, kind: str, summary: str, details: dict[str, Any] | None = None, actor: str = "runbook"
+) -> None:
+    """Append an event to the incident timeline."""
+    await record(incident_id, kind, summary, details, actor)
+
+
+@task(name="declare_incident_record", retries=0)
+async def declare_record(incident: Incident, alert: Alert | None, actor: str) -> tuple[Incident, bool]:
+    """Create the incident record, or attach the alert to the open incident with its fingerprint."""
+    async with open_store() as store:
+        return await store.declare(incident, alert, actor=actor, flow_run_id=flow_run_id())
+
+
+@task(name="store_invalid_alert", retries=0)
+async def store_invalid_alert(raw: dict[str, Any], error: str) -> int:
+    """Keep an alert that failed validation, with the reason."""
+    async with open_store() as store:
+        return await store.store_raw_alert(raw, error=error)
+
+
+@task(name="get_incident", retries=0)
+async def get_incident(incident_id: str) -> Incident:
+    """Read the incident record."""
+    async with open_store() as store:
+        return await store.get(incident_id)
+
+
+@task(name="transition_status", retries=0)
+async def transition_status(
+    incident_id: str, status: Status, summary: str = "", actor: str = "runbook",
+    details: dict[str, Any] | None = None,
+) -> Incident:
+    """Move the incident along the lifecycle (recorded on the timeline)."""
+    async with open_store() as store:
+        return await store.transition(
+            incident_id, status, actor=actor, summary=summary, details=details, flow_run_id=flow_run_id()
+        )
+
+
+@task(name="acknowledge_incident", retries=0)
+async def acknowledge_incident(incident_id: str, by: str) -> tuple[Incident, bool]:
+    """Record who acknowledged the incident (first acknowledgement wins)."""
+    async with open_store() as store:
+        return await store.acknowledge(incident_id, by, flow_run_id=flow_run_id())
+
+
+@task(name="update_incident", retries=0)
+async def update_incident(incident_id: str, **fields: Any) -> Incident:
+    """Set fields of the incident record."""
+    async with open_store() as store:
+        return await store.update(incident_id, **fields)

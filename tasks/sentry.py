@@ -1,0 +1,15 @@
+"""Sentry tasks: error counts and rates over a window."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from runbook.clients.sentry import ErrorRate, SentryClient
+from tasks.common import open_client
+
+
+@task(name="read_error_rate", retries=0, timeout_seconds=120)
+async def read_error_rate(window_minutes: float = 15, requests: int | None = None) -> ErrorRate:
+    """Return the error count and rate over the last window."""
+    async with open_client(SentryClient) as sc:
+        return await sc.error_rate(f"{int(window_minutes)}m", requests=requests)

@@ -1,0 +1,58 @@
+"""Statuspage tasks: the public incident follows investigating → identified → monitoring → resolved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from runbook.clients.statuspage import StatuspageClient
+from runbook.models import EventKind, Incident, Severity, Status
+from runbook.store import open_store
+from tasks.common import open_client
+from tasks.incident import record
+
+IMPACT = {Severity.P0: "critical", Severity.P1: "major", Severity.P2: "minor", Severity.P3: "none"}
+COMPONENT_STATUS = {Severity.P0: "major_outage", Severity.P1: "partial_outage",
+                    Severity.P2: "degraded_performance", Severity.P3: "degraded_performance"}
+# The runbook's scenarios → the status page's logical components (settings.statuspage_components maps them to ids).
+SCENARIO_COMPONENTS = {"database": ["database", "app"], "authentication": ["auth"], "payment": ["payments"],
+                       "performance": ["app"], None: ["app"]}
+
+
+def affected_components(incident: Incident, configured: list[str]) -> list[str]:
+    """Return the logical components an incident affects, among those configured."""
+    wanted = incident.labels.get("components")
+    names = wanted.split(",") if wanted else SCENARIO_COMPONENTS.get(incident.scenario, ["app"])
+    return [n for n in names if n in configured]
+
+
+@task(name="post_status_update", retries=0, timeout_seconds=120)
+async def post_status_update(incident_id: str, status: Status, body: str) -> dict[str, Any]:
+    """Create or update the public incident at `status`, with impact and component statuses; once per status."""
+    async with open_store() as store:
+        incident = await store.get(incident_id)
+        done = [e for e in await store.timeline(incident_id, kind=EventKind.STATUS_PAGE)
+                if e.details.get("status") == status.value]
+    if done and incident.statuspage_incident_id:
+        return {"sent": False, "statuspage_incident_id": incident.statuspage_incident_id, "reason": "already posted"}
+    async with open_client(StatuspageClient) as sp:
+        configured = list(sp.components)
+        names = affected_components(incident, configured)
+        comp_status = "operational" if status is Status.RESOLVED else COMPONENT_STATUS[incident.severity]
+        components: dict[str, Any] = {n: comp_status for n in names}
+        if incident.statuspage_incident_id is None:
+            created = await sp.create_incident(
+                incident.title, status=status.value, body=body,  # type: ignore[arg-type]
+                impact_override=IMPACT[incident.severity], components=components,  # type: ignore[arg-type]
+            )
+            sp_id = created.id
+            async with open_store() as store:
+                await store.update(incident_id, statuspage_incident_id=sp_id)
+        else:
+            sp_id = incident.statuspage_incident_id
+            await sp.update_incident(sp_id, status=status.value, body=body, components=components)  # type: ignore[arg-type]
+    await record(incident_id, EventKind.STATUS_PAGE, f"Status page: {status.value} — {body}",
+                 {"status": status.value, "statuspage_incident_id": sp_id, "components": components},
+                 actor="statuspage")
+    return {"sent": True, "statuspage_incident_id": sp_id, "components": components}

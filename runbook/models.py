@@ -296,3 +296,34 @@ class FollowUp(BaseModel):
     done: bool = False
     flow_run_id: str | None = None
     id: int | None = None
+
+
+class Evidence(BaseModel):
+    """One observation behind a diagnosis."""
+
+    check: str
+    ok: bool
+    value: str = ""
+    detail: str = ""
+
+
+class Suggestion(BaseModel):
+    """A remediation the evidence points at: which flow, with which parameters."""
+
+    flow: str = Field(..., description="Deployment/flow name, e.g. database-rollback; 'none' when nothing to run")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    why: str = ""
+
+
+class Diagnosis(BaseModel):
+    """What a scenario diagnostic found: finding, evidence, suggested remediation."""
+
+    scenario: str
+    found: bool = Field(..., description="True when a cause was identified")
+    finding: str
+    evidence: list[Evidence] = Field(default_factory=list)
+    suggestions: list[Suggestion] = Field(default_factory=list)
+
+    @property
+    def suggestion(self) -> Suggestion | None:
+        return self.suggestions[0] if self.suggestions else None

@@ -1,0 +1,197 @@
+"""Shared machinery of every remediation flow: plan → approve → re-check → act → verify (DESIGN safety 1–5).
+
+Not a runbook procedure itself; the procedures in flows/ use it:
+- `Plan`: what will change, as data; its hash is what a human approves.
+- `request_approval`: a typed `ApprovalInput` RunInput whose description shows the plan in Markdown with its hash.
+  Deployment runs suspend (no worker held; a resume re-runs the flow from the top, so earlier steps are idempotent);
+  direct calls pause in-process. Rejection, timeout, a two-person-rule violation or a stale plan hash change nothing.
+- `ensure_unchanged`: after approval the plan is recomputed; a different hash aborts before anything changes.
+- `remediation_lock`: one remediation per environment at a time (a second is refused naming the holder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any, Literal
+
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput
+from pydantic import BaseModel, Field
+
+from runbook.errors import ApprovalDenied, PlanChanged
+from runbook.models import Approval, EventKind, utcnow
+from runbook.settings import get_settings
+from runbook.store import open_store
+from tasks.common import flow_run_id
+from tasks.incident import record
+
+Outcome = Literal[
+    "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
+    "refused", "failed",
+]
+
+
+class Plan(BaseModel):
+    """A remediation plan: what will change, shown to the approver and hashed."""
+
+    action: str
+    environment: str
+    summary: str
+    steps: list[str] = Field(default_factory=list)
+    state: dict[str, Any] = Field(default_factory=dict, description="The facts the plan stands on (hashed)")
+    noop: bool = Field(False, description="True when there is nothing to do")
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        """Return a short hash of what will change and the state it stands on."""
+        canonical = json.dumps({"action": self.action, "environment": self.environment, "steps": self.steps,
+                                "state": self.state}, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def markdown(self) -> str:
+        """Render the plan for the approval dialog and the artifact."""
+        lines = [f"## Plan: {self.action} ({self.environment})", "", self.summary, ""]
+        if self.steps:
+            lines += ["### Steps", *[f"{i}. {s}" for i, s in enumerate(self.steps, 1)], ""]
+        if self.warnings:
+            lines += ["### Warnings", *[f"- ⚠️ {w}" for w in self.warnings], ""]
+        lines += [f"**Plan hash:** `{self.hash}` — approve only this plan; it is re-checked before acting."]
+        return "\n".join(lines)
+
+
+class ApprovalInput(RunInput):
+    """A human decision on a plan (the Resume form in the Prefect UI)."""
+
+    decision: Literal["approve", "reject"] = Field(description="approve to act on exactly this plan; reject to stop")
+    approver: str = Field(min_length=1, max_length=100, description="Your name (recorded on the incident)")
+    reason: str = Field("", max_length=500, description="Why (recorded on the incident)")
+    plan_hash: str = Field(min_length=8, max_length=64, description="Hash of the plan you approve (pre-filled)")
+
+
+class RemediationResult(BaseModel):
+    """What a remediation flow did."""
+
+    action: str
+    incident_id: str | None
+    outcome: Outcome
+    plan: Plan | None = None
+    approval: Approval | None = None
+    detail: str = ""
+    verification: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in {"verified", "nothing_to_do", "dry_run"}
+
+
+def _in_deployment() -> bool:
+    try:
+        from prefect.runtime import flow_run
+
+        return bool(flow_run.get_deployment_id() if hasattr(flow_run, "get_deployment_id") else flow_run.deployment_id)
+    except Exception:
+        return False
+
+
+async def publish_plan(plan: Plan, incident_id: str | None) -> None:
+    """Publish the plan as a markdown artifact keyed by incident and action."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    key = f"plan-{plan.action}-{incident_id or 'adhoc'}".lower().replace("_", "-")
+    await acreate_markdown_artifact(markdown=plan.markdown(), key=key, description=f"{plan.action} plan")
+
+
+async def request_approval(
+    plan: Plan,
+    *,
+    incident_id: str | None,
+    requested_by: str | None = None,
+    timeout: timedelta = timedelta(hours=1),
+    two_person: bool = False,
+    poll_interval: int = 1,
+) -> Approval:
+    """Ask a human to approve the plan; return the approval or raise ApprovalDenied (nothing changed)."""
+    run_id = flow_run_id()
+    requested_at = utcnow()
+    already = False
+    if incident_id:
+        async with open_store() as store:
+            earlier = [e for e in await store.timeline(incident_id, kind=EventKind.APPROVAL_REQUESTED)
+                       if e.flow_run_id == run_id and e.details.get("plan_hash") == plan.hash]
+        if earlier:  # a suspended run resumed and re-ran from the top: the request was already made
+            already, requested_at = True, earlier[0].at
+    if not already:
+        await record(incident_id, EventKind.APPROVAL_REQUESTED,
+                     f"Approval requested for {plan.action}: {plan.summary}",
+                     {"plan_hash": plan.hash, "action": plan.action, "steps": plan.steps,
+                      "requested_by": requested_by, "two_person": two_person}, actor=requested_by or "runbook")
+    description = plan.markdown()
+    if two_person:
+        description += f"\n\n**Two-person rule:** the approver must not be the requester ({requested_by})."
+    form = ApprovalInput.with_initial_data(description=description, decision="reject", approver="",
+                                           plan_hash=plan.hash)
+    try:
+        if _in_deployment():
+            answer = await suspend_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
+                                            key=f"approval-{plan.action}")
+        else:
+            answer = await pause_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
+                                          poll_interval=poll_interval)
+    except FlowPauseTimeout:
+        approval = Approval(decision="timeout", approver="(nobody)", reason=f"no decision within {timeout}",
+                            plan_hash=plan.hash, action=plan.action, requested_by=requested_by,
+                            requested_at=requested_at)
+        await _record_approval(incident_id, approval)
+        raise ApprovalDenied(f"{plan.action}: no decision within {timeout}; nothing was changed") from None
+    approval = Approval(decision=answer.decision, approver=answer.approver.strip(), reason=answer.reason,
+                        plan_hash=answer.plan_hash, action=plan.action, requested_by=requested_by,
+                        requested_at=requested_at)
+    if (two_person and answer.decision == "approve" and requested_by
+            and approval.approver.casefold() == requested_by.casefold()):
+        approval = approval.model_copy(update={"decision": "reject",
+                                               "reason": f"two-person rule: {approval.approver} requested it"})
+    await _record_approval(incident_id, approval)
+    if approval.decision != "approve":
+        raise ApprovalDenied(f"{plan.action} rejected by {approval.approver}: {approval.reason or 'no reason'}; "
+                             "nothing was changed")
+    return approval
+
+
+async def _record_approval(incident_id: str | None, approval: Approval) -> None:
+    if incident_id:
+        async with open_store() as store:
+            await store.record_approval(incident_id, approval, flow_run_id=flow_run_id())
+
+
+async def ensure_unchanged(approved: Approval, current: Plan, incident_id: str | None) -> None:
+    """Abort (PlanChanged) when the recomputed plan differs from the approved one."""
+    if current.hash != approved.plan_hash:
+        await record(incident_id, EventKind.REMEDIATION_ABORTED,
+                     f"{current.action} aborted: the plan changed after approval ({approved.plan_hash} → "
+                     f"{current.hash}); nothing was changed",
+                     {"approved_hash": approved.plan_hash, "current_hash": current.hash, "steps": current.steps})
+        raise PlanChanged(f"{current.action}: state changed since approval (approved {approved.plan_hash}, now "
+                          f"{current.hash}); nothing was changed — review the new plan")
+
+
+@asynccontextmanager
+async def remediation_lock(action: str, incident_id: str | None, ttl: timedelta = timedelta(hours=2)
+                           ) -> AsyncIterator[str]:
+    """Hold the environment's remediation lock for the duration (RemediationLocked if another run has it)."""
+    environment = get_settings().environment
+    name = f"remediation:{environment}"
+    holder = f"{action} {incident_id or ''} run {flow_run_id() or uuid.uuid4().hex[:8]}".strip()
+    async with open_store() as store:
+        await store.acquire_lock(name, holder, ttl)
+    try:
+        yield holder
+    finally:
+        async with open_store() as store:
+            await store.release_lock(name, holder)

@@ -1,0 +1,165 @@
+"""Declare an incident: validate, classify through the policy, dedupe by fingerprint, record, emit, respond.
+
+Called by the monitor, the alert intake, a person in the Prefect UI, or other automation. A duplicate alert is
+attached to the open incident with its fingerprint (nothing lost, nothing opened twice). A raw alert that fails
+validation is kept in the store with the reason, and the run fails with that reason before anything else happens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from runbook.errors import InputError
+from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
+from runbook.policy import get_policy
+from runbook.settings import get_settings
+from tasks.common import flow_run_id
+from tasks.incident import declare_record, store_invalid_alert
+
+ScenarioHint = Literal["database", "authentication", "payment", "performance", "configuration"]
+RESPONSE_DEPLOYMENTS = {
+    Severity.P0: "respond-p0/respond-p0",
+    Severity.P1: "respond-p1/respond-p1",
+    Severity.P2: "respond-p2-p3/respond-p2-p3",
+    Severity.P3: "respond-p2-p3/respond-p2-p3",
+}
+
+
+class DeclareParams(BaseModel):
+    """Declare an incident from an alert or by hand (a form in the Prefect UI)."""
+
+    title: str | None = Field(None, max_length=200, description="What is wrong (manual declaration)")
+    severity: Severity | None = Field(None, description="Leave empty to classify from impact, rule or words")
+    user_impact: ImpactLevel | None = Field(None, description="High: users cannot access core functionality")
+    business_impact: ImpactLevel | None = Field(None, description="High: revenue loss, compliance violations")
+    scenario: ScenarioHint | None = Field(None, description="Runbook scenario, if known")
+    summary: str = Field("", max_length=2000, description="Details for responders")
+    declared_by: str = Field("runbook", min_length=1, max_length=100, description="Who declares")
+    alert: Alert | None = Field(None, description="A validated alert (monitor, other automation)")
+    raw_alert: dict[str, Any] | None = Field(None, description="An alert as received; validated inside the run")
+    respond: Literal["deployment", "inline", "none"] = Field(
+        "deployment", description="Start the severity's procedure as its own deployment run, in this run, or not")
+    drill: bool | None = Field(None, description="Mark as a drill (default: the settings' drill flag)")
+
+    @model_validator(mode="after")
+    def _something_to_declare(self) -> DeclareParams:
+        given = [x for x in (self.title, self.alert, self.raw_alert) if x]
+        if not given:
+            raise ValueError("give a title (manual declaration), an alert or a raw_alert")
+        if self.title is not None and not self.title.strip():
+            raise ValueError("title must not be blank")
+        return self
+
+
+class Declared(BaseModel):
+    """The outcome of a declaration."""
+
+    incident_id: str
+    created: bool
+    severity: Severity
+    reason: str
+    response_run_id: str | None = None
+
+
+def parse_alert(raw: dict[str, Any]) -> Alert:
+    """Validate a raw alert; InputError names every problem."""
+    try:
+        return Alert.model_validate({**raw, "raw": raw.get("raw") or raw})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
+        raise InputError(f"malformed alert: {problems}") from None
+
+
+def build_incident(params: DeclareParams, alert: Alert | None) -> tuple[Incident, str]:
+    """Return the incident to record and the reason for its severity."""
+    policy = get_policy()
+    settings = get_settings()
+    if params.severity is not None:
+        severity, reason = params.severity, f"severity set by {params.declared_by}"
+    elif params.user_impact and params.business_impact:
+        severity = policy.classify_impact(params.user_impact, params.business_impact)
+        reason = f"impact user {params.user_impact} × business {params.business_impact}"
+    elif alert is not None:
+        severity, reason = policy.classify_alert(alert)
+    else:
+        by_text = policy.classify_text(f"{params.title} {params.summary}")
+        severity, reason = (by_text, "matched the runbook's severity examples") if by_text else (
+            Severity.P2, "no severity given; default P2 until assessed")
+    impact = Impact(user=params.user_impact or ImpactLevel.MEDIUM,
+                    business=params.business_impact or ImpactLevel.MEDIUM)
+    scenario = params.scenario or (alert.scenario if alert else None)
+    if scenario is None and alert and alert.rule:
+        scenario = policy.rule(alert.rule).scenario
+    incident = Incident(
+        title=(params.title or (alert.summary if alert else "")).strip(),
+        severity=severity,
+        impact=impact,
+        scenario=scenario,
+        fingerprint=alert.fingerprint if alert else None,
+        source=alert.source if alert else "manual",
+        summary=params.summary,
+        environment=settings.environment,
+        drill=settings.drill if params.drill is None else params.drill,
+        labels={**(alert.labels if alert else {}), **({"rule": alert.rule} if alert and alert.rule else {})},
+    )
+    return incident, reason
+
+
+async def start_response(incident: Incident, mode: str) -> str | None:
+    """Start the severity's procedure; return its flow-run id when started as a deployment run."""
+    if mode == "none":
+        return None
+    if mode == "deployment":
+        from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+
+        name = RESPONSE_DEPLOYMENTS[incident.severity]
+        try:
+            run = await run_deployment(name, parameters={"params": {"incident_id": incident.id}}, timeout=0,
+                                       flow_run_name=f"{name.split('/')[0]} {incident.id}",
+                                       tags=["incident", incident.severity.value.lower()])
+            return str(run.id)
+        except ObjectNotFound:
+            get_run_logger().warning("deployment %s not found; responding inline in this run", name)
+    from flows.respond import respond_inline
+
+    await respond_inline(incident)
+    return None
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters.get("params") or {}
+    alert = params.get("alert") or params.get("raw_alert") or {}
+    what = params.get("title") or (alert.get("summary") if isinstance(alert, dict) else None) or "alert"
+    return f"declare {str(what)[:60]}"
+
+
+@flow(name="declare-incident", flow_run_name=_run_name)
+async def declare_incident(params: DeclareParams) -> Declared:
+    """Validate, classify, dedupe, record, emit an event and start the response."""
+    alert = params.alert
+    if alert is None and params.raw_alert is not None:
+        try:
+            alert = parse_alert(params.raw_alert)
+        except InputError as exc:
+            await store_invalid_alert(params.raw_alert, str(exc))
+            raise
+    incident, reason = build_incident(params, alert)
+    recorded, created = await declare_record(incident, alert, params.declared_by)
+    emit_event(
+        event="runbook.incident.declared" if created else "runbook.incident.duplicate-alert",
+        resource={"prefect.resource.id": f"runbook.incident.{recorded.id}",
+                  "prefect.resource.name": recorded.title},
+        payload={"severity": recorded.severity.value, "fingerprint": recorded.fingerprint, "reason": reason,
+                 "flow_run_id": flow_run_id()},
+    )
+    response_run = await start_response(recorded, params.respond) if created else None
+    return Declared(incident_id=recorded.id, created=created, severity=recorded.severity, reason=reason,
+                    response_run_id=response_run)

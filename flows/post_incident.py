@@ -49,7 +49,7 @@ FOLLOW_UP_FLOWS: dict[FollowUpKind, tuple[str, str]] = {
     FollowUpKind.FOLLOW_UP_1W: (FOLLOW_UP_FLOW, FOLLOW_UP_DEPLOYMENT),
 }
 
-INCIDENT_ID_PATTERN = r"^inc-[a-z0-9][a-z0-9-]{0,35}$"
+INCIDENT_ID_PATTERN = r"^inc-[0-9]{8}-[0-9a-f]{6}$"
 
 # details.purpose of the messages these flows send; a re-run (or a resume) checks them before sending again.
 PURPOSE_REVIEW_REMINDER = "review-reminder"

@@ -19,6 +19,7 @@ from runbook.errors import ConfigError, RunbookError
 # Modules that add commands; each has register(subparsers).
 COMMAND_MODULES = [
     "runbook.cli_incidents",
+    "runbook.cli_report",
 ]
 
 

@@ -1,0 +1,90 @@
+"""The follow-up sweep (scheduled): every resolved incident gets its review and follow-up runs, exactly once.
+
+A run is missing when there is no FollowUp row, a row without a flow run, or a row whose run no longer exists;
+the sweep creates it (at its due time, or now when that has passed). A run that exists is left alone, so running
+the sweep twice creates nothing the second time. It also escalates a review whose input deadline passed with
+nothing recorded (a suspended review that expired on the server cannot escalate by itself).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field
+
+from flows.post_incident import FollowUpRun, ensure_follow_up_run, escalate_missed_review, review_overdue
+from runbook.models import FollowUpKind, Incident, Status, utcnow
+from runbook.policy import get_policy
+from runbook.store import open_store
+
+
+class FollowUpSweepParams(BaseModel):
+    """Parameters of the follow-up sweep."""
+
+    lookback_days: int = Field(
+        60, ge=1, le=3650, description="Look at resolved incidents declared within this many days (drills included)"
+    )
+
+
+class SweepOutcome(BaseModel):
+    """What the sweep did."""
+
+    incidents: int = 0
+    created: list[FollowUpRun] = Field(default_factory=list)
+    escalated_reviews: list[str] = Field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.created and not self.escalated_reviews
+
+
+@task(name="list_resolved_incidents", retries=0)
+async def list_resolved_incidents(since: datetime) -> list[Incident]:
+    """Return resolved incidents (drills included) declared since a time."""
+    async with open_store() as store:
+        items = await store.list(include_drill=True, since=since, limit=100_000)
+    return [i for i in items if i.status is Status.RESOLVED and i.resolved_at is not None]
+
+
+@task(name="ensure_follow_up_runs", retries=0, timeout_seconds=300)
+async def ensure_follow_up_runs(incident: Incident, now: datetime) -> list[FollowUpRun]:
+    """Create the incident's missing follow-up runs; return the ones created or attached."""
+    policy = get_policy()
+    out = []
+    async with open_store() as store:
+        for kind in FollowUpKind:
+            result = await ensure_follow_up_run(store, incident, kind, now=now, policy=policy)
+            if result.status in ("created", "attached"):
+                out.append(result)
+    return out
+
+
+@task(name="find_overdue_review", retries=0)
+async def find_overdue_review(incident: Incident, now: datetime) -> bool:
+    """Return True when the incident's review deadline passed with nothing recorded and no escalation yet."""
+    async with open_store() as store:
+        timeline = await store.timeline(incident.id)
+        follow_ups = await store.follow_ups(incident.id)
+    return review_overdue(incident, timeline, follow_ups, get_policy(), now)
+
+
+@flow(name="follow-up-sweep", description="Create any missing post-incident run; escalate reviews past deadline.")
+async def follow_up_sweep(params: FollowUpSweepParams = FollowUpSweepParams()) -> SweepOutcome:
+    """Create every missing post-incident review/follow-up run and escalate reviews past their deadline."""
+    logger = get_run_logger()
+    now = utcnow()
+    policy = get_policy()
+    out = SweepOutcome()
+    for incident in await list_resolved_incidents(now - timedelta(days=params.lookback_days)):
+        out.incidents += 1
+        out.created.extend(await ensure_follow_up_runs(incident, now))
+        if await find_overdue_review(incident, now):
+            await escalate_missed_review(incident, policy.post_incident.review_input_deadline_hours, policy)
+            out.escalated_reviews.append(incident.id)
+    if out.nothing_to_do:
+        logger.info("Nothing to do: %d resolved incident(s), every follow-up run exists", out.incidents)
+    else:
+        logger.info("Created %d follow-up run(s); escalated %d review(s)", len(out.created),
+                    len(out.escalated_reviews))
+    return out

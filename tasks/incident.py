@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from runbook.models import Alert, Incident, Status, TimelineEvent
 from runbook.store import open_store
@@ -28,7 +29,7 @@ async def record(
         )
 
 
-@task(name="record_event", retries=0)
+@task(name="record_event", retries=0, cache_policy=NO_CACHE)
 async def record_event(
     incident_id: str, kind: str, summary: str, details: dict[str, Any] | None = None, actor: str = "runbook"
 ) -> None:
@@ -36,28 +37,28 @@ async def record_event(
     await record(incident_id, kind, summary, details, actor)
 
 
-@task(name="declare_incident_record", retries=0)
+@task(name="declare_incident_record", retries=0, cache_policy=NO_CACHE)
 async def declare_record(incident: Incident, alert: Alert | None, actor: str) -> tuple[Incident, bool]:
     """Create the incident record, or attach the alert to the open incident with its fingerprint."""
     async with open_store() as store:
         return await store.declare(incident, alert, actor=actor, flow_run_id=flow_run_id())
 
 
-@task(name="store_invalid_alert", retries=0)
+@task(name="store_invalid_alert", retries=0, cache_policy=NO_CACHE)
 async def store_invalid_alert(raw: dict[str, Any], error: str) -> int:
     """Keep an alert that failed validation, with the reason."""
     async with open_store() as store:
         return await store.store_raw_alert(raw, error=error)
 
 
-@task(name="get_incident", retries=0)
+@task(name="get_incident", retries=0, cache_policy=NO_CACHE)
 async def get_incident(incident_id: str) -> Incident:
     """Read the incident record."""
     async with open_store() as store:
         return await store.get(incident_id)
 
 
-@task(name="transition_status", retries=0)
+@task(name="transition_status", retries=0, cache_policy=NO_CACHE)
 async def transition_status(
     incident_id: str, status: Status, summary: str = "", actor: str = "runbook",
     details: dict[str, Any] | None = None,
@@ -69,14 +70,14 @@ async def transition_status(
         )
 
 
-@task(name="acknowledge_incident", retries=0)
+@task(name="acknowledge_incident", retries=0, cache_policy=NO_CACHE)
 async def acknowledge_incident(incident_id: str, by: str) -> tuple[Incident, bool]:
     """Record who acknowledged the incident (first acknowledgement wins)."""
     async with open_store() as store:
         return await store.acknowledge(incident_id, by, flow_run_id=flow_run_id())
 
 
-@task(name="update_incident", retries=0)
+@task(name="update_incident", retries=0, cache_policy=NO_CACHE)
 async def update_incident(incident_id: str, **fields: Any) -> Incident:
     """Set fields of the incident record."""
     async with open_store() as store:

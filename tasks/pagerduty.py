@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from runbook.clients.pagerduty import PagerDutyClient
 from runbook.models import EventKind, Incident, Severity
@@ -31,7 +32,7 @@ async def _already_paged(incident_id: str, key: str) -> bool:
                for e in events)
 
 
-@task(name="page_contact", retries=0, timeout_seconds=120)
+@task(name="page_contact", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def page_contact(incident: Incident, contact: Contact, reason: str = "") -> dict[str, Any]:
     """Page one contact of the escalation chain (PagerDuty Events v2, dedup_key per incident and contact)."""
     key = dedup_key(incident, contact)
@@ -56,7 +57,7 @@ async def page_contact(incident: Incident, contact: Contact, reason: str = "") -
     return {"sent": True, "dedup_key": key, "status": result.status}
 
 
-@task(name="resolve_pages", retries=0, timeout_seconds=120)
+@task(name="resolve_pages", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def resolve_pages(incident: Incident) -> list[str]:
     """Resolve every page sent for the incident."""
     async with open_store() as store:
@@ -72,7 +73,7 @@ async def resolve_pages(incident: Incident) -> list[str]:
     return keys
 
 
-@task(name="acknowledge_pages", retries=0, timeout_seconds=120)
+@task(name="acknowledge_pages", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def acknowledge_pages(incident: Incident) -> None:
     """Acknowledge the on-call page in PagerDuty (stops PagerDuty's own re-notification)."""
     async with open_client(PagerDutyClient) as pd:

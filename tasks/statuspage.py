@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from runbook.clients.statuspage import StatuspageClient
 from runbook.models import EventKind, Incident, Severity, Status
@@ -27,7 +28,7 @@ def affected_components(incident: Incident, configured: list[str]) -> list[str]:
     return [n for n in names if n in configured]
 
 
-@task(name="post_status_update", retries=0, timeout_seconds=120)
+@task(name="post_status_update", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def post_status_update(incident_id: str, status: Status, body: str) -> dict[str, Any]:
     """Create or update the public incident at `status`, with impact and component statuses; once per status."""
     async with open_store() as store:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from runbook.clients.stripe import (
     EndpointCheck,
@@ -21,21 +22,21 @@ from tasks.common import open_client
 from tasks.incident import record
 
 
-@task(name="check_webhook_endpoint", retries=0, timeout_seconds=120)
+@task(name="check_webhook_endpoint", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def check_webhook_endpoint() -> EndpointCheck:
     """Check the app's webhook endpoint is registered and enabled for the right events."""
     async with open_client(StripeClient) as sc:
         return await sc.check_webhook_endpoint()
 
 
-@task(name="list_failed_events", retries=0, timeout_seconds=120)
+@task(name="list_failed_events", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def list_failed_events(window_minutes: float = 24 * 60) -> list[FailedEvent]:
     """Return events whose delivery failed in the window (Stripe keeps 30 days)."""
     async with open_client(StripeClient) as sc:
         return await sc.failed_events(timedelta(minutes=window_minutes))
 
 
-@task(name="check_webhook_secret", retries=0, timeout_seconds=120)
+@task(name="check_webhook_secret", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def check_webhook_secret() -> SecretCheck:
     """Compare the endpoint secret with the app's (Vercel env) by fingerprint, never by value."""
     settings = get_settings()
@@ -46,14 +47,14 @@ async def check_webhook_secret() -> SecretCheck:
         return await sc.check_webhook_secret()
 
 
-@task(name="probe_webhook", retries=0, timeout_seconds=120)
+@task(name="probe_webhook", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def probe_webhook() -> WebhookProbe:
     """Probe the app's webhook: unsigned → 400 expected, correctly signed harmless event → 2xx expected."""
     async with open_client(StripeClient) as sc:
         return await sc.probe_webhook()
 
 
-@task(name="replay_events", retries=0, timeout_seconds=600)
+@task(name="replay_events", retries=0, timeout_seconds=600, cache_policy=NO_CACHE)
 async def replay_events(incident_id: str | None, event_ids: list[str]) -> list[ReplayResult]:
     """Re-deliver failed events to the app with fresh signatures."""
     async with open_client(StripeClient) as sc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from runbook.clients.vercel import AliasJob, Deployment, VercelClient
 from runbook.models import EventKind
@@ -13,14 +14,14 @@ from tasks.common import open_client
 from tasks.incident import record
 
 
-@task(name="list_production_deployments", retries=0, timeout_seconds=120)
+@task(name="list_production_deployments", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def list_production_deployments(limit: int = 10) -> list[Deployment]:
     """Return recent READY production deployments, newest first."""
     async with open_client(VercelClient) as vc:
         return await vc.list_deployments(limit=limit)
 
 
-@task(name="find_rollback_target", retries=0, timeout_seconds=120)
+@task(name="find_rollback_target", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def find_rollback_target(target_id: str | None = None) -> tuple[Deployment | None, Deployment | None]:
     """Return (current production deployment, the named one or the previous READY rollback candidate)."""
     async with open_client(VercelClient) as vc:
@@ -30,7 +31,7 @@ async def find_rollback_target(target_id: str | None = None) -> tuple[Deployment
         return current, await vc.rollback_candidate(current)
 
 
-@task(name="rollback_deployment", retries=0, timeout_seconds=600)
+@task(name="rollback_deployment", retries=0, timeout_seconds=600, cache_policy=NO_CACHE)
 async def rollback_deployment(incident_id: str | None, deployment_id: str, timeout_s: float = 300) -> AliasJob:
     """Roll production back to a deployment and wait until the alias job succeeded or failed."""
     async with open_client(VercelClient) as vc:
@@ -47,7 +48,7 @@ async def rollback_deployment(incident_id: str | None, deployment_id: str, timeo
     return job
 
 
-@task(name="read_env_vars", retries=0, timeout_seconds=120)
+@task(name="read_env_vars", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
 async def read_env_vars(keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Read production env vars one by one: key → {id, type, fingerprint, write_only}; never values."""
     out: dict[str, dict[str, Any]] = {}
@@ -61,7 +62,7 @@ async def read_env_vars(keys: list[str] | None = None) -> dict[str, dict[str, An
     return out
 
 
-@task(name="redeploy_production", retries=0, timeout_seconds=900)
+@task(name="redeploy_production", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
 async def redeploy_production(incident_id: str | None, reason: str) -> Deployment:
     """Build a new production deployment from the current env (env changes only reach new deployments)."""
     async with open_client(VercelClient) as vc:

@@ -1,0 +1,179 @@
+"""Escalation until acknowledged (the runbook's P0 "Escalation (15-30 minutes)"), running beside the response.
+
+The run pauses for an `Acknowledge` input (the UI's Resume form: who). Meanwhile a clock in the same run pages the
+chain from the policy: on-call, then the engineering lead, then the CTO. An acknowledgement from anywhere stops it:
+the UI (resume this run), the CLI (`runbook ack ID --by NAME` writes the store; the clock sees it and resumes this
+run), or other automation (either way). A response time that passes without acknowledgement is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import aresume_flow_run, pause_flow_run
+from prefect.input import RunInput
+from pydantic import BaseModel, Field
+
+from runbook.escalation import escalation_schedule, wait_limit
+from runbook.models import EventKind, Incident, utcnow
+from runbook.policy import get_policy
+from runbook.store import open_store
+from tasks.common import flow_run_id
+from tasks.incident import record
+from tasks.pagerduty import acknowledge_pages, page_contact
+from tasks.slack import post_slack_message
+
+INCIDENT_ID = r"^inc-[0-9]{8}-[0-9a-f]{6}$"
+RESOLVED_FIRST = "resolved before anyone acknowledged"
+
+
+class Acknowledge(RunInput):
+    """Take the incident (the Resume form in the Prefect UI)."""
+
+    by: str = Field(min_length=1, max_length=100, description="Your name: you now own the response")
+    note: str = Field("", max_length=500, description="Optional note for the timeline")
+
+
+class EscalateParams(BaseModel):
+    """Parameters of escalate-incident."""
+
+    incident_id: str = Field(..., pattern=INCIDENT_ID, description="The incident to escalate until acknowledged")
+
+
+class EscalationOutcome(BaseModel):
+    """Who acknowledged, when, and who was paged before that."""
+
+    incident_id: str
+    acknowledged_by: str | None
+    via: str
+    pages: list[str] = Field(default_factory=list)
+    sla_missed: bool = False
+
+
+async def _read(incident_id: str) -> Incident:
+    async with open_store() as store:
+        return await store.get(incident_id)
+
+
+async def _resume_when_paused(run_id: str, current: Incident, resumed: asyncio.Event) -> None:
+    """Resume our own paused run with the acknowledgement (or resolution) that arrived through the store."""
+    if current.acknowledged_by:
+        run_input = {"by": current.acknowledged_by, "note": "acknowledged outside this run"}
+    else:
+        run_input = {"by": "runbook", "note": RESOLVED_FIRST}
+    async with get_client() as client:
+        while not resumed.is_set():
+            run = await client.read_flow_run(run_id)  # type: ignore[arg-type]
+            if run.state and run.state.is_paused():
+                try:
+                    await aresume_flow_run(run.id, run_input=run_input)
+                except Exception:  # resumed by someone else in between: fine
+                    pass
+                return
+            await asyncio.sleep(0.5)
+
+
+async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, resumed: asyncio.Event,
+                 outcome: EscalationOutcome) -> None:
+    """Page, remind and record the SLA per the schedule until the incident is acknowledged."""
+    policy = get_policy()
+    steps = escalation_schedule(incident, policy)
+    poll = policy.response.ack_poll_seconds
+    for step in steps:
+        while not stop.is_set():
+            current = await _read(incident.id)
+            if current.acknowledged_at is not None or not current.status.is_open:
+                stop.set()
+                if run_id:
+                    await _resume_when_paused(run_id, current, resumed)
+                return
+            wait = (step.at - utcnow()).total_seconds()
+            if wait <= 0:
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=min(wait, poll))
+            except TimeoutError:
+                pass
+        if stop.is_set():
+            return
+        if step.action == "page" and step.contact is not None:
+            sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
+                                      if step.contact.after_minutes else "")
+            outcome.pages.append(step.contact.role)
+            get_run_logger().info("paged %s (%s)", step.contact.role, sent.get("dedup_key"))
+        elif step.action == "remind":
+            await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
+                                     f"is not acknowledged; respond by {incident.response_due:%H:%M} UTC",
+                                     incident_id=incident.id, kind=EventKind.REMINDER)
+        elif step.action == "sla":
+            outcome.sla_missed = True
+            await record(incident.id, EventKind.SLA_MISSED,
+                         f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
+                         {"response_due": incident.response_due.isoformat()})
+    # Chain exhausted: keep watching the store so a late CLI acknowledgement still ends the wait.
+    while not stop.is_set():
+        current = await _read(incident.id)
+        if current.acknowledged_at is not None or not current.status.is_open:
+            stop.set()
+            if run_id:
+                await _resume_when_paused(run_id, current, resumed)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=poll)
+        except TimeoutError:
+            pass
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"escalate {(flow_run.parameters.get('params') or {}).get('incident_id', '')}"
+
+
+@flow(name="escalate-incident", flow_run_name=_run_name)
+async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
+    """Page the escalation chain over time until someone acknowledges the incident."""
+    incident = await _read(params.incident_id)
+    outcome = EscalationOutcome(incident_id=incident.id, acknowledged_by=incident.acknowledged_by, via="store")
+    if incident.acknowledged_at is not None:
+        return outcome
+    policy = get_policy()
+    stop, resumed = asyncio.Event(), asyncio.Event()
+    run_id = flow_run_id()
+    clock = asyncio.create_task(_clock(incident, run_id, stop, resumed, outcome))
+    description = (f"## Acknowledge {incident.severity} {incident.id}\n\n**{incident.title}**\n\n"
+                   f"Response due by {incident.response_due:%Y-%m-%d %H:%M} UTC. Acknowledging stops the "
+                   "escalation (engineering lead, then CTO) and makes you the owner of the response.")
+    ack: Any = None
+    try:
+        ack = await pause_flow_run(
+            wait_for_input=Acknowledge.with_initial_data(description=description, by=""),
+            timeout=int(wait_limit(incident, policy).total_seconds()) + 1,
+            poll_interval=max(1, int(policy.response.ack_poll_seconds)),
+        )
+    except FlowPauseTimeout:
+        await record(incident.id, EventKind.NOTE, "Nobody acknowledged within the escalation window", {})
+        outcome.via = "timeout"
+    finally:
+        resumed.set()
+        stop.set()
+        await clock
+    if ack is not None and ack.note == RESOLVED_FIRST:
+        outcome.via = "resolved"
+    elif ack is not None:
+        async with open_store() as store:
+            current, newly = await store.acknowledge(incident.id, ack.by, flow_run_id=run_id)
+        outcome.acknowledged_by = current.acknowledged_by
+        outcome.via = "ui" if newly else "store"
+        if ack.note and newly:
+            await record(incident.id, EventKind.NOTE, f"Acknowledgement note: {ack.note}", {}, actor=ack.by)
+        if outcome.pages:
+            try:
+                await acknowledge_pages(incident)
+            except Exception as exc:  # PagerDuty down must not undo an acknowledgement
+                get_run_logger().warning("could not acknowledge the page in PagerDuty: %s", exc)
+    return outcome

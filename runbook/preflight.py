@@ -53,10 +53,13 @@ Check = Callable[[Settings, RetryPolicy], Awaitable[str]]
 async def _app(settings: Settings, policy: RetryPolicy) -> str:
     async with AppClient.from_settings(settings, policy=policy) as app:
         health = await app.health()
-    status = (health.body or {}).get("status", "?")
-    if not health.ok:
-        raise _Failed(f"/api/health answered HTTP {health.status_code}, status {status}")
-    return f"/api/health HTTP {health.status_code}, status {status}"
+    failing = "; ".join(f"{name}: {error}" for name, error in health.failing.items())
+    summary = f"/api/health HTTP {health.status_code}, status {health.status or '?'}" + (
+        f" ({failing})" if failing else ""
+    )
+    if not health.answered:
+        raise _Failed(summary)
+    return summary
 
 
 async def _supabase_rest(settings: Settings, policy: RetryPolicy) -> str:
@@ -171,9 +174,7 @@ async def _run_one(
     except (RunbookError, _Failed) as exc:
         return CheckResult(integration=name, state="failed", latency_ms=latency(), detail=redact(str(exc)))
     except TimeoutError:
-        return CheckResult(
-            integration=name, state="failed", latency_ms=latency(), detail=f"no answer in {timeout:g}s"
-        )
+        return CheckResult(integration=name, state="failed", latency_ms=latency(), detail=f"no answer in {timeout:g}s")
     except Exception as exc:  # an unexpected bug must not hide the other rows; its message is redacted
         detail = redact(f"unexpected {type(exc).__name__}: {exc}")[:300]
         return CheckResult(integration=name, state="failed", latency_ms=latency(), detail=detail)

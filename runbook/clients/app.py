@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from runbook.clients._http import (
     DEFAULT_POLICY,
@@ -23,15 +23,23 @@ from runbook.settings import Settings
 
 VENDOR = "app"
 ANY_ERROR = range(400, 600)
+HEALTHY = {"ok", "healthy", "pass", "up"}
 
 
 class AppHealth(BaseModel):
     """What `/api/health` answered (a 5xx with a JSON body is an answer, not an exception)."""
 
     status_code: int
-    ok: bool
+    ok: bool = Field(description="2xx and the body reports a healthy status")
+    status: str | None = Field(None, description="The status the app reports (healthy, degraded, unhealthy …)")
+    failing: dict[str, str] = Field(default_factory=dict, description="Checks that are not healthy → their error")
     body: dict[str, Any] | None = None
     latency_ms: float
+
+    @property
+    def answered(self) -> bool:
+        """Return True when the app answered 2xx (healthy or degraded)."""
+        return 200 <= self.status_code < 300
 
 
 class AuthProbe(BaseModel):
@@ -70,9 +78,16 @@ class AppClient(BaseClient):
             body = parsed if isinstance(parsed, dict) else {"value": parsed}
         except ValueError:
             body = None
-        reported = str((body or {}).get("status", "ok")).lower()
-        ok = response.is_success and reported in {"ok", "healthy", "pass", "up"}
-        return AppHealth(status_code=response.status_code, ok=ok, body=body, latency_ms=elapsed_ms(started))
+        reported = (body or {}).get("status")
+        ok = response.is_success and str(reported or "ok").lower() in HEALTHY
+        return AppHealth(
+            status_code=response.status_code,
+            ok=ok,
+            status=str(reported) if reported is not None else None,
+            failing=_failing_checks(body),
+            body=body,
+            latency_ms=elapsed_ms(started),
+        )
 
     async def auth_probe(self, token: SecretStr | str | None = None) -> AuthProbe:
         """POST /api/auth/profile: without a token a 401 means alive; with a token expect 2xx."""
@@ -95,3 +110,15 @@ class AppClient(BaseClient):
             detail=detail,
             latency_ms=elapsed_ms(started),
         )
+
+
+def _failing_checks(body: dict[str, Any] | None) -> dict[str, str]:
+    """Return `checks` entries whose status is not healthy, with their error (or their status)."""
+    checks = (body or {}).get("checks")
+    if not isinstance(checks, dict):
+        return {}
+    out: dict[str, str] = {}
+    for name, check in checks.items():
+        if isinstance(check, dict) and str(check.get("status", "healthy")).lower() not in HEALTHY:
+            out[str(name)] = str(check.get("error") or check.get("status"))[:300]
+    return out

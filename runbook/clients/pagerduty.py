@@ -65,9 +65,7 @@ class PagerDutyClient(BaseClient):
         http = HttpClient(VENDOR, policy=policy, secrets=settings_secrets(settings), sleep=sleep)
         return cls(http, settings.pagerduty_routing_key, settings.pagerduty_events_url)
 
-    async def _send(
-        self, action: str, dedup_key: str, payload: dict[str, Any] | None = None
-    ) -> PagerDutyResult:
+    async def _send(self, action: str, dedup_key: str, payload: dict[str, Any] | None = None) -> PagerDutyResult:
         if not dedup_key:
             raise InputError("a PagerDuty event needs a dedup_key (the incident id)")
         body: dict[str, Any] = {

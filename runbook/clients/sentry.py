@@ -97,9 +97,7 @@ class SentryClient(BaseClient):
         rows = body.get("data", []) if isinstance(body, dict) else []
         return int(rows[0].get("count()", 0) or 0) if rows and isinstance(rows[0], dict) else 0
 
-    async def error_rate(
-        self, window: timedelta | int | str = "15m", *, requests: int | None = None
-    ) -> ErrorRate:
+    async def error_rate(self, window: timedelta | int | str = "15m", *, requests: int | None = None) -> ErrorRate:
         """Return the error count, errors per minute and, given the request count, errors as % of requests."""
         _, seconds = stats_period(window)
         count = await self.error_count(window)
@@ -112,9 +110,7 @@ class SentryClient(BaseClient):
             percent_of_requests=percent,
         )
 
-    async def error_series(
-        self, window: timedelta | int | str = "30m", interval: int = 60
-    ) -> list[SeriesPoint]:
+    async def error_series(self, window: timedelta | int | str = "30m", interval: int = 60) -> list[SeriesPoint]:
         """Return error counts per `interval` seconds over `window` (events-timeseries)."""
         period, _ = stats_period(window)
         body = await self.http.json(
@@ -138,9 +134,7 @@ def _series(body: Any) -> list[SeriesPoint]:
     if isinstance(body, dict) and isinstance(body.get("timeSeries"), list):
         for series in body["timeSeries"][:1]:
             for item in series.get("values", []):
-                points.append(
-                    SeriesPoint(timestamp=_ts(item.get("timestamp")), count=int(item.get("value") or 0))
-                )
+                points.append(SeriesPoint(timestamp=_ts(item.get("timestamp")), count=int(item.get("value") or 0)))
     elif isinstance(body, dict) and isinstance(body.get("data"), list):
         for item in body["data"]:
             if isinstance(item, list | tuple) and len(item) == 2:
@@ -149,9 +143,7 @@ def _series(body: Any) -> list[SeriesPoint]:
                 points.append(SeriesPoint(timestamp=_ts(item[0]), count=total))
             elif isinstance(item, dict):
                 value = item.get("count()", item.get("value", item.get("count"))) or 0
-                points.append(
-                    SeriesPoint(timestamp=_ts(item.get("timestamp") or item.get("time")), count=int(value))
-                )
+                points.append(SeriesPoint(timestamp=_ts(item.get("timestamp") or item.get("time")), count=int(value)))
     return points
 
 

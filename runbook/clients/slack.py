@@ -68,9 +68,7 @@ class SlackClient(BaseClient):
         if not any(settings.slack_webhook(c) for c in CHANNELS):
             names = ", ".join(f"{ENV_PREFIX}SLACK_WEBHOOK_{c.upper()}" for c in CHANNELS)
             raise NotConfigured(VENDOR, f"one of {names}")
-        return cls(
-            HttpClient(VENDOR, policy=policy, secrets=settings_secrets(settings), sleep=sleep), settings
-        )
+        return cls(HttpClient(VENDOR, policy=policy, secrets=settings_secrets(settings), sleep=sleep), settings)
 
     def configured_channels(self) -> list[str]:
         """Return the channels that have a webhook."""

@@ -23,9 +23,7 @@ from runbook.settings import Settings
 VENDOR = "statuspage"
 IncidentStatus = Literal["investigating", "identified", "monitoring", "resolved"]
 Impact = Literal["none", "minor", "major", "critical"]
-ComponentStatus = Literal[
-    "operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage"
-]
+ComponentStatus = Literal["operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage"]
 
 
 class StatusIncident(BaseModel):

@@ -54,7 +54,7 @@ DEFAULT_WEBHOOK_EVENTS: tuple[str, ...] = (
     "customer.subscription.created",
     "customer.subscription.updated",
     "customer.subscription.deleted",
-    "invoice.payment_succeeded",
+    "invoice.paid",
     "invoice.payment_failed",
 )
 
@@ -143,9 +143,7 @@ def translate_stripe_error(exc: stripe_sdk.StripeError, operation: str, redact: 
         return AuthError(VENDOR, operation, message or "not authorised", status)
     if isinstance(exc, stripe_sdk.APIConnectionError):
         cause = exc.__cause__
-        error = TransientError(
-            VENDOR, operation, f"connection failed ({type(cause).__name__ if cause else 'network'})"
-        )
+        error = TransientError(VENDOR, operation, f"connection failed ({type(cause).__name__ if cause else 'network'})")
         error.sent = not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)  # type: ignore[attr-defined]
         return error
     if (status or 0) >= 500 or (status is None and isinstance(exc, stripe_sdk.APIError)):
@@ -237,9 +235,7 @@ class StripeClient:
             raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_URL or RUNBOOK_APP_URL")
         endpoints = [e for e in await self.list_webhook_endpoints() if e.url.rstrip("/") == target]
         if not endpoints:
-            return EndpointCheck(
-                url=target, ok=False, detail="no webhook endpoint registered for the app's URL"
-            )
+            return EndpointCheck(url=target, ok=False, detail="no webhook endpoint registered for the app's URL")
         best = next((e for e in endpoints if e.status == "enabled"), endpoints[0])
         events = set(best.enabled_events)
         missing = [] if "*" in events else [e for e in required_events if e not in events]
@@ -297,9 +293,7 @@ class StripeClient:
         present, shaped = bool(ours), ours.startswith("whsec_")
         fp = fingerprint(ours)
         if not present:
-            return SecretCheck(
-                ok=False, present=False, shaped=False, detail="RUNBOOK_STRIPE_WEBHOOK_SECRET unset"
-            )
+            return SecretCheck(ok=False, present=False, shaped=False, detail="RUNBOOK_STRIPE_WEBHOOK_SECRET unset")
         if vercel is None:
             detail = "present and whsec_-shaped" if shaped else "present but not whsec_-shaped"
             return SecretCheck(
@@ -346,9 +340,7 @@ class StripeClient:
             raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_URL or RUNBOOK_APP_URL")
         return target
 
-    async def _post_to_app(
-        self, url: str, payload: str, signature: str | None, operation: str
-    ) -> httpx.Response:
+    async def _post_to_app(self, url: str, payload: str, signature: str | None, operation: str) -> httpx.Response:
         headers = {"Content-Type": "application/json"}
         if signature is not None:
             headers["Stripe-Signature"] = signature
@@ -367,9 +359,7 @@ class StripeClient:
         """POST unsigned (expect 400), then a signed `runbook.probe` event (expect 2xx), to the app."""
         target = self._target(url)
         event_id = f"evt_runbook_probe_{secrets.token_hex(8)}"
-        unsigned = await self._post_to_app(
-            target, json.dumps({"type": "runbook.probe"}), None, "unsigned probe"
-        )
+        unsigned = await self._post_to_app(target, json.dumps({"type": "runbook.probe"}), None, "unsigned probe")
         payload = json.dumps(
             {
                 "id": event_id,

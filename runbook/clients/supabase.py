@@ -116,9 +116,7 @@ class SupabaseRest:
         value = next((getattr(settings, n) for n in names if secret_value(getattr(settings, n))), None)
         if value is None:
             raise NotConfigured(VENDOR, " or ".join(ENV_PREFIX + n.upper() for n in names))
-        return cls(
-            settings.supabase_url or "", value, policy=policy, sleep=sleep, secrets=settings_secrets(settings)
-        )
+        return cls(settings.supabase_url or "", value, policy=policy, sleep=sleep, secrets=settings_secrets(settings))
 
     async def _supabase(self) -> Any:
         if self._client is None:
@@ -368,15 +366,11 @@ class SupabaseDatabase:
         started = time.perf_counter()
 
         async def work(conn: asyncpg.Connection) -> tuple[str, str]:
-            row = await conn.fetchrow(
-                "select current_setting('server_version') as v, current_database() as d"
-            )
+            row = await conn.fetchrow("select current_setting('server_version') as v, current_database() as d")
             return str(row["v"]), str(row["d"])
 
         version, database = await self.run("connect", work)
-        return Connectivity(
-            ok=True, server_version=version, database=database, latency_ms=elapsed_ms(started)
-        )
+        return Connectivity(ok=True, server_version=version, database=database, latency_ms=elapsed_ms(started))
 
     # Migrations
 
@@ -393,9 +387,7 @@ class SupabaseDatabase:
             version, name = match["version"], match["name"]
             down = Path(folder) / "down" / f"{version}_{name}.down.sql"
             out.append(
-                MigrationFile(
-                    version=version, name=name, path=path, down_script=down if down.is_file() else None
-                )
+                MigrationFile(version=version, name=name, path=path, down_script=down if down.is_file() else None)
             )
         return out
 
@@ -403,14 +395,10 @@ class SupabaseDatabase:
         """Return the rows of `supabase_migrations.schema_migrations` by version (None: no history table)."""
 
         async def work(conn: asyncpg.Connection) -> list[AppliedMigration] | None:
-            exists = await conn.fetchval(
-                "select to_regclass('supabase_migrations.schema_migrations') is not null"
-            )
+            exists = await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations') is not null")
             if not exists:
                 return None
-            rows = await conn.fetch(
-                "select version, name from supabase_migrations.schema_migrations order by version"
-            )
+            rows = await conn.fetch("select version, name from supabase_migrations.schema_migrations order by version")
             return [AppliedMigration(version=str(r["version"]), name=r["name"]) for r in rows]
 
         return await self.run("read migration history", work)
@@ -452,9 +440,7 @@ class SupabaseDatabase:
 
         return await self.run("long-running queries", work)
 
-    async def health(
-        self, long_query_threshold: float | timedelta = 5.0, max_query_chars: int = 200
-    ) -> DatabaseHealth:
+    async def health(self, long_query_threshold: float | timedelta = 5.0, max_query_chars: int = 200) -> DatabaseHealth:
         """Measure connections vs max_connections, pool use %, long-running queries, mean query time."""
         seconds = (
             long_query_threshold.total_seconds()

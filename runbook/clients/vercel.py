@@ -85,6 +85,7 @@ class Project(BaseModel):
 
     id: str
     name: str | None = None
+    production_deployment_id: str | None = Field(None, description="`targets.production.id` when reported")
     last_alias_request: AliasJob | None = None
 
 
@@ -108,12 +109,14 @@ class EnvVar(BaseModel):
         """Build from a Vercel env object."""
         target = raw.get("target") or []
         value = raw.get("value")
+        # The list returns opaque (encrypted) values with decrypted=false: only a decrypted value is a value.
+        readable = raw.get("decrypted") is True or (raw.get("decrypted") is None and raw.get("type") == "plain")
         return cls(
             id=raw.get("id") or "",
             key=raw.get("key") or "",
             type=raw.get("type"),
             target=[target] if isinstance(target, str) else list(target),
-            value=SecretStr(value) if isinstance(value, str) and value != "" else None,
+            value=SecretStr(value) if readable and isinstance(value, str) and value != "" else None,
             decrypted=raw.get("decrypted"),
         )
 
@@ -197,16 +200,20 @@ class VercelClient(BaseClient):
         )
         job = body.get("lastAliasRequest")
         self._project_name = body.get("name") or self._project_name
+        production = (body.get("targets") or {}).get("production") or {}
         return Project(
             id=body.get("id") or self.project_id,
             name=body.get("name"),
+            production_deployment_id=production.get("id") if isinstance(production, dict) else None,
             last_alias_request=_alias_job(job) if isinstance(job, dict) else None,
         )
 
     async def current_production(self) -> Deployment | None:
-        """Return the deployment production serves: the last succeeded alias target, else the newest."""
+        """Return the deployment production serves (`targets.production`, a succeeded alias job, else newest)."""
         project = await self.project()
         job = project.last_alias_request
+        if project.production_deployment_id:
+            return await self.get_deployment(project.production_deployment_id)
         if job and job.succeeded and job.to_deployment_id:
             return await self.get_deployment(job.to_deployment_id)
         deployments = await self.list_deployments(limit=1, max_pages=1)
@@ -305,9 +312,7 @@ class VercelClient(BaseClient):
             if (deployment.state or "").upper() in TERMINAL_DEPLOY:
                 return deployment
             if time.monotonic() + interval > deadline:
-                raise TransientError(
-                    VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:g}s"
-                )
+                raise TransientError(VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:g}s")
             await asyncio.sleep(interval)
 
     # Environment variables
@@ -321,9 +326,7 @@ class VercelClient(BaseClient):
     async def get_env(self, env_id: str) -> EnvVar:
         """Read one env var with its decrypted value (none for type sensitive)."""
         _check_id(env_id)
-        body = await self.http.json(
-            "GET", f"/v1/projects/{self.project_id}/env/{env_id}", operation="read env"
-        )
+        body = await self.http.json("GET", f"/v1/projects/{self.project_id}/env/{env_id}", operation="read env")
         return EnvVar.from_api(body or {})
 
     async def find_env(self, key: str, target: str = "production") -> EnvVar | None:
@@ -368,17 +371,13 @@ class VercelClient(BaseClient):
     async def delete_env(self, env_id: str) -> None:
         """Delete an env var."""
         _check_id(env_id)
-        await self.http.request(
-            "DELETE", f"/v9/projects/{self.project_id}/env/{env_id}", operation="delete env"
-        )
+        await self.http.request("DELETE", f"/v9/projects/{self.project_id}/env/{env_id}", operation="delete env")
 
 
 def _alias_job(raw: dict[str, Any]) -> AliasJob:
     status = raw.get("jobStatus")
     return AliasJob(
-        job_status=status
-        if status in {"pending", "in-progress", "succeeded", "failed", "skipped"}
-        else "unknown",
+        job_status=status if status in {"pending", "in-progress", "succeeded", "failed", "skipped"} else "unknown",
         type=raw.get("type"),
         from_deployment_id=raw.get("fromDeploymentId"),
         to_deployment_id=raw.get("toDeploymentId"),

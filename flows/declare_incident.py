@@ -17,7 +17,7 @@ from runbook.errors import InputError
 from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
 from runbook.policy import get_policy
 from runbook.settings import get_settings
-from tasks.common import flow_run_id
+from tasks.common import flow_run_id, run_parameter
 from tasks.incident import declare_record, store_invalid_alert
 
 ScenarioHint = Literal["database", "authentication", "payment", "performance", "configuration"]
@@ -133,12 +133,9 @@ async def start_response(incident: Incident, mode: str) -> str | None:
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params = flow_run.parameters.get("params") or {}
-    alert = params.get("alert") or params.get("raw_alert") or {}
-    what = params.get("title") or (alert.get("summary") if isinstance(alert, dict) else None) or "alert"
-    return f"declare {str(what)[:60]}"
+    alert = run_parameter("alert") or run_parameter("raw_alert") or {}
+    summary = alert.get("summary") if isinstance(alert, dict) else getattr(alert, "summary", None)
+    return f"declare {str(run_parameter('title') or summary or 'alert')[:60]}"
 
 
 @flow(name="declare-incident", flow_run_name=_run_name)

@@ -22,7 +22,7 @@ from runbook.escalation import escalation_schedule, wait_limit
 from runbook.models import EventKind, Incident, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
-from tasks.common import flow_run_id
+from tasks.common import flow_run_id, run_parameter
 from tasks.incident import record
 from tasks.pagerduty import acknowledge_pages, page_contact
 from tasks.slack import post_slack_message
@@ -129,9 +129,7 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    return f"escalate {(flow_run.parameters.get('params') or {}).get('incident_id', '')}"
+    return f"escalate {run_parameter('incident_id', '')}"
 
 
 @flow(name="escalate-incident", flow_run_name=_run_name)

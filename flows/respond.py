@@ -37,6 +37,7 @@ from flows.escalate_incident import INCIDENT_ID, EscalateParams, EscalationOutco
 from runbook.models import ActionItem, Diagnosis, Incident, Severity, Status, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
+from tasks.common import run_parameter
 from tasks.slack import post_slack_message
 
 
@@ -65,8 +66,7 @@ class ResponseOutcome(BaseModel):
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    params = flow_run.parameters.get("params") or {}
-    return f"{flow_run.flow_name} {params.get('incident_id', '')}"
+    return f"{flow_run.flow_name} {run_parameter('incident_id', '')}"
 
 
 async def _fix_and_verify(incident: Incident, diagnosis: Diagnosis | None, params: RespondParams

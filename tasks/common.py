@@ -50,3 +50,18 @@ async def open_client(cls: type[C], settings: Settings | None = None) -> AsyncIt
         yield client
     finally:
         await client.aclose()
+
+
+def run_parameter(field: str, default: Any = None) -> Any:
+    """Return a field of the current flow run's `params` model (a model when called directly, a dict via the API)."""
+    try:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters.get("params")
+    except Exception:
+        return default
+    if params is None:
+        return default
+    if isinstance(params, dict):
+        return params.get(field, default)
+    return getattr(params, field, default)

@@ -1,0 +1,185 @@
+"""Sentry stand-in: the app reports its 5xx here; the runbook reads error counts and time series.
+
+    GET /api/0/organizations/{org}/events/?dataset=errors&field=count()&project=<id>&statsPeriod=15m
+        → {"data": [{"count()": N}], "meta": {...}}   (other fields, e.g. field=release, group the rows)
+    GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
+        → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n}, …], "meta": {…}}]}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from runbook.drill.standin import StandIn, bearer, iso, json_response
+
+_PERIOD = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_period(text: str) -> float | None:
+    """Return a Sentry statsPeriod ('15m', '24h', '14d') in seconds, or None when malformed."""
+    m = _PERIOD.match(text.strip())
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+@dataclass
+class SentryEvent:
+    """One captured error event."""
+
+    title: str
+    timestamp: float = field(default_factory=time.time)
+    level: str = "error"
+    release: str | None = None
+    environment: str = "production"
+    transaction: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def field_value(self, name: str) -> Any:
+        """Return the value of a Discover field for grouping."""
+        return {"title": self.title, "level": self.level, "release": self.release, "id": self.id,
+                "environment": self.environment, "transaction": self.transaction,
+                "timestamp": iso(self.timestamp)}.get(name, self.tags.get(name))
+
+
+class SentryStandIn(StandIn):
+    """The Sentry Discover endpoints the runbook reads, for one organization and one project."""
+
+    name = "sentry"
+
+    def __init__(self, *, token: str, org: str, project_id: str, project_slug: str) -> None:
+        self.token = token
+        self.org = org
+        self.project_id = project_id
+        self.project_slug = project_slug
+        self.events: list[SentryEvent] = []
+        super().__init__()
+
+    def reset_state(self) -> None:
+        """Forget every captured event."""
+        self.events = []
+
+    def capture(self, title: str, **fields: Any) -> SentryEvent:
+        """Record an error event (what the Sentry SDK in the app sends)."""
+        event = SentryEvent(title=title, **fields)
+        with self._lock:
+            self.events.append(event)
+        return event
+
+    def count(self, seconds: float = 900) -> int:
+        """Return how many events were captured in the last `seconds`."""
+        since = time.time() - seconds
+        with self._lock:
+            return sum(1 for e in self.events if e.timestamp >= since)
+
+    # -- HTTP -------------------------------------------------------------------------------------------------
+    def error_body(self, status: int, message: str) -> Any:
+        """Return Sentry's `{"detail": …}`."""
+        return {"detail": message}
+
+    def _guard(self, request: Request) -> Response | None:
+        token = bearer(request)
+        if token is None:
+            return json_response({"detail": "Authentication credentials were not provided."}, 401)
+        if token != self.token:
+            return json_response({"detail": "Invalid token"}, 401)
+        if request.path_params.get("org") != self.org:
+            return json_response({"detail": "The requested resource does not exist"}, 404)
+        return None
+
+    def _window(self, request: Request) -> tuple[float, float] | Response:
+        q = request.query_params
+        now = time.time()
+        if "start" in q and "end" in q:
+            try:
+                start = datetime.fromisoformat(q["start"].replace("Z", "+00:00")).timestamp()
+                end = datetime.fromisoformat(q["end"].replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return json_response({"detail": "start/end must be ISO 8601 datetimes"}, 400)
+            return start, end
+        seconds = parse_period(q.get("statsPeriod", "14d"))
+        if seconds is None:
+            return json_response({"detail": "Invalid statsPeriod"}, 400)
+        return now - seconds, now
+
+    def _selected(self, request: Request, start: float, end: float) -> list[SentryEvent] | Response:
+        q = request.query_params
+        dataset = q.get("dataset", "errors")
+        if dataset not in ("errors", "discover"):
+            return json_response({"detail": f"dataset must be errors or discover, not {dataset}"}, 400)
+        projects = set(q.getlist("project"))
+        if projects and not projects & {self.project_id, self.project_slug, "-1"}:
+            return json_response({"detail": "You do not have permission to perform this action."}, 403)
+        env = q.get("environment")
+        with self._lock:
+            return [e for e in self.events
+                    if start <= e.timestamp <= end and (env is None or e.environment == env)]
+
+    def routes(self) -> list[BaseRoute]:
+        """Return the Sentry routes."""
+        return [
+            Route("/api/0/organizations/{org}/events/", self._events, methods=["GET"]),
+            Route("/api/0/organizations/{org}/events-timeseries/", self._timeseries, methods=["GET"]),
+        ]
+
+    async def _events(self, request: Request) -> Response:
+        if (denied := self._guard(request)) is not None:
+            return denied
+        window = self._window(request)
+        if isinstance(window, Response):
+            return window
+        events = self._selected(request, *window)
+        if isinstance(events, Response):
+            return events
+        fields = request.query_params.getlist("field") or ["count()"]
+        group = [f for f in fields if f != "count()"]
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for e in events:
+            key = tuple(e.field_value(f) for f in group)
+            row = rows.setdefault(key, {**dict(zip(group, key, strict=True)), "count()": 0})
+            row["count()"] += 1
+        data = list(rows.values()) if group else [{"count()": len(events)}]
+        data.sort(key=lambda r: r["count()"], reverse=True)
+        for row in data:
+            if "count()" not in fields:
+                row.pop("count()", None)
+        meta = {"fields": {f: "integer" if f == "count()" else "string" for f in fields},
+                "units": {f: None for f in fields}, "isMetricsData": False, "tips": {},
+                "datasetReason": "unchanged", "dataset": "errors"}
+        return json_response({"data": data, "meta": meta})
+
+    async def _timeseries(self, request: Request) -> Response:
+        if (denied := self._guard(request)) is not None:
+            return denied
+        window = self._window(request)
+        if isinstance(window, Response):
+            return window
+        start, end = window
+        events = self._selected(request, start, end)
+        if isinstance(events, Response):
+            return events
+        try:
+            interval = int(request.query_params.get("interval", "60"))
+        except ValueError:
+            return json_response({"detail": "interval must be seconds"}, 400)
+        interval = max(1, interval)
+        first = int(start // interval) * interval
+        buckets = {first + i * interval: 0 for i in range(int((end - first) // interval) + 1)}
+        for e in events:
+            buckets[int(e.timestamp // interval) * interval] = buckets.get(int(e.timestamp // interval) * interval,
+                                                                           0) + 1
+        y_axis = request.query_params.get("yAxis", "count()")
+        values = [{"timestamp": ts * 1000, "value": n, "incomplete": ts + interval > end}
+                  for ts, n in sorted(buckets.items())]
+        series = {"yAxis": y_axis, "values": values,
+                  "meta": {"valueType": "integer", "valueUnit": None, "interval": interval * 1000}}
+        return json_response({"timeSeries": [series]})

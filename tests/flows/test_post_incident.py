@@ -199,6 +199,18 @@ async def test_sweep_recreates_a_deleted_run(deployments: None, store: IncidentS
     assert rows[FollowUpKind.REVIEW_24H] == str(review[0].id)
 
 
+async def test_sweep_escalates_a_review_past_its_deadline_once(deployments: None, store: IncidentStore,
+                                                               slack: SlackReceiver) -> None:
+    """A review with nothing recorded 24 h + 48 h after resolution is escalated to the lead, by one sweep only."""
+    from flows.follow_up_sweep import follow_up_sweep
+
+    incident = await resolved_incident(store, now_s() - timedelta(days=4))
+    first = await follow_up_sweep()
+    second = await follow_up_sweep()
+    assert first.escalated_reviews == [incident.id] and second.escalated_reviews == []
+    assert len([t for t in slack.texts("incidents") if "Engineering Lead" in t and incident.id in t]) == 1
+
+
 # -- the review -------------------------------------------------------------------------------------------------
 
 
@@ -268,7 +280,7 @@ async def test_blank_review_input_is_refused_at_resume(store: IncidentStore) -> 
     run = asyncio.create_task(post_incident_review(
         PostIncidentReviewParams(incident_id=incident.id, poll_interval_seconds=1)))
     paused = await paused_run(f"post-incident-review {incident.id}")
-    with pytest.raises(Exception, match="root_cause|pattern|does not match"):
+    with pytest.raises(RuntimeError, match="Validation failed for field 'root_cause'"):
         await aresume_flow_run(paused.id, run_input={**REVIEW_INPUT, "root_cause": "   "})
     await aresume_flow_run(paused.id, run_input=REVIEW_INPUT)
     assert (await asyncio.wait_for(run, 30)).outcome == "recorded"

@@ -250,9 +250,12 @@ class PermitSchoolApp(StandIn):
         if not header:
             return json_response({"error": "Missing Stripe-Signature header"}, 400)
         try:
-            event = stripe.Webhook.construct_event(payload, header, secret)
+            stripe.Webhook.construct_event(payload, header, secret)
+            event = json.loads(payload)
         except (stripe.SignatureVerificationError, ValueError):
             return json_response({"error": "Webhook signature verification failed"}, 400)
+        if not isinstance(event, dict):
+            return json_response({"error": "Invalid event"}, 400)
         event_id, event_type = str(event.get("id", "")), str(event.get("type", ""))
         if not event_id.startswith("evt_"):
             return json_response({"error": "Invalid event id"}, 400)

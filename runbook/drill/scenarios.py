@@ -248,6 +248,7 @@ BEGIN
     LOCK TABLE public.profiles IN ACCESS EXCLUSIVE MODE;
     LOOP
       PERFORM pg_sleep(0.05);
+      PERFORM pg_stat_clear_snapshot();
       SELECT coalesce(max(extract(epoch FROM clock_timestamp() - a.query_start)), 0) INTO waited
         FROM pg_stat_activity a WHERE pg_backend_pid() = ANY (pg_blocking_pids(a.pid));
       EXIT WHEN waited >= {delay} OR clock_timestamp() - started > interval '{limit} seconds';

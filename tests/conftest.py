@@ -6,6 +6,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runbook.drill import DrillStack
+from typing import Any
 
 import pytest
 
@@ -47,3 +52,42 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the runbook's state (store, reports, backups) at a fresh temporary directory."""
     monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def drill_stack() -> Iterator[Any]:
+    """Run the whole drill stack (real Postgres, the app, every vendor stand-in) once for the session."""
+    from runbook.drill import DrillStack
+
+    with DrillStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def drill_stack() -> Iterator[DrillStack]:
+    """Start one drill stack (real Postgres, the app, every vendor stand-in) for the whole session."""
+    from runbook.drill import DrillStack
+
+    with DrillStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def drill_env(drill_stack: DrillStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DrillStack]:
+    """Point every runbook setting at the drill stack (fresh state dir); reset the stack to its baseline after."""
+    drill_stack.reset()
+    for key, value in drill_stack.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
+    try:
+        yield drill_stack
+    finally:
+        drill_stack.reset()
+
+
+def write_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """Write a policy file and point RUNBOOK_POLICY_FILE at it."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(path))
+    return path

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     from runbook.drill import DrillStack
-from typing import Any
-
-import pytest
 
 # Offline machine: Prefect's telemetry would log errors and can lock SQLite.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -52,15 +51,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the runbook's state (store, reports, backups) at a fresh temporary directory."""
     monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
     return tmp_path / "state"
-
-
-@pytest.fixture(scope="session")
-def drill_stack() -> Iterator[Any]:
-    """Run the whole drill stack (real Postgres, the app, every vendor stand-in) once for the session."""
-    from runbook.drill import DrillStack
-
-    with DrillStack() as stack:
-        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,11 @@ the sweep twice creates nothing the second time. It also escalates a review whos
 nothing recorded (a suspended review that expired on the server cannot escalate by itself).
 """
 
-from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.post_incident import FollowUpRun, ensure_follow_up_run, escalate_missed_review, review_overdue
@@ -39,7 +39,7 @@ class SweepOutcome(BaseModel):
         return not self.created and not self.escalated_reviews
 
 
-@task(name="list_resolved_incidents", retries=0)
+@task(name="list_resolved_incidents", retries=0, cache_policy=NO_CACHE)
 async def list_resolved_incidents(since: datetime) -> list[Incident]:
     """Return resolved incidents (drills included) declared since a time."""
     async with open_store() as store:
@@ -47,7 +47,7 @@ async def list_resolved_incidents(since: datetime) -> list[Incident]:
     return [i for i in items if i.status is Status.RESOLVED and i.resolved_at is not None]
 
 
-@task(name="ensure_follow_up_runs", retries=0, timeout_seconds=300)
+@task(name="ensure_follow_up_runs", retries=0, cache_policy=NO_CACHE, timeout_seconds=300)
 async def ensure_follow_up_runs(incident: Incident, now: datetime) -> list[FollowUpRun]:
     """Create the incident's missing follow-up runs; return the ones created or attached."""
     policy = get_policy()
@@ -60,7 +60,7 @@ async def ensure_follow_up_runs(incident: Incident, now: datetime) -> list[Follo
     return out
 
 
-@task(name="find_overdue_review", retries=0)
+@task(name="find_overdue_review", retries=0, cache_policy=NO_CACHE)
 async def find_overdue_review(incident: Incident, now: datetime) -> bool:
     """Return True when the incident's review deadline passed with nothing recorded and no escalation yet."""
     async with open_store() as store:

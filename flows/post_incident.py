@@ -12,12 +12,12 @@ id after, and a run with the same name is looked up before one is created: sched
 resolve, never makes a second run.
 """
 
-from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterName
 from prefect.context import FlowRunContext
@@ -250,7 +250,7 @@ async def schedule_follow_ups(incident_id: str, *, now: datetime | None = None) 
         return [await ensure_follow_up_run(store, incident, kind, now=now, policy=policy) for kind in FollowUpKind]
 
 
-@task(name="schedule_follow_ups", retries=0, timeout_seconds=120)
+@task(name="schedule_follow_ups", retries=0, cache_policy=NO_CACHE, timeout_seconds=120)
 async def schedule_follow_ups_task(incident_id: str) -> list[FollowUpRun]:
     """Schedule the incident's post-incident review and follow-up runs (task wrapper of schedule_follow_ups)."""
     return await schedule_follow_ups(incident_id)
@@ -265,14 +265,14 @@ def _sent(timeline: list[TimelineEvent], purpose: str, *, run_id: str | None = N
                and (run_id is None or e.flow_run_id == run_id) for e in timeline)
 
 
-@task(name="read_timeline", retries=0)
+@task(name="read_timeline", retries=0, cache_policy=NO_CACHE)
 async def read_timeline(incident_id: str) -> list[TimelineEvent]:
     """Return the incident's timeline."""
     async with open_store() as store:
         return await store.timeline(incident_id)
 
 
-@task(name="write_incident_report", retries=0, timeout_seconds=120)
+@task(name="write_incident_report", retries=0, cache_policy=NO_CACHE, timeout_seconds=120)
 async def write_incident_report(incident_id: str, stage: Literal["draft", "reviewed", "final"]) -> ReportFiles:
     """Render the report (Markdown + timeline SVG + artifact) and record it once per run and stage."""
     async with open_store() as store:
@@ -291,7 +291,7 @@ async def write_incident_report(incident_id: str, stage: Literal["draft", "revie
     return files
 
 
-@task(name="record_review", retries=0)
+@task(name="record_review", retries=0, cache_policy=NO_CACHE)
 async def record_review(incident_id: str, review: dict[str, Any]) -> int:
     """Write the review's findings and action items on the record; once per run. Return the new item count."""
     data = Review.model_validate(review)
@@ -442,21 +442,21 @@ async def post_incident_review(params: PostIncidentReviewParams) -> ReviewOutcom
 # -- the 1-week follow-up ---------------------------------------------------------------------------------------
 
 
-@task(name="list_action_items", retries=0)
+@task(name="list_action_items", retries=0, cache_policy=NO_CACHE)
 async def list_action_items(incident_id: str) -> list[ActionItem]:
     """Return the incident's action items."""
     async with open_store() as store:
         return await store.action_items(incident_id)
 
 
-@task(name="mark_action_item", retries=0)
+@task(name="mark_action_item", retries=0, cache_policy=NO_CACHE)
 async def mark_action_item(item_id: int, **fields: Any) -> None:
     """Record reminded_at / escalated_at on an action item."""
     async with open_store() as store:
         await store.update_action_item(item_id, **fields)
 
 
-@task(name="complete_follow_up", retries=0)
+@task(name="complete_follow_up", retries=0, cache_policy=NO_CACHE)
 async def complete_follow_up(incident_id: str, kind: FollowUpKind) -> None:
     """Mark a follow-up done."""
     async with open_store() as store:

@@ -1,6 +1,5 @@
 """The runbook's own review (monthly): remind its owner in #operations once the next review date has passed."""
 
-from __future__ import annotations
 
 from datetime import date
 from typing import Literal

@@ -432,3 +432,41 @@ async def test_runbook_review_reminder_has_nothing_to_do_before_the_date(state_d
     outcome = await runbook_review_reminder(RunbookReviewReminderParams(as_of=date(2025, 2, 1)))
     assert outcome.outcome == "nothing-to-do"
     assert slack.requests == []
+
+
+# -- a deployment run: suspended, resumed, re-run from the top ---------------------------------------------------
+
+
+async def test_deployment_review_suspends_and_resumes_without_reminding_twice(
+    deployments: None, store: IncidentStore, slack: SlackReceiver
+) -> None:
+    """From a deployment the review suspends (no process held); the resumed re-run records it, reminding once."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments.flow_runs import arun_deployment
+    from prefect.flow_runs import aresume_flow_run
+    from prefect.runner import Runner
+
+    from flows.post_incident import REVIEW_DEPLOYMENT, REVIEW_FLOW, post_incident_review
+
+    incident = await resolved_incident(store, now_s() - timedelta(days=1))
+    run = await arun_deployment(REVIEW_DEPLOYMENT, parameters={"params": {"incident_id": incident.id}},
+                                timeout=0, as_subflow=False, flow_run_name=f"{REVIEW_FLOW} {incident.id}")
+
+    async def execute_due_runs() -> None:
+        runner = Runner(name=f"review-{incident.id}", query_seconds=1)
+        await runner.aadd_flow(post_incident_review, name=REVIEW_FLOW)
+        await runner.start(run_once=True)
+
+    await execute_due_runs()
+    async with get_client() as client:
+        suspended = await client.read_flow_run(run.id)
+    assert suspended.state is not None and suspended.state.is_paused()
+    await aresume_flow_run(run.id, run_input=REVIEW_INPUT)
+    await execute_due_runs()
+    async with get_client() as client:
+        finished = await client.read_flow_run(run.id)
+        await client.set_deployment_paused_state(finished.deployment_id, False)
+    assert finished.state is not None and finished.state.is_completed()
+    assert (await store.get(incident.id)).root_cause == REVIEW_INPUT["root_cause"]
+    assert len(await store.timeline(incident.id, kind=EventKind.REMINDER)) == 1
+    assert len([t for t in slack.texts("incidents") if "review due" in t]) == 1

@@ -1,0 +1,74 @@
+"""Vercel env tasks for config snapshots and restores: values as SecretStr (never logged), upsert, delete.
+
+`tasks.vercel.read_env_vars` reports fingerprints only; a snapshot also needs the values (kept in a Prefect Secret
+block, never in a file, a log or a report), and a restore writes them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, SecretStr
+
+from runbook.clients.vercel import VercelClient
+from runbook.models import EventKind
+from runbook.settings import fingerprint
+from tasks.common import open_client
+from tasks.incident import record
+
+
+class EnvValue(BaseModel):
+    """One production env var with its value (None when write-only)."""
+
+    id: str
+    key: str
+    type: str | None = None
+    target: list[str]
+    value: SecretStr | None = None
+
+    @property
+    def write_only(self) -> bool:
+        """Return True when Vercel never returns the value (type sensitive)."""
+        return self.type == "sensitive"
+
+    @property
+    def fingerprint(self) -> str:
+        """Return the value's short fingerprint ('' when unknown)."""
+        return fingerprint(self.value)
+
+
+@task(name="read_env_values", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def read_env_values() -> dict[str, EnvValue]:
+    """Read every production env var one by one, with its value as a SecretStr."""
+    out: dict[str, EnvValue] = {}
+    async with open_client(VercelClient) as vc:
+        for var in await vc.list_env():
+            if var.target and "production" not in var.target:
+                continue
+            full = await vc.get_env(var.id)
+            out[var.key] = EnvValue(id=var.id, key=var.key, type=full.type or var.type, target=var.target,
+                                    value=full.value)
+    return out
+
+
+@task(name="upsert_env_var", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def upsert_env_var(incident_id: str | None, key: str, value: SecretStr, type: str = "encrypted",
+                         reason: str = "") -> dict[str, Any]:
+    """Create or replace a production env var; record key and fingerprint only."""
+    async with open_client(VercelClient) as vc:
+        await vc.upsert_env(key, value, targets=["production"], type=type)
+    details = {"key": key, "fingerprint": fingerprint(value), "type": type, "reason": reason}
+    await record(incident_id, EventKind.NOTE, f"Vercel env {key} set ({fingerprint(value)}) {reason}".strip(),
+                 details, actor="vercel")
+    return details
+
+
+@task(name="delete_env_var", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def delete_env_var(incident_id: str | None, env_id: str, key: str, reason: str = "") -> None:
+    """Delete a production env var (by id); record its key."""
+    async with open_client(VercelClient) as vc:
+        await vc.delete_env(env_id)
+    await record(incident_id, EventKind.NOTE, f"Vercel env {key} deleted {reason}".strip(), {"key": key},
+                 actor="vercel")

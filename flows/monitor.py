@@ -1,0 +1,309 @@
+"""The runbook's "Monitoring & Alerting" as a flow: probe the stack, compare with the key metrics and alerting rules,
+declare an incident when a breach holds for N consecutive cycles, note recoveries, report uptime.
+
+Each cycle probes concurrently (each probe bounded by the policy's probe timeout): /api/health, the auth endpoint,
+Supabase REST count, the database's health, Stripe's undelivered webhook events, Sentry's error rate, OpenAI and the
+vendors' status pages. `runbook.monitoring` turns the results into measurements and findings and keeps the breach
+state between runs; this flow acts on it: a Prefect event per breach (`runbook.monitor.<rule>.<target>`), a
+declaration through declare-incident (fingerprint `monitor:<rule>:<target>`, so a continuing breach attaches to the
+open incident), RECOVERY_OBSERVED on the incident's timeline once the breach clears, and a table artifact
+`monitor-cycle` per cycle. A probe that fails is a monitoring gap: shown, warned about when it persists, never
+declared as an outage of the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_table_artifact
+from prefect.events import emit_event
+from pydantic import BaseModel, Field
+
+from flows.declare_incident import DeclareParams, declare_incident
+from runbook.errors import IntegrationError
+from runbook.models import Alert, EventKind, utcnow
+from runbook.monitoring import (
+    BreachState,
+    CycleProbes,
+    Finding,
+    Measurement,
+    MonitorStore,
+    ProbeFailure,
+    Step,
+    advance_all,
+    available,
+    cycle_rows,
+    evaluate,
+    measure,
+    open_monitor_store,
+    probe_failure,
+    uptime_pct,
+)
+from runbook.policy import Policy, get_policy
+from runbook.settings import get_settings
+from runbook.store import open_store
+from tasks.health import check_app_health, check_auth_endpoint, check_openai, check_vendor_statuses
+from tasks.incident import record
+from tasks.sentry import read_error_rate
+from tasks.stripe import list_failed_events
+from tasks.supabase import check_database_health, check_rest_count
+
+T = TypeVar("T")
+ARTIFACT_KEY = "monitor-cycle"
+GAP_RULE = "monitoring_gap"
+UPTIME_TARGET = "app"
+
+
+class MonitorParams(BaseModel):
+    """Parameters of the monitor (the deployment runs it every minute with the defaults)."""
+
+    respond: Literal["deployment", "inline", "none"] = Field(
+        "deployment", description="How a declared incident's response starts (passed to declare-incident)")
+    cycles: int = Field(1, ge=1, le=240, description="Monitoring cycles in this run")
+    interval_seconds: float | None = Field(
+        None, ge=0, le=3600, description="Seconds from one cycle's start to the next; default: the policy's interval")
+
+
+class DeclaredAlert(BaseModel):
+    """An incident the monitor declared (or attached a continuing breach to)."""
+
+    rule: str
+    target: str
+    severity: str
+    incident_id: str
+    created: bool
+
+
+class CycleReport(BaseModel):
+    """One cycle: its table, what breached, what was declared or recovered, the gaps."""
+
+    cycle: int
+    at: datetime
+    rows: list[dict[str, str]]
+    breaches: list[str] = Field(default_factory=list, description="rule:target breached this cycle")
+    declared: list[DeclaredAlert] = Field(default_factory=list)
+    recovered: list[str] = Field(default_factory=list, description="Incidents whose breach cleared")
+    gaps: dict[str, str] = Field(default_factory=dict, description="Probe source → why it could not measure")
+    uptime_pct: float | None = None
+    uptime_samples: int = 0
+
+
+class MonitorResult(BaseModel):
+    """What the monitor saw over its cycles."""
+
+    cycles: list[CycleReport]
+    declared: list[DeclaredAlert]
+    gaps: dict[str, str] = Field(default_factory=dict, description="The last cycle's monitoring gaps")
+    persistent_gaps: list[str] = Field(default_factory=list, description="Sources gapped for N+ cycles")
+    uptime_pct: float | None
+    uptime_target_pct: float
+    uptime_ok: bool | None
+    uptime_samples: int
+
+
+async def _guard(call: Awaitable[T]) -> T | ProbeFailure:
+    """Await a probe; any failure becomes a ProbeFailure (the cycle goes on)."""
+    started = time.perf_counter()
+    try:
+        return await call
+    except (IntegrationError, TimeoutError) as exc:
+        return probe_failure(exc, time.perf_counter() - started)
+    except Exception as exc:  # a probe bug must not stop the monitor; it is a gap, not an outage
+        get_run_logger().warning("probe failed unexpectedly: %s: %s", type(exc).__name__, exc)
+        return probe_failure(exc, time.perf_counter() - started).model_copy(update={"kind": "error"})
+
+
+async def probe_all(policy: Policy) -> CycleProbes:
+    """Run every probe concurrently, each bounded by the policy's probe timeout."""
+    mon = policy.monitoring
+    t = mon.probe_timeout_s
+    results = await asyncio.gather(
+        _guard(check_app_health.with_options(timeout_seconds=t)(None, purpose="monitor")),
+        _guard(check_auth_endpoint.with_options(timeout_seconds=t)()),
+        _guard(check_rest_count.with_options(timeout_seconds=t)(None)),
+        _guard(check_database_health.with_options(timeout_seconds=t)(
+            long_query_s=policy.key_metrics.query_time_ms / 1000)),
+        _guard(list_failed_events.with_options(timeout_seconds=t)(window_minutes=mon.stripe_window_minutes)),
+        _guard(read_error_rate.with_options(timeout_seconds=t)(window_minutes=mon.sentry_window_minutes)),
+        _guard(check_openai.with_options(timeout_seconds=t)()),
+        _guard(check_vendor_statuses.with_options(timeout_seconds=t)()),
+    )
+    names = ("health", "auth", "rest", "database", "stripe", "sentry", "openai", "vendors")
+    return CycleProbes.model_validate(dict(zip(names, results, strict=True)))
+
+
+def gap_sources(measurements: list[Measurement]) -> dict[str, str]:
+    """Return probe source → reason for every measurement the monitor could not take."""
+    out: dict[str, str] = {}
+    for m in measurements:
+        if m.state == "gap":
+            out.setdefault(m.source if m.source != "third-party" else f"status:{m.target}", m.detail)
+    return out
+
+
+def _alert(finding: Finding, step: Step, environment: str) -> Alert:
+    value = "–" if finding.value is None else f"{finding.value:g}"
+    summary = (f"{finding.description}: {finding.target} {finding.metric}={value} "
+               f"({finding.operator} {finding.threshold:g} for {step.state.consecutive} cycles)"
+               if finding.threshold is not None else f"{finding.description}: {finding.target}")
+    return Alert(
+        source="monitor",
+        fingerprint=f"monitor:{finding.rule}:{finding.target}",
+        summary=summary[:200],
+        rule=finding.rule,
+        scenario=finding.scenario,
+        labels={"target": finding.target, "metric": finding.metric, "environment": environment,
+                "level": finding.level},
+        values={k: v for k, v in {finding.metric: finding.value, "threshold": finding.threshold,
+                                  "consecutive_cycles": float(step.state.consecutive)}.items() if v is not None},
+        raw={"finding": finding.model_dump(mode="json"),
+             "first_breach_at": step.state.first_breach_at.isoformat() if step.state.first_breach_at else None},
+    )
+
+
+def _emit_breach(finding: Finding, step: Step) -> None:
+    emit_event(
+        event="runbook.monitor.breach",
+        resource={"prefect.resource.id": f"runbook.monitor.{finding.rule}.{finding.target}",
+                  "prefect.resource.name": f"{finding.rule} on {finding.target}"},
+        payload={"rule": finding.rule, "target": finding.target, "level": finding.level,
+                 "severity": finding.severity, "metric": finding.metric, "value": finding.value,
+                 "threshold": finding.threshold, "operator": finding.operator,
+                 "consecutive": step.state.consecutive, "detail": finding.detail},
+    )
+
+
+async def _act(steps: list[Step], params: MonitorParams, environment: str) -> tuple[list[DeclaredAlert], list[str]]:
+    """Declare, attach or note recovery for each step that calls for it; return (declared, recovered)."""
+    log = get_run_logger()
+    declared: list[DeclaredAlert] = []
+    recovered: list[str] = []
+    for step in steps:
+        f = step.finding
+        if f.breached:
+            _emit_breach(f, step)
+        if step.action == "continuing":
+            async with open_store() as store:
+                still = await store.find_open(f"monitor:{f.rule}:{f.target}")
+            if still is not None:
+                step.state.incident_id = still.id
+                continue
+        if step.action in {"declare", "continuing"}:
+            out = await declare_incident(DeclareParams(alert=_alert(f, step, environment), respond=params.respond))
+            step.state.incident_id = out.incident_id
+            declared.append(DeclaredAlert(rule=f.rule, target=f.target, severity=out.severity.value,
+                                          incident_id=out.incident_id, created=out.created))
+            log.warning("%s on %s held for %d cycles → %s %s", f.rule, f.target, step.state.consecutive,
+                        out.severity.value, out.incident_id)
+        elif step.action == "recovered" and step.previous_incident_id:
+            async with open_store() as store:
+                incident = await store.get(step.previous_incident_id)
+            emit_event(event="runbook.monitor.recovered",
+                       resource={"prefect.resource.id": f"runbook.monitor.{f.rule}.{f.target}"},
+                       payload={"rule": f.rule, "target": f.target, "incident_id": incident.id, "value": f.value})
+            if incident.status.is_open:
+                await record(incident.id, EventKind.RECOVERY_OBSERVED,
+                             f"Monitor: {f.rule} on {f.target} cleared ({f.metric}={f.value:g})"
+                             if f.value is not None else f"Monitor: {f.rule} on {f.target} cleared",
+                             {"rule": f.rule, "target": f.target, "metric": f.metric, "value": f.value,
+                              "threshold": f.threshold}, actor="monitor")
+                recovered.append(incident.id)
+    return declared, recovered
+
+
+def _gap_steps(states: dict[str, BreachState], gaps: dict[str, str], known: set[str]) -> list[BreachState]:
+    """Count consecutive gapped cycles per probe source (sources that measured again are reset)."""
+    out = []
+    for source in sorted(known | set(gaps)):
+        key = f"{GAP_RULE}:{source}"
+        prev = states.get(key) or BreachState(rule=GAP_RULE, target=source)
+        out.append(prev.model_copy(update={"gap_cycles": prev.gap_cycles + 1 if source in gaps else 0}))
+    return out
+
+
+async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: MonitorStore) -> CycleReport:
+    """Probe, measure, evaluate, advance the breach state, act, publish the cycle's table."""
+    log = get_run_logger()
+    settings = get_settings()
+    probes = await probe_all(policy)
+    now = utcnow()
+    measurements = measure(probes)
+    findings = evaluate(policy.alert_rules, measurements)
+    gaps = gap_sources(measurements)
+
+    states = await mstore.states()
+    steps = advance_all(states, findings, policy.monitoring.breach_cycles, now)
+    known_gaps = {s.target for s in states.values() if s.rule == GAP_RULE}
+    gap_states = _gap_steps(states, gaps, known_gaps)
+    await mstore.save([s.state for s in steps] + gap_states, now)
+
+    declared, recovered = await _act(steps, params, settings.environment)
+    if declared:
+        await mstore.save([s.state for s in steps if s.state.incident_id], now)
+
+    n = policy.monitoring.breach_cycles
+    for gs in gap_states:
+        if gs.gap_cycles == n:
+            log.warning("monitoring gap: %s could not be measured for %d cycles: %s (not an app outage)",
+                        gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
+        elif gs.gap_cycles:
+            log.info("monitoring gap: %s (%d cycle(s)): %s", gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
+
+    up = available(probes)
+    if up is not None:
+        await mstore.add_sample(UPTIME_TARGET, up, now)
+    window = timedelta(hours=policy.monitoring.uptime_window_hours)
+    good, total = await mstore.uptime(UPTIME_TARGET, window, now)
+    uptime = uptime_pct(good, total)
+
+    rows = cycle_rows(policy, measurements, findings, uptime, total)
+    breaches = [f.key for f in findings if f.breached]
+    summary = (f"Monitor cycle {number}/{params.cycles} at {now:%Y-%m-%d %H:%M:%S}Z ({settings.environment}): "
+               f"{len(breaches)} breach(es){': ' + ', '.join(breaches) if breaches else ''}; "
+               f"{len(gaps)} gap(s){': ' + ', '.join(gaps) if gaps else ''}; "
+               f"uptime {'n/a' if uptime is None else f'{uptime:g} %'} (target > {policy.key_metrics.uptime_pct:g} %)")
+    await acreate_table_artifact(table=rows, key=ARTIFACT_KEY, description=summary)
+    log.info(summary)
+    return CycleReport(cycle=number, at=now, rows=rows, breaches=breaches, declared=declared, recovered=recovered,
+                       gaps=gaps, uptime_pct=uptime, uptime_samples=total)
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params: dict[str, Any] = flow_run.parameters.get("params") or {}
+    cycles = params.get("cycles", 1)
+    return f"monitor {get_settings().environment}" + (f" x{cycles}" if cycles != 1 else "")
+
+
+@flow(name="monitor", flow_run_name=_run_name)
+async def monitor(params: MonitorParams = MonitorParams()) -> MonitorResult:
+    """Probe the stack every cycle, declare breaches that hold for N cycles, note recoveries, report uptime."""
+    policy = get_policy()
+    interval = params.interval_seconds if params.interval_seconds is not None else policy.monitoring.interval_seconds
+    reports: list[CycleReport] = []
+    async with open_monitor_store() as mstore:
+        for number in range(1, params.cycles + 1):
+            started = time.monotonic()
+            reports.append(await run_cycle(number, params, policy, mstore))
+            if number < params.cycles:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        states = await mstore.states()
+    n = policy.monitoring.breach_cycles
+    last = reports[-1]
+    goal = policy.key_metrics.uptime_pct
+    return MonitorResult(
+        cycles=reports,
+        declared=[d for r in reports for d in r.declared],
+        gaps=last.gaps,
+        persistent_gaps=sorted(s.target for s in states.values() if s.rule == GAP_RULE and s.gap_cycles >= n),
+        uptime_pct=last.uptime_pct,
+        uptime_target_pct=goal,
+        uptime_ok=None if last.uptime_pct is None else last.uptime_pct > goal,
+        uptime_samples=last.uptime_samples,
+    )

@@ -1,0 +1,679 @@
+"""The monitor's plain-Python core: measurements from probe results, rule evaluation, consecutive breaches, uptime.
+
+One monitor cycle is: probe everything (the flow, concurrently) → `measure()` turns the probe results into
+measurements, deciding what app_up / database_up / auth_up mean → `evaluate()` compares them with the policy's
+alerting rules → `advance()` keeps the consecutive-breach state per rule and target and says what to do
+(declare, nothing yet, note a recovery) → the flow acts.
+
+Attribution (which rule a symptom belongs to), so that one cause opens one incident:
+- database_up = 0 when the app's health says its database check is unhealthy, REST cannot count profiles, or the
+  direct database connection fails;
+- app_up = 0 when /api/health is unreachable, times out, or answers 5xx for a cause that is not the database or
+  auth (a broken build, bad configuration, no body at all); a 5xx explained by the database or auth checks, or by
+  maintenance mode, leaves app_up "masked" (neither down nor up);
+- auth_up = 0 when the app's auth check fails (and the database check does not) or the auth endpoint does not
+  answer like an auth endpoint; masked while the app or the database is down;
+- slow responses while the app is down, or while the database is degraded, are masked likewise.
+A probe that itself fails (NotConfigured, the monitor cannot reach Sentry / Stripe / a status page) is a GAP: the
+metric is unknown, never an outage of the app. Gaps and masked measurements neither advance nor clear a breach.
+
+State between runs (the monitor runs every minute as separate flow runs) lives in two small tables created here on
+the incident store's engine (SQLite file by default, Postgres in production, so several workers share it):
+`monitor_breaches` (the breach state per rule and target) and `monitor_samples` (availability per cycle, for uptime
+over the policy's rolling window; older samples are pruned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from runbook.clients.app import AppHealth, AuthProbe
+from runbook.clients.health import VendorStatus
+from runbook.clients.openai import OpenAILiveness
+from runbook.clients.sentry import ErrorRate
+from runbook.clients.stripe import FailedEvent
+from runbook.clients.supabase import DatabaseHealth, RowCount
+from runbook.errors import AuthError, IntegrationError, NotConfigured, RateLimited, RequestRejected
+from runbook.models import utcnow
+from runbook.policy import AlertRule, Policy
+from runbook.store import IncidentStore, UTCDateTime
+
+HEALTHY = frozenset({"healthy", "ok", "up", "pass"})
+FailureKind = Literal[
+    "unconfigured", "timeout", "unreachable", "server_error", "rate_limited", "auth", "rejected", "error"
+]
+NOT_MEASURED: frozenset[str] = frozenset({"unconfigured", "error"})  # the monitor's own problem: a gap
+MeasurementState = Literal["measured", "gap", "masked", "unknown"]
+FindingState = Literal["ok", "breach", "gap", "masked", "unknown"]
+Action = Literal["none", "breaching", "declare", "continuing", "recovered", "held"]
+
+
+# -- probe results ----------------------------------------------------------------------------------------------
+
+
+class ProbeFailure(BaseModel):
+    """A probe that did not produce its result: why (kind) and the error message (never a secret)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: FailureKind
+    message: str
+    elapsed_s: float | None = None
+
+
+def probe_failure(exc: BaseException, elapsed_s: float | None = None) -> ProbeFailure:
+    """Classify an exception raised by a probe into a ProbeFailure."""
+    if isinstance(exc, NotConfigured):
+        kind: FailureKind = "unconfigured"
+    elif isinstance(exc, TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, RateLimited):
+        kind = "rate_limited"
+    elif isinstance(exc, AuthError):
+        kind = "auth"
+    elif isinstance(exc, RequestRejected):
+        kind = "rejected"
+    elif isinstance(exc, IntegrationError):
+        if exc.status is not None and exc.status >= 500:
+            kind = "server_error"
+        elif "timed out" in exc.detail or "timeout" in exc.detail:
+            kind = "timeout"
+        else:
+            kind = "unreachable"
+    else:
+        kind = "unreachable"
+    message = str(exc) or type(exc).__name__
+    return ProbeFailure(kind=kind, message=message[:300], elapsed_s=elapsed_s)
+
+
+class CycleProbes(BaseModel):
+    """Everything one cycle probed; each item is the probe's result or its ProbeFailure."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    health: AppHealth | ProbeFailure
+    auth: AuthProbe | ProbeFailure
+    rest: RowCount | ProbeFailure
+    database: DatabaseHealth | ProbeFailure
+    stripe: list[FailedEvent] | ProbeFailure
+    sentry: ErrorRate | ProbeFailure
+    openai: OpenAILiveness | ProbeFailure
+    vendors: list[VendorStatus] | ProbeFailure
+
+
+# -- measurements -----------------------------------------------------------------------------------------------
+
+
+class Measurement(BaseModel):
+    """One measured metric of one target, or why it has no value (gap: the probe failed; masked: attributed)."""
+
+    metric: str
+    target: str
+    value: float | None = None
+    state: MeasurementState = "measured"
+    source: str
+    detail: str = ""
+    scenario: str | None = Field(default=None, description="Scenario hint when the evidence knows better than the rule")
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}:{self.target}"
+
+
+def _m(metric: str, target: str, value: float | None, source: str, detail: str = "", *,
+       state: MeasurementState = "measured", scenario: str | None = None) -> Measurement:
+    return Measurement(metric=metric, target=target, value=value if state == "measured" else None, state=state,
+                       source=source, detail=detail, scenario=scenario)
+
+
+def health_checks(health: AppHealth) -> dict[str, dict[str, Any]]:
+    """Return the dependency checks of an /api/health body ({} when it has none)."""
+    checks = (health.body or {}).get("checks")
+    return {str(k): v for k, v in checks.items() if isinstance(v, dict)} if isinstance(checks, dict) else {}
+
+
+def check_status(checks: dict[str, dict[str, Any]], name: str) -> str | None:
+    """Return a health check's status in lower case ('healthy', 'degraded', 'unhealthy'), or None when absent."""
+    check = checks.get(name)
+    return str(check.get("status", "")).lower() if check is not None else None
+
+
+def _unhealthy(checks: dict[str, dict[str, Any]]) -> set[str]:
+    return {n for n, c in checks.items() if str(c.get("status", "")).lower() not in HEALTHY | {"degraded"}}
+
+
+def _evidence(values: Sequence[tuple[bool | None, str]]) -> tuple[float | None, str]:
+    """Combine (up?, detail) evidence: any down → 0, else any up → 1, else None (no evidence: a gap)."""
+    down = [d for up, d in values if up is False]
+    if down:
+        return 0.0, "; ".join(down)
+    up = [d for ok, d in values if ok is True]
+    if up:
+        return 1.0, "; ".join(up)
+    return None, "; ".join(d for _, d in values)
+
+
+_DB_DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
+
+
+def _database(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
+    evidence: list[tuple[bool | None, str]] = []
+    status = check_status(checks, "database")
+    if status is not None:
+        err = checks["database"].get("error")
+        evidence.append((status != "unhealthy", f"app database check {status}" + (f": {err}" if err else "")))
+    if isinstance(p.rest, ProbeFailure):
+        # A table the REST API cannot count (400/404 after a bad migration) is the database failing the app.
+        down = p.rest.kind in _DB_DOWN_KINDS or p.rest.kind == "rejected"
+        evidence.append((False if down else None, f"REST count: {p.rest.message}"))
+    else:
+        evidence.append((True, f"REST count {p.rest.count}"))
+    if isinstance(p.database, ProbeFailure):
+        evidence.append((False if p.database.kind in _DB_DOWN_KINDS else None, f"direct: {p.database.message}"))
+    else:
+        evidence.append((True, "direct connection ok"))
+    return _evidence(evidence)
+
+
+def measure(p: CycleProbes) -> list[Measurement]:
+    """Turn one cycle's probe results into measurements, attributing each symptom to one cause."""
+    out: list[Measurement] = []
+    health = p.health
+    checks = health_checks(health) if isinstance(health, AppHealth) else {}
+
+    # database
+    db_up, db_detail = _database(p, checks)
+    db_down = db_up == 0
+    out.append(_m("database_up", "database", db_up, "database", db_detail,
+                  state="measured" if db_up is not None else "gap", scenario="database"))
+
+    # the app
+    app_state: MeasurementState = "measured"
+    app_up: float | None = 1.0
+    app_scenario: str | None = None
+    if isinstance(health, ProbeFailure):
+        if health.kind in NOT_MEASURED:
+            app_state, app_up, app_detail = "gap", None, health.message
+        else:
+            app_up, app_detail = 0.0, f"/api/health {health.kind}: {health.message}"
+    elif health.status_code >= 500:
+        failing = _unhealthy(checks)
+        maintenance = bool((health.body or {}).get("maintenance"))
+        app_detail = f"/api/health HTTP {health.status_code}" + (f", failing: {', '.join(sorted(failing))}"
+                                                                 if failing else "")
+        if maintenance:
+            app_state, app_up, app_detail = "masked", None, app_detail + " (maintenance mode)"
+        elif failing and ("database" in failing or db_down) and failing <= {"database", "auth", "config"}:
+            app_state, app_up, app_detail = "masked", None, app_detail + " (attributed to the database)"
+        elif failing == {"auth"}:
+            app_state, app_up, app_detail = "masked", None, app_detail + " (attributed to authentication)"
+        elif not failing and db_down:
+            app_state, app_up, app_detail = "masked", None, app_detail + " (attributed to the database)"
+        else:
+            app_up = 0.0
+            if "config" in failing and "app" not in failing:
+                app_scenario = "configuration"
+    else:
+        status = str((health.body or {}).get("status", "ok")).lower()
+        app_detail = f"/api/health HTTP {health.status_code} {status}"
+    out.append(_m("app_up", "app", app_up, "app", app_detail, state=app_state, scenario=app_scenario))
+    app_down = app_up == 0
+
+    # response time
+    if isinstance(health, AppHealth):
+        seconds = round(health.latency_ms / 1000, 3)
+        if app_down:
+            out.append(_m("response_time_s", "app", None, "app", "application down", state="masked"))
+        else:
+            out.append(_m("response_time_s", "app", seconds, "app", f"/api/health in {seconds:g} s",
+                          scenario="performance"))
+    else:
+        state: MeasurementState = "gap" if health.kind in NOT_MEASURED else "masked"
+        out.append(_m("response_time_s", "app", None, "app", "no answer from /api/health", state=state))
+
+    # authentication
+    evidence: list[tuple[bool | None, str]] = []
+    auth_status = check_status(checks, "auth")
+    if auth_status is not None:
+        err = checks["auth"].get("error")
+        evidence.append((auth_status != "unhealthy", f"app auth check {auth_status}" + (f": {err}" if err else "")))
+    if isinstance(p.auth, ProbeFailure):
+        evidence.append((None if p.auth.kind in NOT_MEASURED else False, f"auth endpoint: {p.auth.message}"))
+    else:
+        evidence.append((p.auth.alive, f"auth endpoint HTTP {p.auth.status_code}: {p.auth.detail}"))
+    auth_up, auth_detail = _evidence(evidence)
+    if auth_up == 0 and app_down:
+        out.append(_m("auth_up", "auth", None, "app", "application down", state="masked"))
+    elif auth_up == 0 and db_down:
+        out.append(_m("auth_up", "auth", None, "app", "database unavailable", state="masked"))
+    elif auth_up == 0 and isinstance(health, AppHealth) and (health.body or {}).get("maintenance"):
+        out.append(_m("auth_up", "auth", None, "app", "maintenance mode", state="masked"))
+    else:
+        out.append(_m("auth_up", "auth", auth_up, "app", auth_detail,
+                      state="measured" if auth_up is not None else "gap", scenario="authentication"))
+
+    # database performance
+    out.extend(_database_metrics(p, checks, db_down))
+
+    # payments
+    if isinstance(p.stripe, ProbeFailure):
+        out.append(_m("stripe_failed_deliveries", "stripe", None, "stripe", p.stripe.message, state="gap"))
+    elif p.stripe and (app_down or db_down):
+        out.append(_m("stripe_failed_deliveries", "stripe", None, "stripe",
+                      f"{len(p.stripe)} failed while the {'app' if app_down else 'database'} is down",
+                      state="masked"))
+    else:
+        shown = ", ".join(e.type for e in p.stripe[:3])
+        out.append(_m("stripe_failed_deliveries", "stripe", float(len(p.stripe)), "stripe",
+                      f"{len(p.stripe)} undelivered webhook event(s)" + (f": {shown}" if shown else ""),
+                      scenario="payment"))
+
+    # errors (Sentry)
+    if isinstance(p.sentry, ProbeFailure):
+        out.append(_m("error_rate_pct", "app", None, "sentry", p.sentry.message, state="gap"))
+        out.append(_m("errors_per_minute", "app", None, "sentry", p.sentry.message, state="gap"))
+    else:
+        rate = p.sentry
+        if rate.percent_of_requests is not None:
+            out.append(_m("error_rate_pct", "app", rate.percent_of_requests, "sentry",
+                          f"{rate.count} errors / {rate.requests} requests", scenario="performance"))
+        else:
+            out.append(_m("error_rate_pct", "app", None, "sentry", "request count unknown", state="unknown"))
+        out.append(_m("errors_per_minute", "app", rate.per_minute, "sentry",
+                      f"{rate.count} errors in {rate.window_s // 60} min"))
+
+    # third parties
+    out.extend(_third_parties(p, checks))
+    return out
+
+
+def _database_metrics(p: CycleProbes, checks: dict[str, dict[str, Any]], db_down: bool) -> list[Measurement]:
+    out: list[Measurement] = []
+    db = p.database
+    app_ms = checks.get("database", {}).get("latency_ms") if check_status(checks, "database") in HEALTHY | {
+        "degraded"} else None
+    if db_down:
+        out.append(_m("query_time_ms", "database", None, "database", "database unavailable", state="masked"))
+    elif isinstance(app_ms, int | float):
+        out.append(_m("query_time_ms", "database", float(app_ms), "app",
+                      f"the app's profiles query took {app_ms:g} ms", scenario="database"))
+    elif isinstance(db, DatabaseHealth) and db.mean_query_ms is not None:
+        out.append(_m("query_time_ms", "database", db.mean_query_ms, "database",
+                      f"mean query time ({db.mean_query_source})", scenario="database"))
+    else:
+        reason = db.message if isinstance(db, ProbeFailure) else "no query time available"
+        out.append(_m("query_time_ms", "database", None, "database", reason, state="gap"))
+    if isinstance(db, DatabaseHealth):
+        out.append(_m("active_connections", "database", float(db.active_connections), "database",
+                      f"{db.total_connections} connections of {db.max_connections}"))
+        out.append(_m("pool_utilisation_pct", "database", db.pool_utilisation_pct, "database",
+                      f"{db.total_connections}/{db.max_connections}"))
+        longest = max((q.duration_s for q in db.long_running), default=0.0)
+        out.append(_m("long_running_queries", "database", float(len(db.long_running)), "database",
+                      f"longest {longest:g} s" if db.long_running else "none"))
+    else:
+        for metric in ("active_connections", "pool_utilisation_pct", "long_running_queries"):
+            state: MeasurementState = "masked" if db_down else "gap"
+            out.append(_m(metric, "database", None, "database", db.message, state=state))
+    return out
+
+
+def _third_parties(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> list[Measurement]:
+    evidence: dict[str, list[tuple[bool | None, str]]] = {}
+    if isinstance(p.openai, ProbeFailure):
+        down = None if p.openai.kind in NOT_MEASURED else False
+        evidence.setdefault("openai", []).append((down, f"models: {p.openai.message}"))
+    else:
+        evidence.setdefault("openai", []).append((True, f"models listed in {p.openai.latency_ms:g} ms"))
+    app_view = check_status(checks, "openai")
+    if app_view == "unhealthy":
+        evidence["openai"].append((False, f"the app's OpenAI check: {checks['openai'].get('error', 'unhealthy')}"))
+    if isinstance(p.vendors, ProbeFailure):
+        for vendor in ("supabase", "vercel", "openai", "stripe"):
+            evidence.setdefault(vendor, []).append((None, f"status page: {p.vendors.message}"))
+    else:
+        for vs in p.vendors:
+            if vs.level == "unknown":
+                evidence.setdefault(vs.vendor, []).append((None, f"status page: {vs.error or 'unknown'}"))
+            else:
+                text = f"status page {vs.level}" + (f" ({vs.description})" if vs.description else "")
+                evidence.setdefault(vs.vendor, []).append((vs.operational, text))
+    out = []
+    for vendor, items in evidence.items():
+        up, detail = _evidence(items)
+        value = None if up is None else 1.0 - up
+        out.append(_m("third_party_down", vendor, value, "third-party", detail,
+                      state="measured" if value is not None else "gap", scenario="performance"))
+    return out
+
+
+# -- rule evaluation --------------------------------------------------------------------------------------------
+
+
+class Finding(BaseModel):
+    """A rule compared with one target's measurement in one cycle."""
+
+    rule: str
+    level: str
+    severity: str
+    description: str
+    target: str
+    metric: str
+    operator: str
+    threshold: float | None
+    value: float | None
+    state: FindingState
+    scenario: str | None = None
+    detail: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}:{self.target}"
+
+    @property
+    def breached(self) -> bool:
+        return self.state == "breach"
+
+
+def evaluate(rules: Iterable[AlertRule], measurements: Iterable[Measurement]) -> list[Finding]:
+    """Compare every measurement with the rules on its metric; symptoms of a breached cause are masked."""
+    by_metric: dict[str, list[Measurement]] = {}
+    for m in measurements:
+        by_metric.setdefault(m.metric, []).append(m)
+    findings: list[Finding] = []
+    for rule in rules:
+        if rule.metric is None:
+            continue
+        for m in by_metric.get(rule.metric, []):
+            if m.state == "measured" and m.value is not None:
+                state: FindingState = "breach" if rule.breached(m.value) else "ok"
+            else:
+                state = {"gap": "gap", "masked": "masked"}.get(m.state, "unknown")  # type: ignore[assignment]
+            findings.append(Finding(
+                rule=rule.name, level=rule.level, severity=rule.severity.value, description=rule.description,
+                target=m.target, metric=m.metric, operator=rule.operator, threshold=rule.threshold, value=m.value,
+                state=state, scenario=m.scenario or rule.scenario, detail=m.detail,
+            ))
+    _attribute(findings)
+    return findings
+
+
+def _attribute(findings: list[Finding]) -> None:
+    """Mask slow responses while the database is degraded: one cause, one incident (database_degradation)."""
+    degraded = any(f.breached and f.rule == "database_degradation" for f in findings)
+    if not degraded:
+        return
+    for f in findings:
+        if f.breached and f.rule == "slow_response_time":
+            f.state = "masked"
+            f.detail += " (attributed to database degradation)"
+
+
+# -- consecutive breaches ---------------------------------------------------------------------------------------
+
+
+class BreachState(BaseModel):
+    """The breach state of one rule on one target, kept between monitor runs."""
+
+    rule: str
+    target: str
+    consecutive: int = Field(default=0, description="Consecutive breaching cycles (gaps and masked cycles hold it)")
+    gap_cycles: int = Field(default=0, description="Consecutive cycles without a value (probe failed)")
+    first_breach_at: datetime | None = None
+    last_breach_at: datetime | None = None
+    last_value: float | None = None
+    incident_id: str | None = Field(default=None, description="The incident this breach episode declared")
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}:{self.target}"
+
+    @property
+    def idle(self) -> bool:
+        """Return True when there is nothing worth keeping."""
+        return not (self.consecutive or self.gap_cycles or self.incident_id)
+
+
+class Step(BaseModel):
+    """What one cycle did to one rule/target: the new state and the action it calls for."""
+
+    finding: Finding
+    state: BreachState
+    action: Action
+    previous_incident_id: str | None = None
+
+
+def advance(previous: BreachState | None, finding: Finding, breach_cycles: int, now: datetime) -> Step:
+    """Move one rule/target's state by one cycle and say what to do (pure; the flow acts on the action).
+
+    breach: count it; at `breach_cycles` → declare; later → continuing (the flow re-declares only when the
+    incident is no longer open); ok after a declared breach → recovered (once), else reset; gap/masked → held.
+    """
+    state = (previous or BreachState(rule=finding.rule, target=finding.target)).model_copy()
+    if finding.state == "breach":
+        state.consecutive += 1
+        state.gap_cycles = 0
+        state.first_breach_at = state.first_breach_at or now
+        state.last_breach_at = now
+        state.last_value = finding.value
+        if state.consecutive < breach_cycles:
+            action: Action = "breaching"
+        elif state.incident_id is None:
+            action = "declare"
+        else:
+            action = "continuing"
+        return Step(finding=finding, state=state, action=action)
+    if finding.state == "ok":
+        incident = state.incident_id
+        action = "recovered" if incident else "none"
+        fresh = BreachState(rule=finding.rule, target=finding.target)
+        return Step(finding=finding, state=fresh, action=action, previous_incident_id=incident)
+    if finding.state == "gap":
+        state.gap_cycles += 1
+    return Step(finding=finding, state=state, action="held")
+
+
+def advance_all(states: dict[str, BreachState], findings: Iterable[Finding], breach_cycles: int,
+                now: datetime) -> list[Step]:
+    """Advance every finding's state; return the steps in finding order."""
+    return [advance(states.get(f.key), f, breach_cycles, now) for f in findings]
+
+
+# -- uptime -----------------------------------------------------------------------------------------------------
+
+
+def uptime_pct(up: int, total: int) -> float | None:
+    """Return the availability in percent from counts of available and measured cycles (None without samples)."""
+    if total <= 0:
+        return None
+    return round(100.0 * up / total, 3)
+
+
+def available(probes: CycleProbes) -> bool | None:
+    """Return whether users could use the app this cycle (/api/health answered 2xx, healthy); None when unknown."""
+    health = probes.health
+    if isinstance(health, ProbeFailure):
+        return None if health.kind in NOT_MEASURED else False
+    if health.status_code >= 500 and (health.body or {}).get("maintenance"):
+        return False
+    return health.status_code < 500
+
+
+# -- the artifact -----------------------------------------------------------------------------------------------
+
+_KEY_TARGETS: dict[str, tuple[str, str]] = {
+    # metric → (KeyMetrics field, healthy when the value is "<" or ">" the target)
+    "response_time_s": ("response_time_s", "<"),
+    "error_rate_pct": ("error_rate_pct", "<"),
+    "pool_utilisation_pct": ("pool_utilisation_pct", "<"),
+    "query_time_ms": ("query_time_ms", "<"),
+    "active_connections": ("active_connections", "<"),
+}
+
+
+def key_target(policy: Policy, metric: str) -> tuple[str, float] | None:
+    """Return (operator, value) of the runbook's key-metric target for a metric, if it has one."""
+    entry = _KEY_TARGETS.get(metric)
+    if entry is None:
+        return None
+    return entry[1], float(getattr(policy.key_metrics, entry[0]))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:g}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
+def cycle_rows(policy: Policy, measurements: Sequence[Measurement], findings: Sequence[Finding],
+               uptime: float | None, samples: int) -> list[dict[str, str]]:
+    """Return the cycle's table: one row per measurement (metric, target, value, threshold, state, detail)."""
+    by_key: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_key.setdefault(f"{f.metric}:{f.target}", []).append(f)
+    rows = []
+    for m in measurements:
+        related = by_key.get(m.key, [])
+        limits = [f"{f.rule} {f.operator} {_fmt(f.threshold)}" for f in related]
+        target = key_target(policy, m.metric)
+        if target is not None:
+            limits.append(f"target {target[0]} {_fmt(target[1])}")
+        if m.state != "measured":
+            state = {"gap": "gap", "masked": "masked", "unknown": "n/a"}[m.state]
+        elif any(f.state == "breach" for f in related):
+            state = "breach"
+        elif any(f.state == "masked" for f in related):
+            state = "masked"
+        elif target is not None and m.value is not None and not _healthy(m.value, *target):
+            state = "off-target"
+        else:
+            state = "ok"
+        rows.append({"metric": m.metric, "target": m.target, "value": _fmt(m.value),
+                     "threshold": "; ".join(limits) or "–", "state": state, "detail": m.detail[:200]})
+    goal = policy.key_metrics.uptime_pct
+    rows.append({"metric": "uptime_pct", "target": "app", "value": _fmt(uptime),
+                 "threshold": f"target > {_fmt(goal)}",
+                 "state": "n/a" if uptime is None else ("ok" if uptime > goal else "off-target"),
+                 "detail": f"{samples} cycle(s) in the last {policy.monitoring.uptime_window_hours:g} h"})
+    return rows
+
+
+def _healthy(value: float, op: str, target: float) -> bool:
+    return value < target if op == "<" else value > target
+
+
+# -- persistence ------------------------------------------------------------------------------------------------
+
+monitor_metadata = MetaData()
+
+breaches_t = Table(
+    "monitor_breaches",
+    monitor_metadata,
+    Column("key", String(300), primary_key=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+samples_t = Table(
+    "monitor_samples",
+    monitor_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(100), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("up", Boolean, nullable=False),
+)
+
+
+class MonitorStore:
+    """The monitor's breach state and availability samples, on the incident store's database."""
+
+    def __init__(self, url: str) -> None:
+        self._store = IncidentStore(url)  # reuse its URL handling (drivers, SQLite pragmas, NullPool)
+        self.engine = self._store.engine
+
+    async def init(self) -> None:
+        """Create the monitor's tables if missing (additive; the incident tables are untouched)."""
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(monitor_metadata.create_all)
+                return
+            except Exception:  # two processes creating the tables at once: the next pass sees them
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        """Release the engine."""
+        await self.engine.dispose()
+
+    async def states(self) -> dict[str, BreachState]:
+        """Return every kept breach state by key."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(breaches_t.c.data))).all()
+        out = {}
+        for (data,) in rows:
+            state = BreachState.model_validate(data)
+            out[state.key] = state
+        return out
+
+    async def save(self, states: Iterable[BreachState], now: datetime | None = None) -> None:
+        """Write these states (idle ones are deleted) in one transaction."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            for state in states:
+                await conn.execute(delete(breaches_t).where(breaches_t.c.key == state.key))
+                if not state.idle:
+                    await conn.execute(insert(breaches_t).values(key=state.key, updated_at=now,
+                                                                 data=state.model_dump(mode="json")))
+
+    async def add_sample(self, target: str, up: bool, at: datetime | None = None) -> None:
+        """Record one cycle's availability of a target."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(samples_t).values(target=target, at=at or utcnow(), up=up))
+
+    async def uptime(self, target: str, window: timedelta, now: datetime | None = None) -> tuple[int, int]:
+        """Return (available, total) cycles of a target in the window; prune samples older than it."""
+        since = (now or utcnow()) - window
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(samples_t).where(samples_t.c.at < since))
+            row = (await conn.execute(
+                select(func.count(), func.coalesce(func.sum(samples_t.c.up.cast(Integer)), 0))
+                .where(and_(samples_t.c.target == target, samples_t.c.at >= since))
+            )).one()
+        return int(row[1]), int(row[0])
+
+
+@asynccontextmanager
+async def open_monitor_store(url: str | None = None) -> AsyncIterator[MonitorStore]:
+    """Open the monitor's tables on the incident store's database (the settings' store unless a URL is given)."""
+    if url is None:
+        from runbook.settings import get_settings
+
+        url = get_settings().resolved_store_url
+    store = MonitorStore(url)
+    try:
+        await store.init()
+        yield store
+    finally:
+        await store.close()

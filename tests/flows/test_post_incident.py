@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from runbook.drill import DrillStack
 from runbook.models import (
     ActionItem,
     EventKind,
@@ -30,61 +29,41 @@ from runbook.store import IncidentStore, open_store
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-# -- a Slack receiver on loopback -------------------------------------------------------------------------------
+# -- Slack: the drill stack's stand-in (real HTTP on loopback) ----------------------------------------------------
 
 
 @dataclass
-class SlackReceiver:
-    """Records what the runbook posts to each channel's webhook."""
+class Slack:
+    """The drill stack's Slack stand-in, seen per channel."""
 
-    port: int
-    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stack: DrillStack
 
     def url(self, channel: str) -> str:
         """Return the webhook URL of a channel."""
-        return f"http://127.0.0.1:{self.port}/services/T0/B0/{channel}"
+        return self.stack.slack.webhook_url(channel)
 
     def texts(self, channel: str) -> list[str]:
-        """Return the texts posted to a channel."""
-        return [body["text"] for path, body in self.requests if path.endswith(f"/{channel}")]
+        """Return the texts posted to a channel, oldest first."""
+        return [str(m["text"]) for m in self.stack.slack.messages(channel)]
 
-
-@pytest.fixture(scope="module")
-def slack_server() -> Iterator[SlackReceiver]:
-    """Run a tiny Slack incoming-webhook stand-in on 127.0.0.1 for the module."""
-    receiver = SlackReceiver(port=0)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            receiver.requests.append((self.path, json.loads(body)))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield receiver
-    server.shutdown()
+    @property
+    def count(self) -> int:
+        """Return how many messages were posted to any channel."""
+        return len(self.stack.slack.messages())
 
 
 @pytest.fixture
-def slack(slack_server: SlackReceiver, monkeypatch: pytest.MonkeyPatch) -> SlackReceiver:
-    """Configure the #incidents, #engineering and #operations webhooks to the receiver; start empty."""
-    slack_server.requests.clear()
+def slack(drill_stack: DrillStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Slack]:
+    """Point the #incidents, #engineering and #operations webhooks at the drill stack's Slack; start empty."""
+    drill_stack.slack.reset()
     for channel in ("incidents", "engineering", "operations"):
-        monkeypatch.setenv(f"RUNBOOK_SLACK_WEBHOOK_{channel.upper()}", slack_server.url(channel))
-    return slack_server
+        monkeypatch.setenv(f"RUNBOOK_SLACK_WEBHOOK_{channel.upper()}", drill_stack.slack.webhook_url(channel))
+    yield Slack(drill_stack)
+    drill_stack.slack.reset()
 
 
 @pytest.fixture
-async def store(state_dir: Path, slack: SlackReceiver) -> AsyncIterator[IncidentStore]:
+async def store(state_dir: Path, slack: Slack) -> AsyncIterator[IncidentStore]:
     """Open the store of a fresh state directory (Slack configured)."""
     async with open_store() as s:
         yield s
@@ -200,7 +179,7 @@ async def test_sweep_recreates_a_deleted_run(deployments: None, store: IncidentS
 
 
 async def test_sweep_escalates_a_review_past_its_deadline_once(deployments: None, store: IncidentStore,
-                                                               slack: SlackReceiver) -> None:
+                                                               slack: Slack) -> None:
     """A review with nothing recorded 24 h + 48 h after resolution is escalated to the lead, by one sweep only."""
     from flows.follow_up_sweep import follow_up_sweep
 
@@ -246,7 +225,7 @@ REVIEW_INPUT = {
 
 
 async def test_review_input_from_the_api_ends_up_in_the_report(store: IncidentStore,
-                                                               slack: SlackReceiver) -> None:
+                                                               slack: Slack) -> None:
     """The review reminds #incidents, pauses for the form, and the input resumed through the API is reported."""
     from prefect.flow_runs import aresume_flow_run
 
@@ -286,7 +265,7 @@ async def test_blank_review_input_is_refused_at_resume(store: IncidentStore) -> 
     assert (await asyncio.wait_for(run, 30)).outcome == "recorded"
 
 
-async def test_missed_review_deadline_escalates_to_the_lead(store: IncidentStore, slack: SlackReceiver) -> None:
+async def test_missed_review_deadline_escalates_to_the_lead(store: IncidentStore, slack: Slack) -> None:
     """With nothing filled in before the deadline, #incidents hears of it naming the engineering lead; run completes."""
     from prefect.client.orchestration import get_client
 
@@ -311,7 +290,7 @@ async def test_missed_review_deadline_escalates_to_the_lead(store: IncidentStore
 
 
 async def test_follow_up_reminds_and_escalates_overdue_action_items(store: IncidentStore,
-                                                                    slack: SlackReceiver) -> None:
+                                                                    slack: Slack) -> None:
     """Overdue items remind their owner in #engineering; past the grace days the lead is told too."""
     from flows.post_incident import PostIncidentFollowUpParams, post_incident_follow_up
 
@@ -338,7 +317,7 @@ async def test_follow_up_reminds_and_escalates_overdue_action_items(store: Incid
 
 
 async def test_follow_up_shares_learnings_and_sends_the_executive_summary(store: IncidentStore,
-                                                                          slack: SlackReceiver) -> None:
+                                                                          slack: Slack) -> None:
     """A P1 follow-up reminds #operations to update the runbook, shares learnings, sends the executive summary."""
     from flows.post_incident import PostIncidentFollowUpParams, post_incident_follow_up
 
@@ -353,11 +332,11 @@ async def test_follow_up_shares_learnings_and_sends_the_executive_summary(store:
     assert all(s in summary[0] for s in ("P1", "Duration: 40m 00s", "Root cause: Secret drift.",
                                          "MTTA 5m 00s", "MTTR 40m 00s", "users medium"))
     assert any("Lessons learned: Checks caught it." in t for t in slack.texts("engineering"))
-    assert len(slack.requests) == 3
+    assert slack.count == 3
     assert len([e for e in await store.timeline(incident.id) if e.details.get("sent") is True]) == 3
 
 
-async def test_follow_up_sends_no_executive_summary_below_p1(store: IncidentStore, slack: SlackReceiver) -> None:
+async def test_follow_up_sends_no_executive_summary_below_p1(store: IncidentStore, slack: Slack) -> None:
     """A P2 incident's follow-up sends no executive summary."""
     from flows.post_incident import PostIncidentFollowUpParams, post_incident_follow_up
 
@@ -367,7 +346,7 @@ async def test_follow_up_sends_no_executive_summary_below_p1(store: IncidentStor
     assert len(slack.texts("operations")) == 1
 
 
-async def test_follow_up_run_again_sends_nothing_twice(store: IncidentStore, slack: SlackReceiver) -> None:
+async def test_follow_up_run_again_sends_nothing_twice(store: IncidentStore, slack: Slack) -> None:
     """Running the follow-up a second time repeats no message."""
     from flows.post_incident import PostIncidentFollowUpParams, post_incident_follow_up
 
@@ -375,12 +354,12 @@ async def test_follow_up_run_again_sends_nothing_twice(store: IncidentStore, sla
     await store.add_action_item(incident.id, ActionItem(title="Add alert", owner="kim",
                                                         due=utcnow().date() - timedelta(days=4)))
     await post_incident_follow_up(PostIncidentFollowUpParams(incident_id=incident.id))
-    first = len(slack.requests)
+    first = slack.count
     await post_incident_follow_up(PostIncidentFollowUpParams(incident_id=incident.id))
-    assert first == 5 and len(slack.requests) == first
+    assert first == 5 and slack.count == first
 
 
-async def test_unconfigured_channel_is_recorded_as_not_sent(store: IncidentStore, slack: SlackReceiver,
+async def test_unconfigured_channel_is_recorded_as_not_sent(store: IncidentStore, slack: Slack,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an #operations webhook the follow-up still completes and records the messages as not sent, why."""
     from flows.post_incident import PostIncidentFollowUpParams, post_incident_follow_up
@@ -393,7 +372,8 @@ async def test_unconfigured_channel_is_recorded_as_not_sent(store: IncidentStore
     assert len(unsent) == 2
     assert all("RUNBOOK_SLACK_WEBHOOK_OPERATIONS" in e.details["reason"] for e in unsent)
     everything = json.dumps([e.model_dump(mode="json") for e in await store.timeline(incident.id)])
-    assert slack.url("engineering") not in everything and "/services/T0/B0" not in everything
+    token = slack.url("engineering").rsplit("/", 1)[1]
+    assert slack.url("engineering") not in everything and token not in everything
 
 
 async def test_report_artifact_is_published_keyed_by_incident(store: IncidentStore) -> None:
@@ -415,7 +395,7 @@ async def test_report_artifact_is_published_keyed_by_incident(store: IncidentSto
 # -- the runbook's own review -----------------------------------------------------------------------------------
 
 
-async def test_runbook_review_reminder_reminds_the_owner_when_due(state_dir: Path, slack: SlackReceiver) -> None:
+async def test_runbook_review_reminder_reminds_the_owner_when_due(state_dir: Path, slack: Slack) -> None:
     """Past the runbook's next review date, #operations is reminded, naming the owner."""
     from flows.runbook_review_reminder import RunbookReviewReminderParams, runbook_review_reminder
 
@@ -425,20 +405,20 @@ async def test_runbook_review_reminder_reminds_the_owner_when_due(state_dir: Pat
 
 
 async def test_runbook_review_reminder_has_nothing_to_do_before_the_date(state_dir: Path,
-                                                                         slack: SlackReceiver) -> None:
+                                                                         slack: Slack) -> None:
     """Before the next review date the flow ends as a named nothing-to-do and posts nothing."""
     from flows.runbook_review_reminder import RunbookReviewReminderParams, runbook_review_reminder
 
     outcome = await runbook_review_reminder(RunbookReviewReminderParams(as_of=date(2025, 2, 1)))
     assert outcome.outcome == "nothing-to-do"
-    assert slack.requests == []
+    assert slack.count == 0
 
 
 # -- a deployment run: suspended, resumed, re-run from the top ---------------------------------------------------
 
 
 async def test_deployment_review_suspends_and_resumes_without_reminding_twice(
-    deployments: None, store: IncidentStore, slack: SlackReceiver
+    deployments: None, store: IncidentStore, slack: Slack
 ) -> None:
     """From a deployment the review suspends (no process held); the resumed re-run records it, reminding once."""
     from prefect.client.orchestration import get_client

@@ -5,7 +5,6 @@ attached to the open incident with its fingerprint (nothing lost, nothing opened
 validation is kept in the store with the reason, and the run fails with that reason before anything else happens.
 """
 
-from __future__ import annotations
 
 from typing import Any, Literal
 
@@ -46,7 +45,7 @@ class DeclareParams(BaseModel):
     drill: bool | None = Field(None, description="Mark as a drill (default: the settings' drill flag)")
 
     @model_validator(mode="after")
-    def _something_to_declare(self) -> DeclareParams:
+    def _something_to_declare(self) -> "DeclareParams":
         given = [x for x in (self.title, self.alert, self.raw_alert) if x]
         if not given:
             raise ValueError("give a title (manual declaration), an alert or a raw_alert")

@@ -6,7 +6,6 @@ the UI (resume this run), the CLI (`runbook ack ID --by NAME` writes the store; 
 run), or other automation (either way). A response time that passes without acknowledgement is recorded.
 """
 
-from __future__ import annotations
 
 import asyncio
 from typing import Any

@@ -10,7 +10,6 @@ P2/P3  communicate → acknowledge within the SLA (reminder, then page) → inve
 "resolved" is only ever reached after a verification passed.
 """
 
-from __future__ import annotations
 
 import asyncio
 from datetime import timedelta

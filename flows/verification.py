@@ -9,7 +9,6 @@ Every verification also requires /api/health to answer 200. Remediations call th
 flows call it before resolving ("resolved" only after a verification passed).
 """
 
-from __future__ import annotations
 
 import asyncio
 from typing import Any, Literal

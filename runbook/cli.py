@@ -20,6 +20,9 @@ from runbook.errors import ConfigError, RunbookError
 COMMAND_MODULES = [
     "runbook.cli_incidents",
     "runbook.cli_report",
+    "runbook.preflight",
+    "runbook.drill.cli",
+    "deployments.drill",  # runs flows, so it lives outside runbook/ (runbook/ never imports flows/)
 ]
 
 

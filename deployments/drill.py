@@ -1,0 +1,321 @@
+"""`runbook drill`: the whole runbook, end to end, on the local stand-in stack (the main job on a fresh machine).
+
+For one scenario: a Prefect server (the configured one, or a temporary local one) and the drill stack start; the
+fault is injected; the monitor detects it over its cycles and declares the incident; the severity's procedure runs
+(page, status page, Slack, diagnosis); the remediation asks for approval — with `--approve auto` a drill approver
+resumes the paused runs through Prefect's API exactly as a person does in the UI, with `--approve ui` a person does;
+the fix is applied and verified; the incident is resolved; the follow-ups are scheduled; the report is written.
+
+The drill lives here, beside serving, because it runs flows: `runbook/` never imports `flows/`.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+DEFAULT_SCENARIO = "database-migration"
+DRILL_POLICY = """\
+# The drill's policy: the runbook's numbers, with the monitor and the stability checks sped up.
+monitoring: {interval_seconds: 1, breach_cycles: 2, probe_timeout_s: 10}
+response: {ack_poll_seconds: 0.5, stable_checks: 2, stable_interval_seconds: 1}
+"""
+ONCALL = "drill-oncall"
+APPROVER = "drill-approver"
+VENDOR_RECOVERY_SECONDS = 8.0
+
+
+class DrillResult(BaseModel):
+    """What one drill did, for the summary and `--json`."""
+
+    scenario: str
+    incident_id: str | None = None
+    severity: str | None = None
+    rule: str | None = None
+    detected_after_cycles: int | None = None
+    health_restored: bool = False
+    resolved: bool = False
+    mtta_s: float | None = None
+    mttr_s: float | None = None
+    statuspage_statuses: list[str] = Field(default_factory=list)
+    pages_sent: int = 0
+    slack_messages: int = 0
+    approvals: list[dict[str, Any]] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+    finding: str | None = None
+    remediation: str | None = None
+    follow_ups: list[dict[str, Any]] = Field(default_factory=list)
+    report_path: str | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.health_restored and bool(self.report_path) and Path(self.report_path).is_file()
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """Use the configured Prefect API, or run a temporary local Prefect server (SQLite) for the drill."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if PREFECT_API_URL.value():
+        yield str(PREFECT_API_URL.value())
+        return
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield str(PREFECT_API_URL.value())
+
+
+async def register_deployments() -> None:
+    """Register the deployments of prefect.yaml (follow-ups are scheduled against them)."""
+    try:
+        from deployments.serve import load_deployments
+    except ImportError:
+        load_deployments = None
+    if load_deployments is not None:
+        for deployment in load_deployments():
+            await deployment.apply()
+        return
+    from flows.post_incident import post_incident_follow_up, post_incident_review
+
+    for fl in (post_incident_review, post_incident_follow_up):
+        await fl.to_deployment(name=fl.name).apply()
+
+
+async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]]) -> None:
+    """Answer every pause of this drill's runs as a person would in the UI: acknowledge, approve the plan shown."""
+    from runbook.drill.approver import pause_form, paused_runs, resume
+
+    seen: set[Any] = set()
+    while not stop.is_set():
+        for run in await paused_runs():
+            if run.id in seen or not any(i and i in (run.name or "") for i in incident_ids):
+                continue
+            schema, _ = await pause_form(run)
+            props = schema.get("properties") or {}
+            defaults = {k: v["default"] for k, v in props.items() if "default" in v}
+            if "decision" in props:
+                answer = {"decision": "approve", "approver": APPROVER, "reason": "game-day drill: approved as shown",
+                          "plan_hash": defaults.get("plan_hash", "")}
+            elif "by" in props:
+                answer = {"by": ONCALL, "note": "game-day drill"}
+            else:
+                continue
+            seen.add(run.id)
+            try:
+                await resume(run, answer)
+                answered.append({"run": run.name, **{k: v for k, v in answer.items() if k != "reason"}})
+            except Exception as exc:  # resumed by someone else meanwhile
+                answered.append({"run": run.name, "error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.3)
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run a coroutine beside the block; cancel it after."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def run_one(stack: Any, scenario: str, approve: str, state_root: Path) -> DrillResult:
+    """Run one scenario end to end against a running stack; return what happened."""
+    from flows.monitor import MonitorParams, monitor
+    from flows.respond import respond_inline
+    from runbook.store import open_store
+
+    started = time.monotonic()
+    result = DrillResult(scenario=scenario)
+    state = state_root / f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}"
+    state.mkdir(parents=True, exist_ok=True)
+    policy = state / "drill-policy.yaml"
+    policy.write_text(DRILL_POLICY)
+    stack.reset()
+    os.environ.update(stack.env)
+    os.environ["RUNBOOK_STATE_DIR"] = str(state)
+    os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
+    try:
+        with contextlib.suppress(ImportError):  # config rollbacks restore from the last scheduled snapshot
+            from flows.config_snapshot import ConfigSnapshotParams, config_snapshot
+
+            await config_snapshot(ConfigSnapshotParams())
+        os.environ.update(stack.inject(scenario) or {})
+        for cycle in range(1, 6):
+            seen = await monitor(MonitorParams(respond="none", cycles=1, interval_seconds=0))
+            if seen.declared:
+                result.detected_after_cycles = cycle
+                result.incident_id, result.rule = seen.declared[0].incident_id, seen.declared[0].rule
+                break
+            await asyncio.sleep(1)
+        if result.incident_id is None:
+            result.error = "the monitor did not detect the fault within 5 cycles"
+            return result
+        async with open_store() as store:
+            incident = await store.get(result.incident_id)
+        result.severity = incident.severity.value
+        answered: list[dict[str, Any]] = []
+        stop = asyncio.Event()
+        approver = auto_approver({incident.id}, stop, answered) if approve == "auto" else asyncio.sleep(0)
+        if approve == "ui":
+            print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
+                  file=sys.stderr, flush=True)
+        recovery = _vendor_recovery(stack, scenario)
+        async with background(approver), background(recovery):
+            outcome = await respond_inline(incident)
+            stop.set()
+        result.finding, result.remediation, result.resolved = outcome.finding, outcome.remediation, outcome.resolved
+        await _collect(stack, result)
+    except Exception as exc:  # the drill reports what broke instead of a traceback at 3 a.m.
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        result.health_restored = bool(stack.healthy(scenario))
+        result.duration_s = round(time.monotonic() - started, 1)
+    return result
+
+
+async def _vendor_recovery(stack: Any, scenario: str) -> None:
+    """Play the third party: an outage of a vendor ends on its own after a while."""
+    if scenario == "third-party-outage":
+        await asyncio.sleep(VENDOR_RECOVERY_SECONDS)
+        stack.repair(scenario)
+
+
+async def _collect(stack: Any, result: DrillResult) -> None:
+    from runbook.models import EventKind
+    from runbook.store import open_store
+
+    assert result.incident_id
+    async with open_store() as store:
+        incident = await store.get(result.incident_id)
+        timeline = await store.timeline(result.incident_id)
+        approvals = await store.approvals(result.incident_id)
+        follow_ups = await store.follow_ups(result.incident_id)
+    result.mtta_s = incident.mtta.total_seconds() if incident.mtta else None
+    result.mttr_s = incident.mttr.total_seconds() if incident.mttr else None
+    result.statuspage_statuses = [
+        r.body["incident"]["status"] for r in stack.statuspage.requests
+        if r.method in {"POST", "PATCH"} and "/incidents" in r.path and isinstance(r.body, dict)
+        and (r.status or 0) < 300 and r.body.get("incident", {}).get("status")
+    ]
+    result.pages_sent = sum(1 for r in stack.pagerduty.requests if isinstance(r.body, dict)
+                            and r.body.get("event_action") == "trigger" and (r.status or 0) < 300)
+    result.slack_messages = sum(1 for r in stack.slack.requests if (r.status or 0) < 300)
+    result.approvals = [{"action": a.action, "decision": a.decision, "approver": a.approver,
+                         "plan_hash": a.plan_hash} for a in approvals]
+    result.actions = [f"{e.at:%H:%M:%S} {e.kind}: {e.summary}" for e in timeline
+                      if e.kind in {EventKind.PAGED, EventKind.ESCALATED, EventKind.STATUS_PAGE,
+                                    EventKind.REMEDIATION_APPLIED, EventKind.VERIFICATION, EventKind.APPROVAL,
+                                    EventKind.STATUS_CHANGED, EventKind.ACKNOWLEDGED}]
+    deployments = {"review-24h": "post-incident-review/post-incident-review",
+                   "follow-up-1w": "post-incident-follow-up/post-incident-follow-up"}
+    scheduled = {e.details.get("follow_up"): e.details.get("scheduled_time")
+                 for e in timeline if e.kind == EventKind.FOLLOW_UP_SCHEDULED}
+    result.follow_ups = [{"kind": f.kind.value, "deployment": deployments.get(f.kind.value),
+                          "scheduled_time": scheduled.get(f.kind.value) or f.due.isoformat(),
+                          "flow_run_id": f.flow_run_id} for f in follow_ups]
+    reports = [e.details.get("path") for e in timeline if e.kind == EventKind.REPORT_WRITTEN]
+    result.report_path = str(Path(reports[-1]).resolve()) if reports and reports[-1] else None
+
+
+async def run_drills(scenarios: list[str], approve: str, state_root: Path) -> list[DrillResult]:
+    """Start Prefect and the stack once, register the deployments, and run each scenario."""
+    from runbook.drill import DrillStack
+
+    results = []
+    with DrillStack() as stack:
+        await register_deployments()
+        for scenario in scenarios:
+            results.append(await run_one(stack, scenario, approve, state_root))
+    return results
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def print_summary(result: DrillResult) -> None:
+    """Print one drill's summary for a person."""
+    mark = "PASS" if result.ok else "FAIL"
+    print(f"\n[{mark}] drill {result.scenario}: incident {result.incident_id} ({result.severity}, rule {result.rule})")
+    print(f"  detected after {result.detected_after_cycles} monitor cycle(s); MTTA {_fmt_s(result.mtta_s)}, "
+          f"MTTR {_fmt_s(result.mttr_s)}; health restored: {result.health_restored}; took {result.duration_s}s")
+    print(f"  finding: {result.finding}")
+    print(f"  remediation: {result.remediation}; status page: {' → '.join(result.statuspage_statuses) or '-'}; "
+          f"pages: {result.pages_sent}; Slack messages: {result.slack_messages}")
+    for a in result.approvals:
+        print(f"  approval: {a['action']} {a['decision']} by {a['approver']} (plan {a['plan_hash']})")
+    for f in result.follow_ups:
+        print(f"  follow-up: {f['deployment']} at {f['scheduled_time']}")
+    print(f"  report: {result.report_path}")
+    if result.error:
+        print(f"  error: {result.error}")
+
+
+def print_table(results: list[DrillResult]) -> None:
+    """Print the `--all` table."""
+    print(f"\n{'SCENARIO':<22} {'RESULT':<6} {'SEV':<4} {'RULE':<26} {'MTTA':>7} {'MTTR':>7} {'TOOK':>7}  REMEDIATION")
+    for r in results:
+        print(f"{r.scenario:<22} {'PASS' if r.ok else 'FAIL':<6} {r.severity or '-':<4} {r.rule or '-':<26} "
+              f"{_fmt_s(r.mtta_s):>7} {_fmt_s(r.mttr_s):>7} {r.duration_s:>6.1f}s  {r.remediation or '-'}")
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Run `runbook drill`."""
+    from runbook.drill.cli import format_scenarios
+    from runbook.drill.scenarios import SCENARIOS
+
+    if args.list:
+        print(format_scenarios())
+        return 0
+    scenarios = sorted(SCENARIOS) if args.all else [args.scenario or DEFAULT_SCENARIO]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"runbook drill: unknown scenario {unknown[0]!r}; `runbook drill --list` names them", file=sys.stderr)
+        return 2
+    if args.approve == "ui" and not os.environ.get("PREFECT_API_URL"):
+        print("runbook drill --approve ui needs a Prefect UI: start `runbook up` and set PREFECT_API_URL to the "
+              "address it prints", file=sys.stderr)
+        return 2
+    state_root = Path(args.state_dir or os.environ.get("RUNBOOK_STATE_DIR") or ".runbook") / "drills"
+    with prefect_server():
+        results = asyncio.run(run_drills(scenarios, args.approve, state_root))
+    if args.json:
+        payload = [r.model_dump(mode="json") | {"ok": r.ok} for r in results]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+    else:
+        for r in results:
+            print_summary(r)
+        if len(results) > 1:
+            print_table(results)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def register(sub: Any) -> None:
+    """Add `runbook drill`."""
+    p = sub.add_parser("drill", help="run a game-day drill end to end on the local stand-in stack")
+    p.add_argument("scenario", nargs="?", help=f"scenario to drill (default {DEFAULT_SCENARIO})")
+    p.add_argument("--all", action="store_true", help="drill every scenario and print a table")
+    p.add_argument("--list", action="store_true", help="list the scenarios")
+    p.add_argument("--approve", choices=["auto", "ui"], default="auto",
+                   help="auto: a drill approver answers through Prefect's API; ui: wait for a person in the UI")
+    p.add_argument("--json", action="store_true", help="print one JSON object (an array with --all)")
+    p.add_argument("--state-dir", help="where reports and the drill's store go (default .runbook/drills)")
+    p.set_defaults(func=cmd_drill)

@@ -100,7 +100,15 @@ class SecretCheck(BaseModel):
     fingerprint: str = ""
     app_state: AppSecretState = "not-checked"
     app_fingerprint: str = ""
+    live_probe: Literal["accepted", "rejected", "not-run"] = Field(
+        default="not-run", description="A signed harmless event sent to the app when the values cannot be compared"
+    )
     detail: str
+
+    @property
+    def mismatch(self) -> bool:
+        """Return True when the app's secret differs: by fingerprint, or inferred from a rejected signed probe."""
+        return self.app_state == "mismatch" or self.live_probe == "rejected"
 
 
 class WebhookProbe(BaseModel):
@@ -286,9 +294,18 @@ class StripeClient:
     # The webhook secret
 
     async def check_webhook_secret(
-        self, vercel: VercelClient | None = None, *, env_key: str = "STRIPE_WEBHOOK_SECRET"
+        self,
+        vercel: VercelClient | None = None,
+        *,
+        env_key: str = "STRIPE_WEBHOOK_SECRET",
+        live_probe: bool = True,
     ) -> SecretCheck:
-        """Check the whsec_ secret is present and shaped and (given Vercel) that the app's copy matches."""
+        """Check the whsec_ secret is present and shaped and (given Vercel) that the app's copy matches.
+
+        The app's value is read from the project's env var one by one and compared by fingerprint. When it cannot
+        be compared (type sensitive: write-only; or missing) and `live_probe` is set, a correctly signed harmless
+        event is sent to the app: a rejection means the app's secret differs.
+        """
         ours = secret_value(self._webhook_secret)
         present, shaped = bool(ours), ours.startswith("whsec_")
         fp = fingerprint(ours)
@@ -311,11 +328,14 @@ class StripeClient:
             if app_fp == fp:
                 state, detail = "match", f"the app's {env_key} matches ({fp})"
             else:
-                state, detail = (
-                    "mismatch",
-                    f"the app's {env_key} ({app_fp}) differs from Stripe's secret ({fp})",
-                )
-        ok = shaped and state in ("match", "write-only")
+                state, detail = "mismatch", f"the app's {env_key} ({app_fp}) differs from Stripe's secret ({fp})"
+        probe: Literal["accepted", "rejected", "not-run"] = "not-run"
+        if state in ("write-only", "missing") and live_probe and self.webhook_url:
+            result = await self.probe_webhook()
+            probe = "accepted" if result.signed_status is not None and 200 <= result.signed_status < 300 else "rejected"
+            verdict = "accepts" if probe == "accepted" else f"rejects (HTTP {result.signed_status})"
+            detail += f"; live probe: the app {verdict} an event signed with Stripe's secret ({fp})"
+        ok = shaped and (state == "match" or (state == "write-only" and probe != "rejected"))
         return SecretCheck(
             ok=ok,
             present=True,
@@ -323,6 +343,7 @@ class StripeClient:
             fingerprint=fp,
             app_state=state,
             app_fingerprint=app_fp,
+            live_probe=probe,
             detail=detail,
         )
 
@@ -417,6 +438,36 @@ class StripeClient:
             )
         return results
 
+    async def resend_events(self, event_ids: Iterable[str], endpoint_id: str | None = None) -> list[ReplayResult]:
+        """Ask Stripe to redeliver events to an endpoint (`POST /v1/events/{id}/retry`, what `stripe events resend`
+        calls; Stripe signs with its own secret and marks the delivery). Default endpoint: the app's."""
+        if endpoint_id is None:
+            check = await self.check_webhook_endpoint()
+            endpoint_id = check.endpoint_id
+        results: list[ReplayResult] = []
+        for event_id in event_ids:
+            if not event_id.startswith("evt_") or any(c in event_id for c in "/?#& "):
+                results.append(ReplayResult(event_id=event_id[:40], ok=False, detail="not a Stripe event id"))
+                continue
+            try:
+                response = await self._call("resend event", self._resend(event_id, endpoint_id))
+            except IntegrationError as exc:
+                results.append(ReplayResult(event_id=event_id, ok=False, status=exc.status, detail=str(exc)))
+                continue
+            pending = _pending(response)
+            ok = pending == 0
+            detail = "delivered" if ok else f"still pending for {pending} endpoint(s)"
+            results.append(ReplayResult(event_id=event_id, ok=ok, status=200, detail=detail))
+        return results
+
+    def _resend(self, event_id: str, endpoint_id: str | None) -> Callable[[], Awaitable[Any]]:
+        params = {"webhook_endpoint": endpoint_id} if endpoint_id else {}
+
+        async def call() -> Any:
+            return await self._sdk.raw_request_async("post", f"/v1/events/{event_id}/retry", **params)
+
+        return call
+
     async def aclose(self) -> None:
         """Close the SDK's and the app client's connections."""
         await self._sdk_http.close_async()
@@ -432,3 +483,19 @@ class StripeClient:
 def _shown(url: str) -> str:
     split = httpx.URL(url)
     return str(split.copy_with(query=None, fragment=None, username=None, password=None))
+
+
+def _pending(response: Any) -> int | None:
+    """Return `pending_webhooks` of a raw SDK response (an event), or None."""
+    data = getattr(response, "data", None)
+    if isinstance(data, dict):
+        value = data.get("pending_webhooks")
+        return int(value) if isinstance(value, int) else None
+    body = getattr(response, "body", None)
+    if isinstance(body, str):
+        try:
+            value = json.loads(body).get("pending_webhooks")
+        except (ValueError, AttributeError):
+            return None
+        return int(value) if isinstance(value, int) else None
+    return None

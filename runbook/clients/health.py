@@ -29,6 +29,7 @@ from runbook.clients._http import (
     error_for_transport,
     parse_json,
     settings_secrets,
+    ssl_context,
 )
 from runbook.errors import IntegrationError
 from runbook.settings import Settings
@@ -103,7 +104,7 @@ async def probe(
     shown = _safe_url(url)
     limits = httpx.Timeout(timeout, connect=connect_timeout)
     try:
-        async with httpx.AsyncClient(timeout=limits, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=limits, verify=ssl_context(), follow_redirects=False) as client:
             async with client.stream(
                 method, url, headers=dict(headers or {}), json=json, extensions={"trace": trace}
             ) as response:

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 from postgrest import APIError
 from pydantic import BaseModel, Field, SecretStr
+from supabase import AsyncClientOptions, acreate_client
 
 from runbook.clients._http import (
     DEFAULT_POLICY,
@@ -35,6 +36,7 @@ from runbook.clients._http import (
     retry_call,
     secret_value,
     settings_secrets,
+    ssl_context,
 )
 from runbook.errors import (
     AuthError,
@@ -94,7 +96,9 @@ class SupabaseRest:
         self.sleep = sleep
         self.redact = Redactor([key, *(secrets or [])])
         self._last: httpx.Response | None = None
-        self._http = httpx.AsyncClient(timeout=policy.timeout(), event_hooks={"response": [self._remember]})
+        self._http = httpx.AsyncClient(
+            timeout=policy.timeout(), verify=ssl_context(), event_hooks={"response": [self._remember]}
+        )
         self._client: Any = None
 
     async def _remember(self, response: httpx.Response) -> None:
@@ -120,8 +124,6 @@ class SupabaseRest:
 
     async def _supabase(self) -> Any:
         if self._client is None:
-            from supabase import AsyncClientOptions, acreate_client
-
             options = AsyncClientOptions(
                 httpx_client=self._http,
                 postgrest_client_retry=False,  # retries are ours

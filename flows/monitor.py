@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
@@ -28,17 +28,18 @@ from flows.declare_incident import DeclareParams, declare_incident
 from runbook.errors import IntegrationError
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
-    BreachState,
+    GAP_RULE,
     CycleProbes,
     Finding,
-    Measurement,
     MonitorStore,
     ProbeFailure,
     Step,
     advance_all,
+    advance_gaps,
     available,
     cycle_rows,
     evaluate,
+    gap_sources,
     measure,
     open_monitor_store,
     probe_failure,
@@ -47,6 +48,7 @@ from runbook.monitoring import (
 from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
+from tasks.common import run_parameter
 from tasks.health import check_app_health, check_auth_endpoint, check_openai, check_vendor_statuses
 from tasks.incident import record
 from tasks.sentry import read_error_rate
@@ -55,7 +57,6 @@ from tasks.supabase import check_database_health, check_rest_count
 
 T = TypeVar("T")
 ARTIFACT_KEY = "monitor-cycle"
-GAP_RULE = "monitoring_gap"
 UPTIME_TARGET = "app"
 
 
@@ -137,15 +138,6 @@ async def probe_all(policy: Policy) -> CycleProbes:
     return CycleProbes.model_validate(dict(zip(names, results, strict=True)))
 
 
-def gap_sources(measurements: list[Measurement]) -> dict[str, str]:
-    """Return probe source → reason for every measurement the monitor could not take."""
-    out: dict[str, str] = {}
-    for m in measurements:
-        if m.state == "gap":
-            out.setdefault(m.source if m.source != "third-party" else f"status:{m.target}", m.detail)
-    return out
-
-
 def _alert(finding: Finding, step: Step, environment: str) -> Alert:
     value = "–" if finding.value is None else f"{finding.value:g}"
     summary = (f"{finding.description}: {finding.target} {finding.metric}={value} "
@@ -216,16 +208,6 @@ async def _act(steps: list[Step], params: MonitorParams, environment: str) -> tu
     return declared, recovered
 
 
-def _gap_steps(states: dict[str, BreachState], gaps: dict[str, str], known: set[str]) -> list[BreachState]:
-    """Count consecutive gapped cycles per probe source (sources that measured again are reset)."""
-    out = []
-    for source in sorted(known | set(gaps)):
-        key = f"{GAP_RULE}:{source}"
-        prev = states.get(key) or BreachState(rule=GAP_RULE, target=source)
-        out.append(prev.model_copy(update={"gap_cycles": prev.gap_cycles + 1 if source in gaps else 0}))
-    return out
-
-
 async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: MonitorStore) -> CycleReport:
     """Probe, measure, evaluate, advance the breach state, act, publish the cycle's table."""
     log = get_run_logger()
@@ -238,8 +220,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
 
     states = await mstore.states()
     steps = advance_all(states, findings, policy.monitoring.breach_cycles, now)
-    known_gaps = {s.target for s in states.values() if s.rule == GAP_RULE}
-    gap_states = _gap_steps(states, gaps, known_gaps)
+    gap_states = advance_gaps(states, gaps)
     await mstore.save([s.state for s in steps] + gap_states, now)
 
     declared, recovered = await _act(steps, params, settings.environment)
@@ -274,10 +255,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params: dict[str, Any] = flow_run.parameters.get("params") or {}
-    cycles = params.get("cycles", 1)
+    cycles = run_parameter("cycles", 1)
     return f"monitor {get_settings().environment}" + (f" x{cycles}" if cycles != 1 else "")
 
 

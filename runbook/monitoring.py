@@ -437,8 +437,8 @@ class BreachState(BaseModel):
 
     rule: str
     target: str
-    consecutive: int = Field(default=0, description="Consecutive breaching cycles (gaps and masked cycles hold it)")
-    gap_cycles: int = Field(default=0, description="Consecutive cycles without a value (probe failed)")
+    consecutive: int = Field(default=0, description="Consecutive breaching cycles (gap/masked cycles hold it)")
+    gap_cycles: int = Field(default=0, description="monitoring_gap states: consecutive cycles a probe failed")
     first_breach_at: datetime | None = None
     last_breach_at: datetime | None = None
     last_value: float | None = None
@@ -472,7 +472,6 @@ def advance(previous: BreachState | None, finding: Finding, breach_cycles: int, 
     state = (previous or BreachState(rule=finding.rule, target=finding.target)).model_copy()
     if finding.state == "breach":
         state.consecutive += 1
-        state.gap_cycles = 0
         state.first_breach_at = state.first_breach_at or now
         state.last_breach_at = now
         state.last_value = finding.value
@@ -488,8 +487,6 @@ def advance(previous: BreachState | None, finding: Finding, breach_cycles: int, 
         action = "recovered" if incident else "none"
         fresh = BreachState(rule=finding.rule, target=finding.target)
         return Step(finding=finding, state=fresh, action=action, previous_incident_id=incident)
-    if finding.state == "gap":
-        state.gap_cycles += 1
     return Step(finding=finding, state=state, action="held")
 
 
@@ -497,6 +494,28 @@ def advance_all(states: dict[str, BreachState], findings: Iterable[Finding], bre
                 now: datetime) -> list[Step]:
     """Advance every finding's state; return the steps in finding order."""
     return [advance(states.get(f.key), f, breach_cycles, now) for f in findings]
+
+
+GAP_RULE = "monitoring_gap"
+
+
+def gap_sources(measurements: Iterable[Measurement]) -> dict[str, str]:
+    """Return probe source → reason for every measurement the monitor could not take."""
+    out: dict[str, str] = {}
+    for m in measurements:
+        if m.state == "gap":
+            out.setdefault(m.source if m.source != "third-party" else f"status:{m.target}", m.detail)
+    return out
+
+
+def advance_gaps(states: dict[str, BreachState], gaps: dict[str, str]) -> list[BreachState]:
+    """Count consecutive gapped cycles per probe source; a source that measured again goes back to 0."""
+    known = {s.target for s in states.values() if s.rule == GAP_RULE}
+    out = []
+    for source in sorted(known | set(gaps)):
+        prev = states.get(f"{GAP_RULE}:{source}") or BreachState(rule=GAP_RULE, target=source)
+        out.append(prev.model_copy(update={"gap_cycles": prev.gap_cycles + 1 if source in gaps else 0}))
+    return out
 
 
 # -- uptime -----------------------------------------------------------------------------------------------------

@@ -1,0 +1,354 @@
+"""The monitor's core without network: measurements and attribution, rule evaluation, consecutive breaches, uptime."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runbook.clients.app import AppHealth, AuthProbe
+from runbook.clients.health import VendorStatus
+from runbook.clients.openai import OpenAILiveness
+from runbook.clients.sentry import ErrorRate
+from runbook.clients.stripe import FailedEvent
+from runbook.clients.supabase import DatabaseHealth, RowCount
+from runbook.errors import AuthError, NotConfigured, RequestRejected, TransientError
+from runbook.monitoring import (
+    BreachState,
+    CycleProbes,
+    Finding,
+    Measurement,
+    ProbeFailure,
+    advance,
+    advance_gaps,
+    available,
+    cycle_rows,
+    evaluate,
+    gap_sources,
+    measure,
+    open_monitor_store,
+    probe_failure,
+    uptime_pct,
+)
+from runbook.policy import Policy, load_policy
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+CHECKS_OK = {name: {"status": "healthy", "latency_ms": 3.0} for name in ("database", "auth", "config", "openai")}
+
+
+def _health(code: int = 200, latency_ms: float = 40.0, **checks: dict[str, Any]) -> AppHealth:
+    merged = {**CHECKS_OK, **checks}
+    unhealthy = any(c["status"] == "unhealthy" for c in merged.values())
+    body = {"status": "unhealthy" if unhealthy else "healthy", "checks": merged}
+    return AppHealth(status_code=code, ok=code < 300, body=body, latency_ms=latency_ms)
+
+
+def _bad(check: str, error: str = "boom") -> dict[str, Any]:
+    return {"status": "unhealthy", "latency_ms": 2.0, "error": error}
+
+
+def _probes(**over: Any) -> CycleProbes:
+    base: dict[str, Any] = {
+        "health": _health(),
+        "auth": AuthProbe(status_code=401, alive=True, authenticated=False, latency_ms=5.0),
+        "rest": RowCount(table="profiles", count=300, latency_ms=8.0),
+        "database": DatabaseHealth(active_connections=3, total_connections=8, max_connections=100,
+                                   pool_utilisation_pct=8.0, long_running=[], mean_query_ms=1.2,
+                                   mean_query_source="pg_stat_activity", latency_ms=4.0),
+        "stripe": [],
+        "sentry": ErrorRate(count=0, window_s=900, per_minute=0.0),
+        "openai": OpenAILiveness(models=3, latency_ms=12.0),
+        "vendors": [VendorStatus(vendor=v, url=f"http://s/{v}", level="operational", indicator="none")
+                    for v in ("supabase", "vercel", "openai", "stripe")],
+    }
+    return CycleProbes.model_validate({**base, **over})
+
+
+def _by_key(measurements: list[Measurement]) -> dict[str, Measurement]:
+    return {m.key: m for m in measurements}
+
+
+def _finding(state: str, rule: str = "application_down", target: str = "app", value: float | None = 0.0) -> Finding:
+    return Finding(rule=rule, level="critical", severity="P0", description="Application down", target=target,
+                   metric="app_up", operator="==", threshold=0, value=value, state=state)  # type: ignore[arg-type]
+
+
+def _fail(kind: str, message: str = "x") -> ProbeFailure:
+    return ProbeFailure(kind=kind, message=message)  # type: ignore[arg-type]
+
+
+# -- probe failures ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (NotConfigured("sentry", "RUNBOOK_SENTRY_TOKEN"), "unconfigured"),
+    (TimeoutError(), "timeout"),
+    (TransientError("sentry", "count", "Service unavailable", 503), "server_error"),
+    (TransientError("sentry", "count", "ConnectError: refused"), "unreachable"),
+    (TransientError("sentry", "count", "no response within 15s (read timeout)"), "timeout"),
+    (AuthError("sentry", "count", "Invalid token", 401), "auth"),
+    (RequestRejected("supabase", "count profiles", "42P01 relation does not exist", 404), "rejected"),
+])
+def test_probe_failure_classifies_errors(exc: BaseException, kind: str) -> None:
+    """Each error a probe can raise maps to one failure kind."""
+    assert probe_failure(exc).kind == kind
+
+
+# -- measurements and attribution -------------------------------------------------------------------------------
+
+
+def test_healthy_probes_measure_everything_up() -> None:
+    """A healthy cycle measures app, database and auth up, no third party down and no gap."""
+    m = _by_key(measure(_probes()))
+    assert (m["app_up:app"].value, m["database_up:database"].value, m["auth_up:auth"].value) == (1.0, 1.0, 1.0)
+    assert all(x.value == 0.0 for x in m.values() if x.metric == "third_party_down")
+    assert gap_sources(m.values()) == {}
+
+
+def test_database_check_failure_is_the_database_not_the_app() -> None:
+    """A 503 whose only failing check is the database sets database_up 0 and masks app_up."""
+    m = _by_key(measure(_probes(health=_health(503, database=_bad("database", "column does not exist")))))
+    assert m["database_up:database"].value == 0.0
+    assert m["app_up:app"].state == "masked" and m["app_up:app"].value is None
+
+
+def test_unreachable_database_masks_cascading_checks() -> None:
+    """When the database is unreachable, failing auth and config checks are attributed to it as well."""
+    probes = _probes(health=_health(503, database=_bad("database"), auth=_bad("auth"), config=_bad("config")),
+                     database=_fail("unreachable"), rest=_fail("server_error"))
+    m = _by_key(measure(probes))
+    assert m["database_up:database"].value == 0.0
+    assert m["app_up:app"].state == "masked" and m["auth_up:auth"].state == "masked"
+
+
+def test_rest_rejection_is_database_unavailable() -> None:
+    """REST refusing to count profiles (a broken table) sets database_up 0 even when /api/health is 200."""
+    m = _by_key(measure(_probes(rest=_fail("rejected", "42P01"))))
+    assert m["database_up:database"].value == 0.0
+
+
+def test_broken_build_is_application_down_and_masks_auth() -> None:
+    """A 503 from a broken build sets app_up 0; the auth endpoint's 500 is attributed to the app."""
+    auth = AuthProbe(status_code=500, alive=False, authenticated=False, latency_ms=3.0)
+    m = _by_key(measure(_probes(health=_health(503, app=_bad("app", "TypeError")), auth=auth)))
+    assert m["app_up:app"].value == 0.0
+    assert m["auth_up:auth"].state == "masked"
+    assert m["response_time_s:app"].state == "masked"
+
+
+def test_config_failure_is_application_down_with_configuration_hint() -> None:
+    """A failing config check sets app_up 0 and hints the configuration scenario."""
+    m = _by_key(measure(_probes(health=_health(503, config=_bad("config", "CA: unknown exam_engine")))))
+    assert m["app_up:app"].value == 0.0 and m["app_up:app"].scenario == "configuration"
+
+
+def test_auth_check_failure_is_authentication_not_the_app() -> None:
+    """A 503 whose only failing check is auth sets auth_up 0 and masks app_up."""
+    m = _by_key(measure(_probes(health=_health(503, auth=_bad("auth", "Invalid API key")))))
+    assert m["auth_up:auth"].value == 0.0 and m["app_up:app"].state == "masked"
+
+
+def test_unreachable_health_is_application_down() -> None:
+    """/api/health refusing connections sets app_up 0 and counts as unavailable for uptime."""
+    probes = _probes(health=_fail("unreachable", "ConnectError"))
+    m = _by_key(measure(probes))
+    assert m["app_up:app"].value == 0.0
+    assert available(probes) is False
+
+
+def test_plain_5xx_without_checks_is_application_down() -> None:
+    """A 503 with no dependency checks in the body (a proxy error page) sets app_up 0."""
+    health = AppHealth(status_code=503, ok=False, body={"error": "Service unavailable"}, latency_ms=2.0)
+    assert _by_key(measure(_probes(health=health)))["app_up:app"].value == 0.0
+
+
+def test_maintenance_mode_is_not_an_outage_to_declare() -> None:
+    """A 503 in maintenance mode masks app_up (a planned state) but still counts against uptime."""
+    health = AppHealth(status_code=503, ok=False, body={"error": "maintenance", "maintenance": True}, latency_ms=2.0)
+    probes = _probes(health=health, auth=AuthProbe(status_code=503, alive=False, authenticated=False,
+                                                   latency_ms=1.0))
+    m = _by_key(measure(probes))
+    assert m["app_up:app"].state == "masked" and m["auth_up:auth"].state == "masked"
+    assert available(probes) is False
+
+
+def test_unreachable_sentry_is_a_gap_not_an_outage() -> None:
+    """Sentry refusing connections makes the error rate a gap while the app stays up."""
+    m = measure(_probes(sentry=_fail("unreachable", "sentry count failed: ConnectError")))
+    by = _by_key(m)
+    assert by["error_rate_pct:app"].state == "gap" and by["app_up:app"].value == 1.0
+    assert set(gap_sources(m)) == {"sentry"}
+
+
+def test_unconfigured_integrations_are_gaps() -> None:
+    """An unconfigured database URL and OpenAI key are gaps, never outages."""
+    m = _by_key(measure(_probes(database=_fail("unconfigured"), openai=_fail("unconfigured"),
+                                vendors=_fail("unreachable"))))
+    assert m["database_up:database"].value == 1.0  # REST and the app's check still measure it
+    assert m["third_party_down:openai"].state == "gap"
+
+
+def test_error_rate_percent_needs_a_request_count() -> None:
+    """Sentry's count alone gives errors per minute; the percentage only with a request count."""
+    m = _by_key(measure(_probes(sentry=ErrorRate(count=12, window_s=900, per_minute=0.8, requests=100,
+                                                 percent_of_requests=12.0))))
+    assert m["error_rate_pct:app"].value == 12.0
+    m2 = _by_key(measure(_probes(sentry=ErrorRate(count=12, window_s=900, per_minute=0.8))))
+    assert m2["error_rate_pct:app"].state == "unknown" and m2["errors_per_minute:app"].value == 0.8
+
+
+def test_vendor_status_page_outage_is_third_party_down() -> None:
+    """OpenAI's status page saying major outage makes OpenAI down even when its API answers."""
+    vendors = [VendorStatus(vendor="openai", url="u", level="major_outage", indicator="major")]
+    m = _by_key(measure(_probes(vendors=vendors)))
+    assert m["third_party_down:openai"].value == 1.0
+
+
+def test_failed_deliveries_are_counted_while_the_app_is_up() -> None:
+    """Undelivered Stripe events are counted; while the app is down they are masked."""
+    events = [FailedEvent(id=f"evt_{n}", type="invoice.paid", created=NOW, pending_webhooks=1) for n in range(3)]
+    assert _by_key(measure(_probes(stripe=events)))["stripe_failed_deliveries:stripe"].value == 3.0
+    down = _by_key(measure(_probes(stripe=events, health=_fail("unreachable"))))
+    assert down["stripe_failed_deliveries:stripe"].state == "masked"
+
+
+def test_query_time_comes_from_the_apps_database_check() -> None:
+    """query_time_ms is the app's own database query latency when the check reports it."""
+    m = _by_key(measure(_probes(health=_health(database={"status": "degraded", "latency_ms": 1500.0}))))
+    assert m["query_time_ms:database"].value == 1500.0
+
+
+# -- rule evaluation --------------------------------------------------------------------------------------------
+
+
+def test_thresholds_come_from_the_policy(tmp_path: Path) -> None:
+    """A response time of 3 s is fine by default and breaches a policy with a 2 s slow_response_time rule."""
+    probes = _probes(health=_health(latency_ms=3000.0))
+    default = {f.key: f for f in evaluate(Policy().alert_rules, measure(probes))}
+    assert default["slow_response_time:app"].state == "ok"
+    rules = [r.model_dump(mode="json") for r in Policy().alert_rules]
+    for r in rules:
+        if r["name"] == "slow_response_time":
+            r["threshold"] = 2.0
+    path = tmp_path / "policy.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"alert_rules": rules}))
+    strict = {f.key: f for f in evaluate(load_policy(path).alert_rules, measure(probes))}
+    assert strict["slow_response_time:app"].state == "breach"
+
+
+def test_every_critical_rule_breaches_on_its_measurement() -> None:
+    """app_up 0, database_up 0 and failed deliveries breach the three critical rules."""
+    events = [FailedEvent(id="evt_1", type="invoice.paid", created=NOW)]
+    app_down = evaluate(Policy().alert_rules, measure(_probes(health=_fail("timeout"))))
+    db_down = evaluate(Policy().alert_rules, measure(_probes(rest=_fail("unreachable"))))
+    pay = evaluate(Policy().alert_rules, measure(_probes(stripe=events)))
+    breached = {f.rule for fs in (app_down, db_down, pay) for f in fs if f.breached}
+    assert breached == {"application_down", "database_unavailable", "payment_processing_failed"}
+
+
+def test_slow_responses_are_attributed_to_database_degradation() -> None:
+    """A slow database makes responses slow too: only database_degradation breaches, slow_response_time is masked."""
+    probes = _probes(health=_health(latency_ms=6200.0, database={"status": "degraded", "latency_ms": 6000.0}))
+    findings = {f.key: f for f in evaluate(Policy().alert_rules, measure(probes))}
+    assert findings["database_degradation:database"].breached
+    assert findings["slow_response_time:app"].state == "masked"
+
+
+def test_gap_measurement_neither_breaches_nor_clears() -> None:
+    """A gap measurement gives a gap finding for its rule."""
+    findings = evaluate(Policy().alert_rules, measure(_probes(sentry=_fail("timeout"))))
+    assert {f.state for f in findings if f.rule == "high_error_rate"} == {"gap"}
+
+
+# -- consecutive breaches ---------------------------------------------------------------------------------------
+
+
+def _run(states: list[str], n: int = 2) -> list[str]:
+    state: BreachState | None = None
+    actions = []
+    for s in states:
+        step = advance(state, _finding(s), n, NOW)
+        if step.action == "declare":
+            step.state.incident_id = "inc-20260105-abcdef"
+        state, actions = step.state, [*actions, step.action]
+    return actions
+
+
+def test_one_breach_does_not_declare() -> None:
+    """A single breaching cycle below breach_cycles only counts."""
+    assert _run(["breach"]) == ["breaching"]
+
+
+def test_breach_held_for_n_cycles_declares_once() -> None:
+    """The Nth consecutive breach declares; later breaches continue the same incident."""
+    assert _run(["breach", "breach", "breach"]) == ["breaching", "declare", "continuing"]
+
+
+def test_alternating_breaches_never_declare() -> None:
+    """A flapping metric (breach, ok, breach, ok) never reaches N consecutive cycles."""
+    assert "declare" not in _run(["breach", "ok"] * 4)
+
+
+def test_gap_holds_the_count() -> None:
+    """A gap between two breaches neither resets nor advances the count."""
+    assert _run(["breach", "gap", "breach"]) == ["breaching", "held", "declare"]
+
+
+def test_recovery_is_reported_once() -> None:
+    """The first clear cycle after a declared breach recovers; later clear cycles do nothing."""
+    assert _run(["breach", "breach", "ok", "ok"]) == ["breaching", "declare", "recovered", "none"]
+
+
+def test_recovered_step_names_the_incident() -> None:
+    """The recovered step carries the incident the episode declared, and the state is idle again."""
+    declared = BreachState(rule="application_down", target="app", consecutive=3, incident_id="inc-20260105-abcdef")
+    step = advance(declared, _finding("ok", value=1.0), 2, NOW)
+    assert step.previous_incident_id == "inc-20260105-abcdef" and step.state.idle
+
+
+def test_gap_counter_per_source() -> None:
+    """A source gapped twice counts 2; a source that measured again goes back to 0."""
+    first = {s.key: s for s in advance_gaps({}, {"sentry": "refused", "stripe": "refused"})}
+    second = {s.target: s.gap_cycles for s in advance_gaps(first, {"sentry": "refused"})}
+    assert second == {"sentry": 2, "stripe": 0}
+
+
+# -- uptime and the table ---------------------------------------------------------------------------------------
+
+
+def test_uptime_percentage() -> None:
+    """999 good cycles of 1000 is 99.9 %, and no samples is unknown."""
+    assert uptime_pct(999, 1000) == 99.9 and uptime_pct(0, 0) is None
+
+
+def test_cycle_rows_states() -> None:
+    """The table marks breaches, gaps, off-target key metrics and below-target uptime."""
+    policy = Policy()
+    probes = _probes(health=_health(latency_ms=3000.0), sentry=_fail("unreachable"), stripe=[
+        FailedEvent(id="evt_1", type="invoice.paid", created=NOW)])
+    m = measure(probes)
+    rows = {(r["metric"], r["target"]): r for r in cycle_rows(policy, m, evaluate(policy.alert_rules, m), 99.0, 100)}
+    assert rows[("response_time_s", "app")]["state"] == "off-target"
+    assert rows[("stripe_failed_deliveries", "stripe")]["state"] == "breach"
+    assert rows[("error_rate_pct", "app")]["state"] == "gap"
+    assert rows[("uptime_pct", "app")]["state"] == "off-target"
+    assert "slow_response_time > 5" in rows[("response_time_s", "app")]["threshold"]
+
+
+async def test_monitor_store_keeps_state_and_prunes_old_samples(tmp_path: Path) -> None:
+    """Breach states round-trip; uptime counts only samples inside the window (SQLite file, no network)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'incidents.db'}"
+    async with open_monitor_store(url) as store:
+        await store.save([BreachState(rule="application_down", target="app", consecutive=2),
+                          BreachState(rule="database_unavailable", target="database")])
+        await store.add_sample("app", False, NOW - timedelta(hours=2))
+        await store.add_sample("app", True, NOW - timedelta(minutes=2))
+        await store.add_sample("app", True, NOW)
+        states = await store.states()
+        counts = await store.uptime("app", timedelta(hours=1), NOW)
+    assert list(states) == ["application_down:app"] and states["application_down:app"].consecutive == 2
+    assert counts == (2, 2)

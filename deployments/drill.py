@@ -86,13 +86,15 @@ async def register_deployments() -> None:
     except ImportError:
         load_deployments = None
     if load_deployments is not None:
-        for deployment in load_deployments():
-            await deployment.apply()
+        # Built in a worker thread: Prefect's sync/async dispatch returns coroutines inside a running loop.
+        project_file = Path(__file__).resolve().parent.parent / "prefect.yaml"
+        for deployment in await asyncio.to_thread(load_deployments, project_file):
+            await deployment.aapply()
         return
     from flows.post_incident import post_incident_follow_up, post_incident_review
 
     for fl in (post_incident_review, post_incident_follow_up):
-        await fl.to_deployment(name=fl.name).apply()
+        await (await fl.ato_deployment(name=fl.name)).aapply()
 
 
 async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]]) -> None:

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "runbook.cli_report",
     "runbook.preflight",
     "runbook.drill.cli",
+    "runbook.cli_ops",
     "deployments.drill",  # runs flows, so it lives outside runbook/ (runbook/ never imports flows/)
 ]
 

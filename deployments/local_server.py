@@ -1,0 +1,139 @@
+"""A local Prefect server in a subprocess: `prefect server start` on 127.0.0.1, its own PREFECT_HOME and SQLite.
+
+Used by `runbook up` and by the deployment tests. The server runs in its own session (a terminal's Ctrl-C reaches
+only us), and `stop()` ends its whole process group: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from runbook.errors import RunbookError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def prefect_command() -> list[str]:
+    """Return the `prefect` command of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("prefect")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "prefect"]
+
+
+def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Return an environment for a Prefect CLI subprocess: its own PREFECT_HOME, no telemetry, offline-friendly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_CLI_PROMPT="false", PREFECT_CLI_COLORS="false", PREFECT_CLI_WRAP_LINES="false")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    env.update(extra)
+    return env
+
+
+class LocalPrefectServer:
+    """`prefect server start` on a free loopback port with PREFECT_HOME (and its SQLite database) in home."""
+
+    def __init__(self, home: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
+                 log_file: str | Path | None = None, startup_timeout: float = 120.0) -> None:
+        self.home = Path(home).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = Path(log_file) if log_file else self.home / "server.log"
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the server's base URL (the UI)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """Return the API URL (what PREFECT_API_URL must be)."""
+        return f"{self.url}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Return an environment for Prefect CLI subprocesses talking to this server."""
+        return prefect_env(self.home, self.api_url, **extra)
+
+    def start(self) -> LocalPrefectServer:
+        """Start the server and wait until /api/health answers; RunbookError with the log's tail otherwise."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_file.open("ab")
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            [*prefect_command(), "server", "start", "--host", self.host, "--port", str(self.port)],
+            env=prefect_env(self.home), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_healthy(began)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def _wait_healthy(self, began: float) -> None:
+        assert self.process is not None
+        while time.monotonic() - began < self.startup_timeout:
+            if self.process.poll() is not None:
+                raise RunbookError(f"prefect server exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise RunbookError(f"prefect server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the end of the server's log."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server's process group (SIGTERM, then SIGKILL after timeout); idempotent."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc is not None:
+            # children of the server (if any) share its process group; make sure none outlives it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalPrefectServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -151,6 +151,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path) -> 
     policy = state / "drill-policy.yaml"
     policy.write_text(DRILL_POLICY)
     stack.reset()
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
     os.environ.update(stack.env)
     os.environ["RUNBOOK_STATE_DIR"] = str(state)
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
@@ -190,6 +191,9 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path) -> 
     finally:
         result.health_restored = bool(stack.healthy(scenario))
         result.duration_s = round(time.monotonic() - started, 1)
+        for key in [k for k in os.environ if k.startswith("RUNBOOK_")]:  # the next scenario starts clean
+            del os.environ[key]
+        os.environ.update(saved)
     return result
 
 

@@ -138,9 +138,7 @@ async def remediate(incident: Incident, diagnosis: Diagnosis, requested_by: str 
         params["incident_id"] = incident.id
     if "requested_by" in fields and "requested_by" not in params:
         params["requested_by"] = requested_by
-    await record(incident.id, EventKind.REMEDIATION_STARTED, f"Starting {suggestion.flow}: {suggestion.why}",
-                 {"flow": suggestion.flow, "parameters": params})
-    return await fn(params_type(**params))
+    return await fn(params_type(**params))  # the remediation records its own start, plan and approval
 
 
 async def monitor_until_stable(incident: Incident, scenario: str | None) -> Verification:

@@ -28,6 +28,15 @@ RESPONSE_DEPLOYMENTS = {
 }
 
 
+# Impact assumed from the severity until a person assesses it (the runbook's impact descriptions per level).
+DEFAULT_IMPACT = {
+    Severity.P0: (ImpactLevel.HIGH, ImpactLevel.HIGH),
+    Severity.P1: (ImpactLevel.HIGH, ImpactLevel.MEDIUM),
+    Severity.P2: (ImpactLevel.MEDIUM, ImpactLevel.LOW),
+    Severity.P3: (ImpactLevel.LOW, ImpactLevel.LOW),
+}
+
+
 class DeclareParams(BaseModel):
     """Declare an incident from an alert or by hand (a form in the Prefect UI)."""
 
@@ -89,8 +98,8 @@ def build_incident(params: DeclareParams, alert: Alert | None) -> tuple[Incident
         by_text = policy.classify_text(f"{params.title} {params.summary}")
         severity, reason = (by_text, "matched the runbook's severity examples") if by_text else (
             Severity.P2, "no severity given; default P2 until assessed")
-    impact = Impact(user=params.user_impact or ImpactLevel.MEDIUM,
-                    business=params.business_impact or ImpactLevel.MEDIUM)
+    default_user, default_business = DEFAULT_IMPACT[severity]
+    impact = Impact(user=params.user_impact or default_user, business=params.business_impact or default_business)
     scenario = params.scenario or (alert.scenario if alert else None)
     if scenario is None and alert and alert.rule:
         scenario = policy.rule(alert.rule).scenario

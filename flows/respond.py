@@ -37,6 +37,7 @@ from runbook.models import ActionItem, Diagnosis, Incident, Severity, Status, ut
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import run_parameter
+from tasks.pagerduty import page_contact
 from tasks.slack import post_slack_message
 
 
@@ -104,7 +105,9 @@ async def _finish(incident_id: str, escalation: asyncio.Task[EscalationOutcome] 
                            escalation=esc.model_dump() if esc is not None else {})
 
 
-def _escalate(incident: Incident) -> asyncio.Task[EscalationOutcome]:
+async def _page_and_escalate(incident: Incident) -> asyncio.Task[EscalationOutcome]:
+    """Page on-call now, then let the escalation run beside the response until someone acknowledges."""
+    await page_contact(incident, get_policy().chain()[0])  # idempotent: the escalation will not page again
     return asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
 
 
@@ -113,7 +116,7 @@ async def respond_p0(params: RespondParams) -> ResponseOutcome:
     """P0 - Critical: complete service outage, 15-minute response."""
     incident = await read_incident(params.incident_id)
     await acknowledge_checks(incident)
-    escalation = _escalate(incident)  # pages on-call now; lead and CTO later unless acknowledged
+    escalation = await _page_and_escalate(incident)  # lead and CTO later unless acknowledged
     await initial_assessment(incident)
     await communicate(incident, Status.INVESTIGATING, "We are investigating a service outage.")
     diagnosis = await run_diagnosis(incident)
@@ -125,7 +128,7 @@ async def respond_p0(params: RespondParams) -> ResponseOutcome:
 async def respond_p1(params: RespondParams) -> ResponseOutcome:
     """P1 - High: major functionality broken, 30-minute response."""
     incident = await read_incident(params.incident_id)
-    escalation = _escalate(incident)
+    escalation = await _page_and_escalate(incident)
     diagnosis = await run_diagnosis(incident)  # investigate the root cause first
     await communicate(incident, Status.INVESTIGATING,
                       "We are investigating degraded functionality." + (f" {diagnosis.finding}" if diagnosis else ""))
@@ -139,7 +142,8 @@ async def respond_p2_p3(params: RespondParams) -> ResponseOutcome:
     policy = get_policy()
     incident = await read_incident(params.incident_id)
     await communicate(incident, Status.INVESTIGATING, "We are looking into reports of degraded service.")
-    escalation = _escalate(incident)  # reminder in #incidents, then a page when the SLA runs out
+    # A reminder in #incidents, then a page when the SLA runs out.
+    escalation = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     diagnosis = await run_diagnosis(incident)
     finding = diagnosis.finding if diagnosis else "no cause identified yet"
     await post_slack_message(policy.communication.operations_channel,

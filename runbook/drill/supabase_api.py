@@ -106,7 +106,8 @@ class SupabaseStandIn(StandIn):
                                       "message": f"column {table}.{unknown[0]} does not exist"}, 400)
             projection = ", ".join(f'"{c}"' for c in names)
 
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for key, raw in q.multi_items():
             if key in _RESERVED or key == "apikey":
                 continue

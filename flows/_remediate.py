@@ -127,7 +127,7 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
                      {"action": spec.action, "plan_hash": plan.hash, "state": plan.state})
         return result("nothing_to_do", plan, detail=plan.summary)
     await record(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",
-                 {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "dry_run": False},
+                 {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "state": plan.state},
                  actor=params.requested_by or "runbook")
     try:
         approval = await request_approval(

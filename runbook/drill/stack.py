@@ -198,7 +198,8 @@ class DrillStack:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def _close_clients(self) -> None:
-        await asyncio.gather(self.app.aclose(), self.stripe.aclose(), return_exceptions=True)
+        closers = [c.aclose() for c in (getattr(self, "app", None), getattr(self, "stripe", None)) if c is not None]
+        await asyncio.gather(*closers, return_exceptions=True)
 
     async def _close_sessions(self) -> None:
         sessions, self.sessions = self.sessions, []

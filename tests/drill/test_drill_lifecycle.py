@@ -109,3 +109,23 @@ def test_cli_stack_up_prints_json_then_stops_on_signal(sig: signal.Signals) -> N
             proc.kill()
     assert not workdir.exists() and _gone(pid)
     assert all(_refused(int(url.rsplit(":", 1)[1])) for url in info["urls"].values())
+
+
+def test_a_failed_start_raises_drill_error_and_leaves_no_thread(tmp_path: Path) -> None:
+    """A stack that cannot start raises DrillError and leaves no server thread behind."""
+    from runbook.errors import DrillError
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    threads_before = _drill_threads()
+    with pytest.raises(DrillError):
+        DrillStack(blocker).start()
+    assert _drill_threads() == threads_before
+
+
+def test_stop_is_idempotent() -> None:
+    """Calling stop() twice (and after the with-block) is harmless."""
+    stack = DrillStack(users=20).start()
+    stack.stop()
+    stack.stop()
+    assert not stack.workdir.exists()

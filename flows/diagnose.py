@@ -21,7 +21,7 @@ from pydantic import Field
 from runbook.clients._http import Redactor, settings_secrets
 from runbook.clients.app import AppHealth
 from runbook.clients.supabase import LongQuery
-from runbook.errors import IntegrationError, RunbookError
+from runbook.errors import IntegrationError, NotConfigured, RunbookError
 from runbook.models import Diagnosis, EventKind, Evidence, Suggestion
 from runbook.settings import get_settings
 from tasks.health import check_app_health
@@ -66,6 +66,7 @@ class Investigation:
         self.evidence: list[Evidence] = []
         self.causes: list[tuple[str, list[Suggestion]]] = []
         self.errors: dict[str, str] = {}
+        self.unconfigured: set[str] = set()
 
     def note(self, check: str, ok: bool, value: Any = "", detail: str = "") -> Evidence:
         """Add one observation."""
@@ -79,11 +80,17 @@ class Investigation:
             return await call
         except (IntegrationError, TimeoutError) as exc:
             message = _error_text(exc)
+            if isinstance(exc, NotConfigured):
+                self.unconfigured.add(check)
         except Exception as exc:  # a diagnosis reports what it could not check; it never crashes on it
             message = _error_text(exc)
         self.errors[check] = message
         self.note(check, False, "error", message)
         return None
+
+    def failed(self, check: str) -> bool:
+        """Return True when the probe ran and failed (not merely: its integration is not configured)."""
+        return check in self.errors and check not in self.unconfigured
 
     def cause(self, finding: str, *suggestions: Suggestion) -> None:
         """Record an identified cause and the remediations it points at."""
@@ -215,20 +222,6 @@ def note_health(inv: Investigation, health: AppHealth | None, *names: str) -> No
         if check.get("error"):
             detail = f"{detail}; {check['error']}" if detail else str(check["error"])
         inv.note(f"health: {name}", status in HEALTHY, status or "unknown", detail)
-
-
-async def note_verification(inv: Investigation, scenario: str) -> None:
-    """Run the scenario's verify-service checks once (nothing recorded on the incident) and add them as evidence."""
-    from flows.verification import VerifyParams, verify_service
-
-    result = await inv.probe(f"verification ({scenario})",
-                             verify_service(VerifyParams(scenario=scenario, within_seconds=0)))  # type: ignore[arg-type]
-    for key, check in (result.checks if result else {}).items():
-        if key == "app_health":
-            continue  # already evidence as "app /api/health"
-        shown = {k: v for k, v in check.items() if k != "ok"}
-        detail = ", ".join(f"{k} {v}" for k, v in shown.items())
-        inv.note(f"verification: {key}", bool(check.get("ok")), "pass" if check.get("ok") else "FAIL", detail)
 
 
 # -- long-running queries (database and performance) ---------------------------------------------------------

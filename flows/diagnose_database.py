@@ -4,7 +4,7 @@ Symptoms: /api/health's database check (500s, connection timeouts, RLS errors). 
 (direct connectivity), Database → Performance (connections vs max_connections, pool use, long-running and blocking
 queries, mean query time against the policy's key metrics), `supabase migration list` (latest applied version,
 drift both ways, the recorded statements of the newest migrations). Verification: the REST count of profiles
-(the reusable verify-service check, run here as evidence).
+(verify-service's check task, run here as evidence).
 
 Causes, most specific first:
 - database unreachable;
@@ -31,7 +31,6 @@ from flows.diagnose import (
     culprit,
     health_checks,
     note_health,
-    note_verification,
     publish,
     query_line,
     run_name,
@@ -42,7 +41,12 @@ from runbook.models import Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import AppliedMigrationDetail, read_applied_migrations
 from tasks.health import check_app_health
-from tasks.supabase import check_database_connectivity, check_database_health, read_migration_status
+from tasks.supabase import (
+    check_database_connectivity,
+    check_database_health,
+    check_rest_count,
+    read_migration_status,
+)
 
 QUOTED = re.compile(r"[\"']([A-Za-z_][A-Za-z0-9_.]*)[\"']")
 
@@ -167,11 +171,14 @@ async def diagnose_database(params: DiagnoseDatabaseParams) -> Diagnosis:
                      f"not applied: {', '.join(status.pending)}" if status.pending else "",
                      f"applied without a local file: {', '.join(status.remote_only)}" if status.remote_only else "",
                  ])) or "local files and applied history agree")
-    # Verification (the reusable verify-service checks, read-only)
-    await note_verification(inv, "database")
+    # Verification: the runbook's REST count of profiles (verify-service's check)
+    count = await inv.probe("verification: REST profiles count", check_rest_count(None))
+    if count is not None:
+        inv.note("verification: REST profiles count", True, str(count.count),
+                 f"Supabase REST profiles?select=count, {count.latency_ms:.0f} ms")
 
     # Causes
-    if conn is None:
+    if inv.failed("database connectivity"):
         inv.cause(f"The database is unreachable over its direct URL ({inv.errors.get('database connectivity')}).",
                   Suggestion(flow=NONE, why="check Supabase's status and the project's compute; escalate to "
                                             "Supabase support if the project is down"),

@@ -35,6 +35,10 @@ class DiagnosePaymentParams(BaseModel):
         description="Look for failed deliveries this far back (default: the policy's monitoring.stripe_window)")
 
 
+SIGNATURE_REJECTED = {400, 401, 403}
+REPAIR_SECRET = "set the app's STRIPE_WEBHOOK_SECRET to the endpoint's secret, redeploy, replay the failed events"
+
+
 def repair(why: str) -> Suggestion:
     """Return the webhook-check suggestion with repair on."""
     return Suggestion(flow="webhook-check", parameters={"repair": True}, why=why)
@@ -66,15 +70,23 @@ async def diagnose_payment(params: DiagnosePaymentParams) -> Diagnosis:
                  probe.detail)
 
     # Causes
+    signature_rejected = (probe is not None and probe.unsigned_status == 400
+                          and probe.signed_status in SIGNATURE_REJECTED)
     if secret is not None and secret.app_state in {"mismatch", "missing"}:
         rejected = (f" The app rejects correctly signed events (HTTP {probe.signed_status})."
                     if probe is not None and not probe.ok else "")
-        inv.cause(f"Stripe webhook secret mismatch: {secret.detail}.{rejected}",
-                  repair("set the app's STRIPE_WEBHOOK_SECRET to the endpoint's secret, redeploy, replay failed "
-                         "events"))
+        inv.cause(f"Stripe webhook secret mismatch: {secret.detail}.{rejected}", repair(REPAIR_SECRET))
+    elif signature_rejected and probe is not None:
+        why = (f"Vercel does not return the app's STRIPE_WEBHOOK_SECRET ({secret.app_state}), so the fingerprints "
+               "cannot be compared" if secret is not None and secret.app_state != "match"
+               else "the fingerprints matched, so the deployment was likely built with an older value")
+        shown = f" ({secret.fingerprint})" if secret is not None and secret.fingerprint else ""
+        inv.cause(f"Stripe webhook secret mismatch: the app rejects events signed with the endpoint's current "
+                  f"secret{shown} (HTTP {probe.signed_status}: signature verification failed); {why}.",
+                  repair(REPAIR_SECRET))
     elif probe is not None and probe.signed_status is not None and not 200 <= probe.signed_status < 300:
-        inv.cause(f"The app rejects correctly signed Stripe events (HTTP {probe.signed_status}): {probe.detail}.",
-                  repair("check the app's webhook secret and handler, then replay failed events"))
+        inv.cause(f"The app's webhook handler fails on correctly signed Stripe events (HTTP {probe.signed_status}): "
+                  f"{probe.detail}.", repair("fix the handler, then replay the failed events"))
     if secret is not None and not secret.shaped and secret.present:
         inv.cause("The runbook's webhook secret is not whsec_-shaped.", repair("re-read the endpoint's secret"))
     if endpoint is not None and not endpoint.ok:

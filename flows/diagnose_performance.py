@@ -39,8 +39,8 @@ from runbook.clients.sentry import SeriesPoint
 from runbook.clients.vercel import Deployment
 from runbook.models import Diagnosis, Suggestion
 from runbook.policy import get_policy
-from tasks.diagnostics import read_error_series
-from tasks.health import check_app_health, check_openai, check_vendor_statuses, probe_health_timing
+from tasks.diagnostics import probe_openai, read_error_series
+from tasks.health import check_app_health, check_vendor_statuses, probe_health_timing
 from tasks.sentry import read_error_rate
 from tasks.supabase import check_database_health
 from tasks.vercel import find_rollback_target, list_production_deployments
@@ -61,7 +61,7 @@ class DiagnosePerformanceParams(BaseModel):
         None, gt=0, le=3600,
         description="A query running longer than this is long-running (default: key_metrics.response_time_s)")
     probe_timeout_seconds: float = Field(
-        10, gt=0, le=120, description="Give a third-party liveness probe at most this long")
+        5, gt=0, le=60, description="Give the OpenAI liveness probe at most this long (one attempt)")
 
 
 def errors_started(series: list[SeriesPoint], since: datetime | None = None) -> datetime | None:
@@ -139,10 +139,10 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
                  f"{rate.per_minute:g} per minute")
     series = await inv.probe("Sentry error series", read_error_series(max(sentry_window, 60))) or []
     # External services
-    openai = await inv.probe("OpenAI /v1/models",
-                             check_openai.with_options(timeout_seconds=params.probe_timeout_seconds)())
+    openai = await inv.probe("OpenAI /v1/models", probe_openai(params.probe_timeout_seconds))
     if openai is not None:
-        inv.note("OpenAI /v1/models", True, f"{openai.models} models", f"{openai.latency_ms:.0f} ms")
+        inv.note("OpenAI /v1/models", openai.ok, f"HTTP {openai.status}" if openai.status else "no answer",
+                 openai.error or f"{openai.total_s:.3f} s")
     statuses = await inv.probe("vendor status pages", check_vendor_statuses()) or []
     for vs in statuses:
         inv.note(f"status page: {vs.vendor}", vs.operational or vs.level == "unknown", vs.level,
@@ -166,7 +166,8 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
     if dbh is not None and dbh.long_running:
         q = culprit(dbh.long_running)
         inv.cause(f"Slow database: {query_line(q)}.", suggest_cancel(q))
-    openai_error = inv.errors.get("OpenAI /v1/models")
+    openai_error = (openai.error or f"HTTP {openai.status}" if openai is not None and not openai.ok
+                    and (openai.status is None or openai.status >= 500 or openai.status == 429) else None)
     openai_health = health_checks(health).get("openai", {})
     openai_page = next((vs for vs in statuses if vs.vendor == "openai" and not vs.operational
                         and vs.level != "unknown"), None)

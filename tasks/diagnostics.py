@@ -3,7 +3,9 @@
 - `read_error_series`: Sentry's error time series (when did the errors start?);
 - `read_applied_migrations`: the newest rows of `supabase_migrations.schema_migrations` WITH their statements
   (the migration status only compares versions), to tie a database error to the migration that touched the object;
-- `read_config_changes`: the recent entries of the app's `public.config_audit` trail (who changed which flag when).
+- `read_config_changes`: the recent entries of the app's `public.config_audit` trail (who changed which flag when);
+- `probe_openai`: ONE timed attempt at OpenAI's /v1/models (`check_openai` retries a 5xx with backoff, which is
+  right for a client call and slow for a liveness observation during an outage).
 Nothing here writes anything.
 """
 
@@ -18,8 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from runbook.clients._http import Redactor, settings_secrets
+from runbook.clients.health import ProbeResult, probe
 from runbook.clients.sentry import SentryClient, SeriesPoint
 from runbook.clients.supabase import SupabaseDatabase
+from runbook.errors import NotConfigured
+from runbook.settings import ENV_PREFIX, get_settings
 from tasks.common import open_client
 
 
@@ -96,3 +102,16 @@ async def read_config_changes(since_minutes: float = 24 * 60, limit: int = 50) -
 
     async with open_client(SupabaseDatabase) as db:
         return await db.run("read config audit", work)
+
+
+@task(name="probe_openai", retries=0, timeout_seconds=60, cache_policy=NO_CACHE)
+async def probe_openai(timeout_s: float = 5.0) -> ProbeResult:
+    """Probe OpenAI's /v1/models once (an observation: not retried, never raises; the key is never shown)."""
+    settings = get_settings()
+    if not settings.openai_api_key:
+        raise NotConfigured("openai", f"{ENV_PREFIX}OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {settings.openai_api_key.get_secret_value()}"}
+    result = await probe(f"{settings.openai_api_url.rstrip('/')}/v1/models", headers=headers, expect=[200],
+                         timeout=timeout_s, connect_timeout=min(timeout_s, 5.0))
+    redact = Redactor(settings_secrets(settings))
+    return result.model_copy(update={"body": None, "error": redact(result.error) if result.error else None})

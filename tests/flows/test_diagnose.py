@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +16,13 @@ from pydantic import BaseModel, ValidationError
 from flows.diagnose import artifact_key, diagnose, order_scenarios, run_diagnostic
 from flows.diagnose_database import DiagnoseDatabaseParams
 from runbook.clients.app import AppHealth
-from runbook.drill import DrillStack
+from runbook.drill import DrillStack, Fault
 from runbook.models import Diagnosis, EventKind, Incident, Severity, TimelineEvent
 from runbook.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
+SLOW_DELAY = 1.5  # seconds each app query waits behind the runaway session
 DIAGNOSTIC_SCENARIOS = ["database", "authentication", "payment", "performance", "configuration"]
 
 
@@ -53,6 +55,13 @@ async def artifact_rows(key: str) -> list[dict[str, Any]]:
     data = artifact.data
     rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
     return rows
+
+
+def lower_response_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Use a policy whose response-time target (and long-query threshold) is 1 s, so a 1.5 s drill delay is slow."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("key_metrics:\n  response_time_s: 1.0\n")
+    monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(path))
 
 
 def suggestion_flows(d: Diagnosis) -> list[str]:
@@ -151,9 +160,12 @@ async def test_auth_outage_names_the_variable(drill_env: DrillStack, monkeypatch
     assert result.suggestions[1].parameters == {"target_deployment_id": previous}
 
 
-async def test_slow_database_names_the_query(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slow_database_names_the_query(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The slow-database scenario lands in performance, names the runaway pid and suggests cancelling it."""
-    inject(drill_env, monkeypatch, "slow-database", delay=3.0)
+    lower_response_target(tmp_path, monkeypatch)
+    inject(drill_env, monkeypatch, "slow-database", delay=SLOW_DELAY)
     pid = drill_env.scenario_state["slow-database"]["pid"]
     result = await run_diagnostic("performance", None)
     assert result.found
@@ -181,13 +193,15 @@ async def test_third_party_outage_names_openai(drill_env: DrillStack, monkeypatc
     ("config-flag", {}, "configuration"),
     ("stripe-webhook-secret", {}, "payment"),
     ("auth-outage", {}, "authentication"),
-    ("slow-database", {"delay": 3.0}, "performance"),
+    ("slow-database", {"delay": SLOW_DELAY}, "performance"),
     ("third-party-outage", {}, "performance"),
 ])
 async def test_dispatcher_without_hint_lands_in_the_scenario(
-    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, drill: str, params: dict[str, Any], expected: str
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, drill: str, params: dict[str, Any],
+    expected: str,
 ) -> None:
     """Without a scenario hint the dispatcher returns the diagnosis of the scenario the drill broke."""
+    lower_response_target(tmp_path, monkeypatch)
     inject(drill_env, monkeypatch, drill, **params)
     result = await diagnose(None, None)
     assert result.found, result.finding
@@ -235,13 +249,22 @@ async def test_diagnosis_is_published_as_a_table_artifact(drill_env: DrillStack)
     assert set(rows[0]) == {"check", "ok", "value", "detail"}
 
 
-async def test_probe_failure_becomes_evidence(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A probe that cannot run (Sentry not configured) is evidence with its typed error, not a failed diagnosis."""
-    monkeypatch.delenv("RUNBOOK_SENTRY_TOKEN")
+async def test_probe_failure_becomes_evidence(drill_env: DrillStack) -> None:
+    """A probe that fails (Sentry answers 403) is evidence with its typed error, not a failed diagnosis."""
+    drill_env.sentry.inject(Fault.error(403, times=None))
     result = await run_diagnostic("performance", None)
     sentry = next(e for e in result.evidence if e.check == "Sentry errors")
     assert sentry.ok is False
-    assert sentry.detail.startswith("NotConfigured:") and "RUNBOOK_SENTRY_TOKEN" in sentry.detail
+    assert sentry.detail.startswith("AuthError:") and "HTTP 403" in sentry.detail
+    assert result.found is False
+
+
+async def test_unconfigured_integration_is_not_a_cause(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a database URL the database diagnostic says so in its evidence and does not call it an outage."""
+    monkeypatch.delenv("RUNBOOK_SUPABASE_DB_URL")
+    result = await run_diagnostic("database", None)
+    connectivity = next(e for e in result.evidence if e.check == "database connectivity")
+    assert connectivity.ok is False and "RUNBOOK_SUPABASE_DB_URL" in connectivity.detail
     assert result.found is False
 
 

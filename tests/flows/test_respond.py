@@ -1,0 +1,78 @@
+"""The severity procedures: a rejected fix leaves the incident open; P2/P3 reminds and files the release follow-up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from flows.respond import RespondParams, respond_p0, respond_p2_p3
+from runbook.drill import DrillStack
+from runbook.drill.approver import pause_form, resume, wait_for_pause
+from runbook.models import Incident, Severity, Status
+from runbook.store import open_store
+from tests.conftest import write_policy
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = """
+monitoring: {interval_seconds: 1}
+response: {ack_poll_seconds: 0.3, stable_checks: 2, stable_interval_seconds: 0.5, reminder_fraction: 0.5}
+severities:
+  P3: {response_minutes: 0.1}
+"""
+
+
+async def _declare(title: str, severity: Severity, scenario: str) -> Incident:
+    async with open_store() as store:
+        inc, _ = await store.declare(Incident(title=title, severity=severity, scenario=scenario, fingerprint=title))
+    return inc
+
+
+async def test_rejected_rollback_keeps_the_incident_open(drill_env: DrillStack, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """P0 bad deploy: when the approver rejects the rollback, nothing changes and the incident stays open."""
+    write_policy(tmp_path, monkeypatch, FAST)
+    drill_env.inject("bad-deploy")
+    inc = await _declare("Site completely down", Severity.P0, "performance")
+    run = asyncio.create_task(respond_p0(RespondParams(incident_id=inc.id)))
+    ack = await wait_for_pause(["escalate-incident"])
+    await resume(ack, {"by": "ana"})
+    approval = await wait_for_pause(["code-rollback"])
+    schema, description = await pause_form(approval)
+    assert "decision" in schema["properties"] and "Plan" in description
+    plan_hash = schema["properties"]["plan_hash"]["default"]
+    await resume(approval, {"decision": "reject", "approver": "ben", "reason": "want a hotfix", "plan_hash": plan_hash})
+    outcome = await asyncio.wait_for(run, timeout=60)
+    assert not outcome.resolved and outcome.status is not Status.RESOLVED
+    assert outcome.remediation == "code-rollback: rejected"
+    assert not drill_env.healthy("bad-deploy")
+    assert not [r for r in drill_env.vercel.requests if "/rollback/" in r.path]
+    statuses = [r.body["incident"]["status"] for r in drill_env.statuspage.requests
+                if r.method in {"POST", "PATCH"} and isinstance(r.body, dict) and "incident" in r.body]
+    assert "resolved" not in statuses and statuses[0] == "investigating"
+    texts = [str(r.body) for r in drill_env.slack.requests]
+    assert any("stays OPEN" in t for t in texts)
+
+
+async def test_p3_reminds_then_pages_and_files_release_follow_up(drill_env: DrillStack, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """P3 unacknowledged: a reminder in #incidents, a page when the SLA runs out, a next-release action item."""
+    write_policy(tmp_path, monkeypatch, FAST)
+    inc = await _declare("UI glitches in the course list", Severity.P3, "performance")
+    run = asyncio.create_task(respond_p2_p3(RespondParams(incident_id=inc.id)))
+    paused = await wait_for_pause(["escalate-incident"])
+    for _ in range(40):
+        async with open_store() as store:
+            kinds = [e.kind for e in await store.timeline(inc.id)]
+        if "paged" in kinds:
+            break
+        await asyncio.sleep(0.5)
+    assert kinds.index("reminder") < kinds.index("paged") and "sla_missed" in kinds
+    await resume(paused, {"by": "ana"})
+    outcome = await asyncio.wait_for(run, timeout=60)
+    assert outcome.acknowledged_by == "ana" and outcome.resolved
+    async with open_store() as store:
+        items = await store.action_items(inc.id)
+    assert items and "next regular release" in items[0].title

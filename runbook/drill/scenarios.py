@@ -108,7 +108,12 @@ def _inject_migration(stack: DrillStack, *, name: str = MIGRATION_NAME) -> dict[
         async with admin.acquire() as conn:
             await apply_migration(conn, migration)
 
-    stack.host.run(run())
+    try:
+        stack.host.run(run())
+    except Exception:  # not applied: leave no stray files behind
+        path.unlink(missing_ok=True)
+        migration.down_path.unlink(missing_ok=True)
+        raise
     _state(stack, "database-migration").update(version=version, name=name)
     return {}
 

@@ -361,7 +361,12 @@ class DrillStack:
         from runbook.drill.scenarios import get_scenario
 
         scenario = get_scenario(name)
-        changes = scenario.inject(self, **params) or {}
+        try:
+            changes = scenario.inject(self, **params) or {}
+        except DrillError:
+            raise
+        except Exception as exc:
+            raise DrillError(f"could not inject {name}: {type(exc).__name__}: {exc}") from exc
         self.env.update(changes)
         self.active[name] = dict(params)
         return dict(changes)
@@ -370,7 +375,12 @@ class DrillStack:
         """Apply scenario `name`'s documented manual repair."""
         from runbook.drill.scenarios import get_scenario
 
-        get_scenario(name).repair(self)
+        try:
+            get_scenario(name).repair(self)
+        except DrillError:
+            raise
+        except Exception as exc:
+            raise DrillError(f"could not repair {name}: {type(exc).__name__}: {exc}") from exc
         self.active.pop(name, None)
 
     def healthy(self, name: str) -> bool:

@@ -104,3 +104,25 @@ def test_reset_restores_the_baseline(stack: DrillStack, http: httpx.Client) -> N
     assert stack.stripe.failed_events() == []
     assert stack.sentry.faults == [] and stack.sentry.requests == []
     assert stack.health()[0] == 200
+
+
+def test_settings_leave_os_environ_alone(stack: DrillStack) -> None:
+    """Building settings does not add RUNBOOK_* variables to os.environ."""
+    import os
+
+    before = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
+    stack.settings()
+    assert {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")} == before
+
+
+def test_a_failing_inject_is_a_drill_error(stack: DrillStack) -> None:
+    """Injecting the migration scenario twice fails with a DrillError naming the scenario."""
+    import pytest
+
+    from runbook.errors import DrillError
+
+    stack.inject("database-migration")
+    files = sorted(stack.migrations_dir.glob("*.sql"))
+    with pytest.raises(DrillError, match="database-migration"):
+        stack.inject("database-migration")
+    assert sorted(stack.migrations_dir.glob("*.sql")) == files

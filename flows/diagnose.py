@@ -228,10 +228,11 @@ def note_health(inv: Investigation, health: AppHealth | None, *names: str) -> No
 
 
 def query_line(q: LongQuery) -> str:
+    """Return one line naming a long-running query: pid, duration, application, waits, blockers, its text."""
     waits = f", waiting on {q.wait_event_type}/{q.wait_event}" if q.wait_event_type else ""
     blocked = f", blocked by {q.blocking_pids}" if q.blocking_pids else ""
     app = f" [{q.application_name}]" if q.application_name else ""
-    return f"pid {q.pid} running {q.duration_s:.1f} s{app}{waits}{blocked}: {q.query[:120]}"
+    return f"pid {q.pid} running {q.duration_s:.1f} s{app}{waits}{blocked}: {' '.join(q.query.split())[:120]}"
 
 
 def culprit(queries: list[LongQuery]) -> LongQuery:
@@ -247,7 +248,7 @@ def culprit(queries: list[LongQuery]) -> LongQuery:
 def suggest_cancel(q: LongQuery) -> Suggestion:
     """Return the cancel-query suggestion for a runaway query."""
     return Suggestion(flow="cancel-query", parameters={"pid": q.pid},
-                      why=f"cancel pid {q.pid}, running {q.duration_s:.1f} s: {q.query[:80]}")
+                      why=f"cancel pid {q.pid}, running {q.duration_s:.1f} s: {' '.join(q.query.split())[:80]}")
 
 
 # -- the dispatcher -------------------------------------------------------------------------------------------

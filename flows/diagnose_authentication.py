@@ -45,7 +45,7 @@ ENV_NAME = re.compile(r"\b(NEXT_PUBLIC_[A-Z0-9_]+|SUPABASE_[A-Z0-9_]+)\b")
 class DiagnoseAuthenticationParams(BaseModel):
     """Parameters of diagnose-authentication."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
 
 
 def compare_env(app_vars: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:

@@ -41,8 +41,8 @@ ROW_FIELDS = ("enabled", "features", "settings")
 class DiagnoseConfigurationParams(BaseModel):
     """Parameters of diagnose-configuration."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
-    changes_hours: float = Field(24, gt=0, le=24 * 30,
+    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    changes_hours: float = Field(default=24, gt=0, le=24 * 30,
                                  description="Look at flag changes in the config audit trail this far back")
 
 
@@ -85,10 +85,15 @@ def row(value: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def audit_changes(changes: list[ConfigChange]) -> list[FlagChange]:
-    """Return the flag changes in the audit trail (jurisdiction_configs rows), newest first."""
+    """Return the flag changes in the audit trail, newest first: leaf by leaf for an update, whole rows otherwise."""
     out: list[FlagChange] = []
     for change in changes:
         if change.table != "jurisdiction_configs":
+            continue
+        if change.operation.upper() != "UPDATE":
+            out.append(FlagChange(jurisdiction=change.key, path=f"(row {change.operation.lower()})",
+                                  old=row(change.old) or None, new=row(change.new) or None, source="audit trail",
+                                  at=change.changed_at, by=change.changed_by))
             continue
         for path, old, new in diff_paths(row(change.old), row(change.new)):
             out.append(FlagChange(jurisdiction=change.key, path=path, old=old, new=new, source="audit trail",
@@ -152,8 +157,10 @@ async def diagnose_configuration(params: DiagnoseConfigurationParams) -> Diagnos
     changes = await inv.probe("config audit trail", read_config_changes(params.changes_hours * 60))
     recent = audit_changes(changes or [])
     if "config audit trail" not in inv.errors:
-        inv.note("recent flag changes", not recent, str(len(recent)),
-                 "; ".join(c.describe() for c in recent[:5])
+        updates = [c for c in recent if not c.path.startswith("(row")]
+        inv.note("recent flag changes", not (config_failing and recent), f"{len(updates)} updated, "
+                 f"{len(recent) - len(updates)} rows inserted/deleted",
+                 "; ".join(c.describe() for c in (updates or recent)[:5])
                  or (f"none in the last {params.changes_hours:g} h" if changes is not None
                      else "the app keeps no config audit trail"))
     snapshot = latest_snapshot(get_settings().snapshots_dir)
@@ -174,12 +181,13 @@ async def diagnose_configuration(params: DiagnoseConfigurationParams) -> Diagnos
             if match:
                 culprits.append(match[0])
             elif path and current is not None:
-                value = current.get(jurisdiction, {})
+                value: Any = current.get(jurisdiction, {})
                 for part in path.split("."):
                     value = value.get(part) if isinstance(value, dict) else None
                 culprits.append(FlagChange(jurisdiction=jurisdiction, path=path, new=value, source="health check"))
-        if not culprits and (recent or drift):
-            culprits = [(recent or drift)[0]]
+        updated = [c for c in [*recent, *drift] if not c.path.startswith("(row")]
+        if not culprits and updated:
+            culprits = [updated[0]]
         if culprits:
             names = ", ".join(dict.fromkeys(c.name for c in culprits))
             inv.cause(f"Jurisdiction flag {names} is bad: " + "; ".join(c.describe() for c in culprits)

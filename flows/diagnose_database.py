@@ -54,13 +54,12 @@ QUOTED = re.compile(r"[\"']([A-Za-z_][A-Za-z0-9_.]*)[\"']")
 class DiagnoseDatabaseParams(BaseModel):
     """Parameters of diagnose-database."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
-    long_query_seconds: float | None = Field(
-        None, gt=0, le=3600,
+    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    long_query_seconds: float | None = Field(default=None, gt=0, le=3600,
         description="A query running longer than this is long-running (default: the policy's response-time "
                     "target, key_metrics.response_time_s)")
     recent_migration_hours: float = Field(
-        72, gt=0, le=24 * 90, description="A migration whose version time is this recent is a suspect")
+        default=72, gt=0, le=24 * 90, description="A migration whose version time is this recent is a suspect")
 
 
 def version_time(version: str) -> datetime | None:
@@ -190,8 +189,8 @@ async def diagnose_database(params: DiagnoseDatabaseParams) -> Diagnosis:
         version, name, reasons = suspect
         label = f"{version} {name}" if name else version
         inv.note("suspect migration", False, label, "; ".join(reasons))
-        inv.cause(f"Migration {label} broke the database: /api/health's database check fails with "
-                  f"\"{db_error[:160]}\" ({'; '.join(reasons)}).",
+        inv.cause(f"Migration {label} broke the database: /api/health's database check fails "
+                  f"({db_error[:160]}); the migration is suspect because {'; '.join(reasons)}.",
                   Suggestion(flow="database-rollback", parameters={"versions": [version]},
                              why=f"revert migration {label} with its down script (backup first)"))
     if dbh is not None and dbh.long_running:

@@ -29,9 +29,8 @@ from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_fail
 class DiagnosePaymentParams(BaseModel):
     """Parameters of diagnose-payment."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
-    window_minutes: float | None = Field(
-        None, gt=0, le=30 * 24 * 60,
+    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    window_minutes: float | None = Field(default=None, gt=0, le=30 * 24 * 60,
         description="Look for failed deliveries this far back (default: the policy's monitoring.stripe_window)")
 
 

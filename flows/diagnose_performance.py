@@ -51,17 +51,15 @@ DEPENDENCIES = ("database", "auth", "config")
 class DiagnosePerformanceParams(BaseModel):
     """Parameters of diagnose-performance."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
-    deploy_window_minutes: float = Field(
-        120, gt=0, le=7 * 24 * 60,
+    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    deploy_window_minutes: float = Field(default=120, gt=0, le=7 * 24 * 60,
         description="A production deployment created at most this long before the errors started is suspect")
     error_window_minutes: float | None = Field(
-        None, gt=0, le=24 * 60, description="Sentry window (default: the policy's monitoring.sentry_window)")
-    long_query_seconds: float | None = Field(
-        None, gt=0, le=3600,
+        default=None, gt=0, le=24 * 60, description="Sentry window (default: the policy's monitoring.sentry_window)")
+    long_query_seconds: float | None = Field(default=None, gt=0, le=3600,
         description="A query running longer than this is long-running (default: key_metrics.response_time_s)")
     probe_timeout_seconds: float = Field(
-        5, gt=0, le=60, description="Give the OpenAI liveness probe at most this long (one attempt)")
+        default=5, gt=0, le=60, description="Give the OpenAI liveness probe at most this long (one attempt)")
 
 
 def errors_started(series: list[SeriesPoint], since: datetime | None = None) -> datetime | None:
@@ -149,7 +147,8 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
                  vs.error or vs.description or "")
 
     # Causes
-    if server_error and not deps_failing and current is not None and current.created_at is not None:
+    if health is not None and server_error and not deps_failing and current is not None \
+            and current.created_at is not None:
         started = errors_started(series, current.created_at - timedelta(minutes=1)) or datetime.now(UTC)
         gap = (started - current.created_at).total_seconds() / 60
         if -1 <= gap <= params.deploy_window_minutes:
@@ -165,7 +164,10 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
             )
     if dbh is not None and dbh.long_running:
         q = culprit(dbh.long_running)
-        inv.cause(f"Slow database: {query_line(q)}.", suggest_cancel(q))
+        db_check = health_checks(health).get("database", {})
+        waited = (f" /api/health's database check took {db_check['latency_ms']} ms."
+                  if db_check.get("latency_ms") is not None else "")
+        inv.cause(f"Slow database: long-running query {query_line(q)}.{waited}", suggest_cancel(q))
     openai_error = (openai.error or f"HTTP {openai.status}" if openai is not None and not openai.ok
                     and (openai.status is None or openai.status >= 500 or openai.status == 429) else None)
     openai_health = health_checks(health).get("openai", {})

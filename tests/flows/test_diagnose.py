@@ -53,7 +53,8 @@ async def artifact_rows(key: str) -> list[dict[str, Any]]:
             artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])))
     assert artifact.type == "table"
     data = artifact.data
-    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert isinstance(rows, list)
     return rows
 
 
@@ -278,7 +279,7 @@ def test_degraded_database_orders_performance_first() -> None:
     """A slow (degraded) database check puts performance first; an unhealthy one puts database first."""
     def health(status: str) -> AppHealth:
         body = {"status": "degraded", "checks": {"database": {"status": status}, "auth": {"status": "healthy"}}}
-        return AppHealth(status_code=200, ok=False, body=body, latency_ms=1.0)
+        return AppHealth(status_code=200, ok=False, status="degraded", body=body, latency_ms=1.0)
 
     assert order_scenarios(health("degraded"))[0] == "performance"
     assert order_scenarios(health("unhealthy"))[0] == "database"

@@ -90,3 +90,10 @@ async def terminate_backend(pid: int, query_start: datetime | None = None) -> Te
     """Terminate one backend if it still runs the planned query."""
     async with open_client(SupabaseAdmin) as admin:
         return await admin.terminate_backend(pid, query_start=query_start)
+
+
+@task(name="count_processed_stripe_events", retries=0, timeout_seconds=60, cache_policy=NO_CACHE)
+async def count_processed_stripe_events(event_ids: list[str]) -> dict[str, int]:
+    """Return event id → how many times the app processed it."""
+    async with open_client(SupabaseAdmin) as admin:
+        return await admin.processed_stripe_events(event_ids)

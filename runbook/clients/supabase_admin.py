@@ -378,6 +378,17 @@ class SupabaseAdmin:
 
         return await self.reader.run("read query starts", work)
 
+    async def processed_stripe_events(self, event_ids: list[str]) -> dict[str, int]:
+        """Return event id → how many times the app recorded it in public.stripe_events_processed."""
+
+        async def work(conn: asyncpg.Connection) -> dict[str, int]:
+            rows = await conn.fetch("select id, count(*)::int as n from public.stripe_events_processed "
+                                    "where id = any($1::text[]) group by id", event_ids)
+            found = {r["id"]: int(r["n"]) for r in rows}
+            return {i: found.get(i, 0) for i in event_ids}
+
+        return await self.reader.run("read processed stripe events", work)
+
     async def aclose(self) -> None:
         """Nothing to close: each call opens and closes its own connection."""
 

@@ -40,7 +40,7 @@ class Scenario:
     title: str
     description: str
     runbook_section: str
-    severity: str
+    severity: str  # what the runbook's alerting rules (runbook/policy.py) classify the fault as
     remediation: str
     symptom: str
     inject: Callable[..., dict[str, str]]
@@ -355,7 +355,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         description="jurisdiction_configs CA features.exam_engine is set to an engine the app does not know "
                     "(the change is in public.config_audit).",
         runbook_section="Rollback Procedures > Configuration Rollback (feature flags)",
-        severity="P1",
+        severity="P0",
         remediation="config-rollback",
         symptom="/api/health 503: config check fails (CA: unknown exam_engine)",
         inject=_inject_config_flag, repair=_repair_config_flag,
@@ -368,7 +368,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                     "is the old one, so deliveries fail and events pile up with delivery_success=false. The "
                     "operator's RUNBOOK_STRIPE_WEBHOOK_SECRET is the endpoint's NEW secret.",
         runbook_section="Common Incident Scenarios > Payment/Billing Issues",
-        severity="P1",
+        severity="P0",
         remediation="webhook-repair",
         symptom="webhook deliveries answer 400; GET /v1/events?delivery_success=false lists them (health 200)",
         inject=_inject_webhook_secret, repair=_repair_webhook_secret, healthy=_webhook_healthy,
@@ -379,7 +379,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         description="NEXT_PUBLIC_SUPABASE_ANON_KEY is changed to another project's key and redeployed: sign-in "
                     "and every authenticated call fail for valid users.",
         runbook_section="Common Incident Scenarios > Authentication Issues",
-        severity="P0",
+        severity="P1",
         remediation="config-rollback",
         symptom="/api/health 503 (auth unhealthy: Invalid API key); /api/auth/profile 500 for valid tokens",
         inject=_inject_auth, repair=_repair_auth, healthy=_auth_healthy,

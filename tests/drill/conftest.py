@@ -14,10 +14,9 @@ from runbook.drill import DrillStack
 
 
 @pytest.fixture(scope="session")
-def drill_stack_session() -> Iterator[DrillStack]:
-    """Start one drill stack for the whole session and stop it at the end."""
-    with DrillStack() as stack:
-        yield stack
+def drill_stack_session(drill_stack: DrillStack) -> DrillStack:
+    """Return the session's shared drill stack (tests/conftest.py starts it once for every suite)."""
+    return drill_stack
 
 
 @pytest.fixture

@@ -12,15 +12,15 @@ from runbook.drill.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-# Severity and rule as the runbook's alerting rules classify each fault (critical → P0, warning → P1, info → P2).
-EXPECTED_DETECTION = {
-    "database-migration": ("P0", {"database_unavailable"}),
-    "bad-deploy": ("P0", {"application_down"}),
-    "config-flag": ("P0", {"application_down"}),
-    "stripe-webhook-secret": ("P0", {"payment_processing_failed"}),
-    "auth-outage": ("P1", {"authentication_failing"}),
-    "slow-database": ("P1", {"database_degradation", "slow_response_time"}),
-    "third-party-outage": ("P2", {"third_party_degraded"}),
+# The rule of the runbook's alerting rules that must fire for each fault (its severity is the scenario's).
+EXPECTED_RULES = {
+    "database-migration": {"database_unavailable"},
+    "bad-deploy": {"application_down"},
+    "config-flag": {"application_down"},
+    "stripe-webhook-secret": {"payment_processing_failed"},
+    "auth-outage": {"authentication_failing"},
+    "slow-database": {"database_degradation", "slow_response_time"},
+    "third-party-outage": {"third_party_degraded"},
 }
 EXPECTED_REMEDIATION = {
     "database-migration": "database-rollback",
@@ -47,8 +47,7 @@ async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack,
     assert result.error is None, result.error
     assert result.health_restored and result.resolved
     assert result.detected_after_cycles is not None and result.detected_after_cycles <= 3
-    severity, rules = EXPECTED_DETECTION[scenario]
-    assert result.severity == severity and result.rule in rules
+    assert result.severity == SCENARIOS[scenario].severity and result.rule in EXPECTED_RULES[scenario]
     assert result.statuspage_statuses[0] == "investigating" and result.statuspage_statuses[-1] == "resolved"
     assert result.report_path and Path(result.report_path).is_file()
     assert {f["kind"] for f in result.follow_ups} == {"review-24h", "follow-up-1w"}

@@ -245,10 +245,11 @@ def culprit(queries: list[LongQuery]) -> LongQuery:
     return max(queries, key=lambda q: q.duration_s)
 
 
-def suggest_cancel(q: LongQuery) -> Suggestion:
-    """Return the cancel-query suggestion for a runaway query."""
-    return Suggestion(flow="cancel-query", parameters={"pid": q.pid},
-                      why=f"cancel pid {q.pid}, running {q.duration_s:.1f} s: {' '.join(q.query.split())[:80]}")
+def suggest_cancel(q: LongQuery, min_duration_s: float) -> Suggestion:
+    """Return the cancel-query suggestion for a runaway query (its pid; queries at least this long)."""
+    return Suggestion(flow="cancel-query",
+                      parameters={"pids": [q.pid], "min_duration_seconds": max(0.5, round(min_duration_s, 3))},
+                      why=f"terminate pid {q.pid}, running {q.duration_s:.1f} s: {' '.join(q.query.split())[:80]}")
 
 
 # -- the dispatcher -------------------------------------------------------------------------------------------

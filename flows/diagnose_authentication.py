@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows.config_snapshot import list_snapshots
 from flows.diagnose import (
     INCIDENT_ID_DESCRIPTION,
     INCIDENT_ID_PATTERN,
@@ -48,12 +49,18 @@ class DiagnoseAuthenticationParams(BaseModel):
     incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
 
 
+def expected_fingerprints() -> dict[str, str]:
+    """Return variable → fingerprint of the value the runbook's settings say it must have."""
+    settings = get_settings()
+    return {key: fingerprint(getattr(settings, setting)) for key, setting in AUTH_ENV.items()}
+
+
 def compare_env(app_vars: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Return variable → (state, detail) comparing the app's fingerprints with the runbook's settings."""
-    settings = get_settings()
+    fingerprints = expected_fingerprints()
     out: dict[str, tuple[str, str]] = {}
     for key, setting in AUTH_ENV.items():
-        expected = fingerprint(getattr(settings, setting))
+        expected = fingerprints[key]
         var = app_vars.get(key)
         if var is None:
             out[key] = ("missing", "not set for production in Vercel")
@@ -67,6 +74,26 @@ def compare_env(app_vars: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str
             out[key] = ("mismatch", f"Vercel production has {var['fingerprint']}, the project's {setting} is "
                                     f"{expected}")
     return out
+
+
+def env_rollback(keys: list[str], expected: dict[str, str]) -> Suggestion:
+    """Return config-rollback of the env: from the newest snapshot holding the project's values, if any."""
+    parameters: dict[str, Any] = {"restore_flags": False, "restore_env": True, "redeploy": True,
+                                  "verify_scenario": "authentication"}
+    names = " and ".join(keys)
+    try:
+        snapshots = list_snapshots()
+    except (OSError, ValueError):
+        snapshots = []
+    good = next((snap for snap in reversed(snapshots)
+                 if all(k in snap.env and snap.env[k].fingerprint == expected.get(k) for k in keys)), None)
+    if good is not None:
+        parameters["snapshot_id"] = good.id
+        why = f"restore {names} from snapshot {good.id} (fingerprints match the project) and redeploy"
+    else:
+        why = (f"restore {names} from the latest snapshot taken before the incident and redeploy"
+               + ("" if snapshots else " — no snapshot exists: set it in Vercel by hand, or roll back the code"))
+    return Suggestion(flow="config-rollback", parameters=parameters, why=why)
 
 
 def rollback_alternative(previous: Deployment | None, current: Deployment | None, why: str) -> list[Suggestion]:
@@ -122,14 +149,15 @@ async def diagnose_authentication(params: DiagnoseAuthenticationParams) -> Diagn
         details = "; ".join(f"{k}: {states[k][1]}" for k in mismatched)
         symptom = f" /api/health: {auth_error[:120]}." if auth_error else ""
         inv.cause(f"The app's {names} in Vercel production does not match the Supabase project ({details}).{symptom}",
-                  Suggestion(flow="config-rollback", parameters={},
-                             why=f"restore {names} to the project's value and redeploy"),
+                  env_rollback(mismatched, expected_fingerprints()),
                   *rollback_alternative(previous, current, "built with the previous environment"))
     elif auth_failing and (named := sorted(set(ENV_NAME.findall(auth_error)))):
         names = " and ".join(named)
         inv.cause(f"/api/health's auth check names {names} ({auth_error[:160]}) although Vercel's value matches "
                   "now: production was built with the old value.",
-                  Suggestion(flow="config-rollback", parameters={},
+                  Suggestion(flow="config-rollback",
+                             parameters={"restore_flags": False, "restore_env": False, "redeploy": True,
+                                         "verify_scenario": "authentication"},
                              why=f"redeploy so production picks up the current {names}"),
                   *rollback_alternative(previous, current, "built with the previous environment"))
     if auth_service is not None and not auth_service.healthy:

@@ -2,22 +2,22 @@
 
 Symptoms: /api/health's config check (its error names the jurisdiction and the flag it rejects). Response: the
 jurisdiction flags (`public.jurisdiction_configs`) as they are now, compared with the latest config snapshot
-(settings.snapshots_dir, written by config-rollback) when there is one, and the app's config audit trail
+(flows/config_snapshot.py: flags, and env vars by fingerprint) when there is one, and the app's config audit trail
 (`public.config_audit`: which flag changed, from what, to what, when, by whom). Verification: /api/health.
 
 Cause: the config check fails and a flag is identified → NAMES it (jurisdiction + path, old → new value),
-suggests config-rollback.
+suggests config-rollback of the flags, from the newest snapshot that still holds a different (good) value.
 """
 
 import json
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows.config_snapshot import ConfigSnapshot, list_snapshots
 from flows.diagnose import (
     INCIDENT_ID_DESCRIPTION,
     INCIDENT_ID_PATTERN,
@@ -33,6 +33,7 @@ from runbook.settings import get_settings
 from tasks.diagnostics import ConfigChange, read_config_changes
 from tasks.health import check_app_health
 from tasks.supabase_admin import read_jurisdiction_configs
+from tasks.vercel import read_env_vars
 
 JURISDICTION_ERROR = re.compile(r"\b([A-Z]{2}):\s*([^;]+)")
 ROW_FIELDS = ("enabled", "features", "settings")
@@ -101,18 +102,31 @@ def audit_changes(changes: list[ConfigChange]) -> list[FlagChange]:
     return out
 
 
-def latest_snapshot(folder: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:
-    """Return the newest config snapshot holding jurisdiction configs, or None."""
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+def read_snapshots(inv: Investigation) -> list[ConfigSnapshot]:
+    """Return this environment's config snapshots, oldest first (a unreadable folder is evidence)."""
+    try:
+        return list_snapshots()
+    except (OSError, ValueError) as exc:
+        inv.note("config snapshots", False, "error", f"{type(exc).__name__}: {str(exc)[:200]}")
+        return []
+
+
+def value_at(rows: dict[str, dict[str, Any]], jurisdiction: str, path: str) -> Any:
+    """Return the value at `features.exam_engine`-style path of a jurisdiction's row (None when absent)."""
+    value: Any = row(rows.get(jurisdiction))
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def last_good(snapshots: list[ConfigSnapshot], change: FlagChange) -> tuple[ConfigSnapshot, Any] | None:
+    """Return the newest snapshot whose value of the flag differs from the bad one, with that value."""
+    for snapshot in reversed(snapshots):
+        if not snapshot.flags:
             continue
-        configs = data.get("jurisdiction_configs") if isinstance(data, dict) else None
-        if isinstance(configs, dict):
-            return path, configs
+        value = value_at(snapshot.flags, change.jurisdiction, change.path)
+        if value != change.new:
+            return snapshot, value
     return None
 
 
@@ -163,14 +177,25 @@ async def diagnose_configuration(params: DiagnoseConfigurationParams) -> Diagnos
                  "; ".join(c.describe() for c in (updates or recent)[:5])
                  or (f"none in the last {params.changes_hours:g} h" if changes is not None
                      else "the app keeps no config audit trail"))
-    snapshot = latest_snapshot(get_settings().snapshots_dir)
+    snapshots = read_snapshots(inv)
+    latest = snapshots[-1] if snapshots else None
     drift: list[FlagChange] = []
-    if snapshot is None:
+    if latest is None:
         inv.note("config snapshot", True, "none", f"no snapshot in {get_settings().snapshots_dir}")
-    elif current is not None:
-        drift = snapshot_changes(snapshot[0].name, snapshot[1], current)
-        inv.note("flags vs snapshot", not drift, f"{len(drift)} differ",
-                 "; ".join(c.describe() for c in drift[:5]) or f"match {snapshot[0].name}")
+    else:
+        taken = f"{latest.id} taken {latest.taken_at:%Y-%m-%d %H:%M:%S} UTC ({latest.reason})"
+        if current is not None:
+            drift = snapshot_changes(latest.id, latest.flags, current)
+            inv.note("flags vs snapshot", not (config_failing and drift), f"{len(drift)} differ",
+                     "; ".join(c.describe() for c in drift[:5]) or f"match {taken}")
+        # Response 1: environment variables, by fingerprint against the snapshot (never values)
+        env_now = await inv.probe("env vs snapshot", read_env_vars(sorted(latest.env)))
+        if env_now is not None:
+            differ = sorted(k for k, v in latest.env.items() if not v.write_only and v.fingerprint
+                            and env_now.get(k, {}).get("fingerprint") != v.fingerprint)
+            inv.note("env vs snapshot", not differ, f"{len(differ)} differ",
+                     ", ".join(f"{k}: {latest.env[k].fingerprint} → {env_now.get(k, {}).get('fingerprint') or 'unset'}"
+                               for k in differ) or f"fingerprints match {taken}")
 
     # Cause
     if config_failing:
@@ -181,19 +206,25 @@ async def diagnose_configuration(params: DiagnoseConfigurationParams) -> Diagnos
             if match:
                 culprits.append(match[0])
             elif path and current is not None:
-                value: Any = current.get(jurisdiction, {})
-                for part in path.split("."):
-                    value = value.get(part) if isinstance(value, dict) else None
-                culprits.append(FlagChange(jurisdiction=jurisdiction, path=path, new=value, source="health check"))
+                culprits.append(FlagChange(jurisdiction=jurisdiction, path=path,
+                                           new=value_at(current, jurisdiction, path), source="health check"))
         updated = [c for c in [*recent, *drift] if not c.path.startswith("(row")]
         if not culprits and updated:
             culprits = [updated[0]]
         if culprits:
             names = ", ".join(dict.fromkeys(c.name for c in culprits))
+            good = last_good(snapshots, culprits[0])
+            parameters: dict[str, Any] = {"restore_flags": True, "restore_env": False}
+            if good is not None:
+                parameters["snapshot_id"] = good[0].id
+                why = f"restore {names} from snapshot {good[0].id} (value {json.dumps(good[1])})"
+            else:
+                why = (f"restore {names} from the latest snapshot taken before the incident"
+                       + ("" if snapshots else " — none exists yet: take one (config-snapshot) or set the flag back "
+                                               "by hand to the audit trail's old value"))
             inv.cause(f"Jurisdiction flag {names} is bad: " + "; ".join(c.describe() for c in culprits)
                       + f". /api/health's config check fails: {config_error[:200]}.",
-                      Suggestion(flow="config-rollback", parameters={},
-                                 why=f"restore {names} to the last good value"))
+                      Suggestion(flow="config-rollback", parameters=parameters, why=why))
     if config_failing and not inv.causes:
         nothing = f"/api/health's config check fails ({config_error[:200] or 'unhealthy'}) but no flag was identified"
     else:

@@ -195,7 +195,7 @@ async def diagnose_database(params: DiagnoseDatabaseParams) -> Diagnosis:
                              why=f"revert migration {label} with its down script (backup first)"))
     if dbh is not None and dbh.long_running:
         q = culprit(dbh.long_running)
-        inv.cause(f"Long-running query: {query_line(q)}.", suggest_cancel(q))
+        inv.cause(f"Long-running query: {query_line(q)}.", suggest_cancel(q, long_s))
     if dbh is not None:
         km = policy.key_metrics
         if dbh.pool_utilisation_pct >= km.pool_utilisation_pct or dbh.active_connections >= km.active_connections:

@@ -39,8 +39,8 @@ REPAIR_SECRET = "set the app's STRIPE_WEBHOOK_SECRET to the endpoint's secret, r
 
 
 def repair(why: str) -> Suggestion:
-    """Return the webhook-check suggestion with repair on."""
-    return Suggestion(flow="webhook-check", parameters={"repair": True}, why=why)
+    """Return the webhook-check suggestion with repair on (fix the app's secret if it differs, replay)."""
+    return Suggestion(flow="webhook-check", parameters={"repair_secret": True, "replay": True}, why=why)
 
 
 @flow(name="diagnose-payment", flow_run_name=run_name("payment"))

@@ -167,7 +167,7 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
         db_check = health_checks(health).get("database", {})
         waited = (f" /api/health's database check took {db_check['latency_ms']} ms."
                   if db_check.get("latency_ms") is not None else "")
-        inv.cause(f"Slow database: long-running query {query_line(q)}.{waited}", suggest_cancel(q))
+        inv.cause(f"Slow database: long-running query {query_line(q)}.{waited}", suggest_cancel(q, long_s))
     openai_error = (openai.error or f"HTTP {openai.status}" if openai is not None and not openai.ok
                     and (openai.status is None or openai.status >= 500 or openai.status == 429) else None)
     openai_health = health_checks(health).get("openai", {})

@@ -3,8 +3,10 @@ gives nothing found; probe failures become evidence; secrets never appear."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from pydantic import BaseModel, ValidationError
 
+from flows.config_snapshot import take_snapshot
 from flows.diagnose import artifact_key, diagnose, order_scenarios, run_diagnostic
 from flows.diagnose_database import DiagnoseDatabaseParams
 from runbook.clients.app import AppHealth
@@ -66,7 +69,15 @@ def lower_response_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def suggestion_flows(d: Diagnosis) -> list[str]:
-    """Return the flows a diagnosis suggests, in order."""
+    """Return the flows a diagnosis suggests, in order, after checking each could be started as suggested."""
+    for s in d.suggestions:
+        if s.flow == "none":
+            continue
+        name = s.flow.replace("-", "_")
+        fn = getattr(importlib.import_module(f"flows.{name}"), name)
+        (model,) = [v for k, v in typing.get_type_hints(fn.fn).items() if k != "return"]
+        assert set(s.parameters) <= set(model.model_fields), f"{s.flow}: unknown parameters {s.parameters}"
+        model(**s.parameters, requested_by="test")
     return [s.flow for s in d.suggestions]
 
 
@@ -92,8 +103,8 @@ async def test_database_migration_names_the_migration(drill_env: DrillStack, mon
     result = await run_diagnostic("database", None)
     assert result.found
     assert f"{state['version']} {state['name']}" in result.finding
-    assert result.suggestion is not None and result.suggestion.flow == "database-rollback"
-    assert result.suggestion.parameters == {"versions": [state["version"]]}
+    assert suggestion_flows(result) == ["database-rollback"]
+    assert result.suggestions[0].parameters == {"versions": [state["version"]]}
 
 
 async def test_bad_deploy_names_the_deployment_and_the_previous_one(
@@ -105,8 +116,8 @@ async def test_bad_deploy_names_the_deployment_and_the_previous_one(
     result = await run_diagnostic("performance", None)
     assert result.found
     assert state["deployment"] in result.finding and state["previous"] in result.finding
-    assert result.suggestion is not None and result.suggestion.flow == "code-rollback"
-    assert result.suggestion.parameters == {"target_deployment_id": state["previous"]}
+    assert suggestion_flows(result) == ["code-rollback"]
+    assert result.suggestions[0].parameters == {"target_deployment_id": state["previous"]}
 
 
 async def test_config_flag_names_the_flag(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,14 +130,28 @@ async def test_config_flag_names_the_flag(drill_env: DrillStack, monkeypatch: py
     assert suggestion_flows(result) == ["config-rollback"]
 
 
+async def test_config_flag_rollback_targets_the_last_good_snapshot(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a snapshot taken before the bad change, config-rollback is pointed at it and the flags only."""
+    snapshot = await take_snapshot("before the drill")
+    inject(drill_env, monkeypatch, "config-flag")
+    result = await run_diagnostic("configuration", None)
+    assert suggestion_flows(result) == ["config-rollback"]
+    assert result.suggestions[0].parameters == {"restore_flags": True, "restore_env": False,
+                                                "snapshot_id": snapshot.id}
+    drift = next(e for e in result.evidence if e.check == "flags vs snapshot")
+    assert drift.value == "1 differ" and "CA features.exam_engine" in drift.detail
+
+
 async def test_webhook_secret_mismatch_is_reported(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stripe-webhook-secret scenario reports a secret mismatch and suggests the webhook check with repair."""
     inject(drill_env, monkeypatch, "stripe-webhook-secret")
     result = await run_diagnostic("payment", None)
     assert result.found
     assert "mismatch" in result.finding.lower()
-    assert result.suggestion is not None and result.suggestion.flow == "webhook-check"
-    assert result.suggestion.parameters == {"repair": True}
+    assert suggestion_flows(result) == ["webhook-check"]
+    assert result.suggestions[0].parameters == {"repair_secret": True, "replay": True}
 
 
 async def test_webhook_secret_never_appears(
@@ -158,6 +183,7 @@ async def test_auth_outage_names_the_variable(drill_env: DrillStack, monkeypatch
     assert "NEXT_PUBLIC_SUPABASE_ANON_KEY" in result.finding
     assert drill_env.project.anon_key not in result.model_dump_json()
     assert suggestion_flows(result) == ["config-rollback", "code-rollback"]
+    assert result.suggestions[0].parameters["restore_env"] is True
     assert result.suggestions[1].parameters == {"target_deployment_id": previous}
 
 
@@ -171,8 +197,8 @@ async def test_slow_database_names_the_query(
     result = await run_diagnostic("performance", None)
     assert result.found
     assert f"pid {pid}" in result.finding
-    assert result.suggestion is not None and result.suggestion.flow == "cancel-query"
-    assert result.suggestion.parameters == {"pid": pid}
+    assert suggestion_flows(result) == ["cancel-query"]
+    assert result.suggestions[0].parameters["pids"] == [pid]
 
 
 async def test_third_party_outage_names_openai(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> None:

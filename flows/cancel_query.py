@@ -36,24 +36,34 @@ class CancelQueryParams(RemediationParams):
 async def plan_cancel(params: CancelQueryParams) -> Plan:
     """Choose the sessions to terminate from pg_stat_activity."""
     environment = get_settings().environment
-    long = [q for q in await list_long_queries(params.min_duration_seconds)
-            if q.application_name != OWN_APPLICATION]
-    blockers = sorted({pid for q in long for pid in q.blocking_pids})
-    targets = sorted(set(blockers) | {q.pid for q in long if not q.blocking_pids})
-    if params.pids:
-        targets = [p for p in targets if p in params.pids]
-    starts = await read_query_starts(targets) if targets else {}
-    targets = [p for p in targets if p in starts]
+    # Two samples a moment apart: a runaway persists (same pid, same query_start); a query that was merely
+    # waiting and just got its lock finishes in between and is not a target.
+    samples = []
+    for n in range(2):
+        if n:
+            await asyncio.sleep(0.5)
+        long = [q for q in await list_long_queries(params.min_duration_seconds)
+                if q.application_name != OWN_APPLICATION]
+        blockers = {pid for q in long for pid in q.blocking_pids}
+        candidates = blockers | {q.pid for q in long if not q.blocking_pids}
+        if params.pids:
+            candidates &= set(params.pids)
+        samples.append((candidates, await read_query_starts(sorted(candidates)) if candidates else {}))
+    (first, first_starts), (second, second_starts) = samples
+    persistent = {p for p in set(first_starts) & set(second_starts) if first_starts[p] == second_starts[p]}
+    targets = sorted(p for p in persistent if p in first | second)
+    starts = second_starts
     by_pid = {q.pid: q for q in long}
     state: dict[str, Any] = {"targets": {str(p): starts[p].isoformat() if starts[p] else None for p in targets}}
     if not targets:
         return Plan(action=ACTION, environment=environment, noop=True, state=state,
                     summary=f"no runaway or blocking query over {params.min_duration_seconds:g} s")
-    steps = []
+    steps = []  # hashed: no durations here (they grow every second), start times instead
     for pid in targets:
         q = by_pid.get(pid)
         waiting = [w.pid for w in long if pid in w.blocking_pids]
-        what = (f"running {q.duration_s:.0f} s: {q.query[:120]!r}" if q else "a session holding locks")
+        since = starts[pid].strftime("%H:%M:%S UTC") if starts.get(pid) else "unknown"
+        what = (f"running since {since}: {q.query[:120]!r}" if q else f"holding locks (since {since})")
         blocks = f"; blocks {', '.join(map(str, waiting))}" if waiting else ""
         app = f" [{q.application_name}]" if q and q.application_name else ""
         steps.append(f"pg_terminate_backend({pid}){app} — {what}{blocks}")

@@ -21,8 +21,7 @@ from runbook.models import Approval
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.supabase_admin import read_jurisdiction_configs, restore_jurisdiction_configs
-from tasks.vercel import redeploy_production
-from tasks.vercel_env import EnvValue, delete_env_var, read_env_values, upsert_env_var
+from tasks.vercel_env import EnvValue, delete_env_var, read_env_values, redeploy_with_current_env, upsert_env_var
 
 ACTION = "config-rollback"
 
@@ -141,7 +140,7 @@ async def config_rollback(params: ConfigRollbackParams) -> RemediationResult:
                 env_done.append(key)
         redeployed = None
         if env_done and params.redeploy:
-            redeployed = (await redeploy_production(params.incident_id, f"{ACTION} to {snapshot.id}")).id
+            redeployed = await redeploy_with_current_env(params.incident_id, f"{ACTION} to {snapshot.id}")
         return {"snapshot": snapshot.id, "pre_change_snapshot": before.id, "flags_restored": restored,
                 "env_restored": env_done, "redeployed": redeployed}
 

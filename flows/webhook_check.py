@@ -21,8 +21,7 @@ from runbook.settings import fingerprint, get_settings
 from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_failed_events, probe_webhook
 from tasks.stripe_resend import resend_events
 from tasks.supabase_admin import count_processed_stripe_events
-from tasks.vercel import redeploy_production
-from tasks.vercel_env import read_env_values, upsert_env_var
+from tasks.vercel_env import read_env_values, redeploy_with_current_env, upsert_env_var
 
 ACTION = "webhook-check"
 ENV_KEY = "STRIPE_WEBHOOK_SECRET"
@@ -103,7 +102,7 @@ async def webhook_check(params: WebhookCheckParams) -> RemediationResult:
                                  "(the endpoint's secret)")
             done["secret_repaired"] = True
             done["secret_fingerprint"] = fingerprint(settings.stripe_webhook_secret)
-            done["redeployed"] = (await redeploy_production(params.incident_id, f"{ACTION}: {ENV_KEY}")).id
+            done["redeployed"] = await redeploy_with_current_env(params.incident_id, f"{ACTION}: {ENV_KEY}")
         if plan.state["events"] and params.replay and plan.state["enabled"]:
             results = await resend_events(params.incident_id, plan.state["events"], plan.state["endpoint"])
             done["resent"] = [r.model_dump() for r in results]

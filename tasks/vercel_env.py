@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, SecretStr
 
 from runbook.clients.vercel import VercelClient
+from runbook.errors import RequestRejected
 from runbook.models import EventKind
 from runbook.settings import fingerprint
 from tasks.common import open_client
@@ -72,3 +73,21 @@ async def delete_env_var(incident_id: str | None, env_id: str, key: str, reason:
         await vc.delete_env(env_id)
     await record(incident_id, EventKind.NOTE, f"Vercel env {key} deleted {reason}".strip(), {"key": key},
                  actor="vercel")
+
+
+@task(name="redeploy_with_current_env", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
+async def redeploy_with_current_env(incident_id: str | None, reason: str, timeout_s: float = 300) -> str:
+    """Rebuild production with the current env and wait until it is READY (it then serves production).
+
+    A production redeploy is promoted when its build is READY; it creates no alias job to wait for.
+    """
+    async with open_client(VercelClient) as vc:
+        current = await vc.current_production()
+        if current is None:
+            raise RequestRejected("vercel", "redeploy", "no production deployment to rebuild")
+        new = await vc.redeploy(current.id, timeout=timeout_s)
+    if (new.state or "").upper() != "READY":
+        raise RequestRejected("vercel", "redeploy", f"the new deployment {new.id} ended {new.state}")
+    await record(incident_id, EventKind.NOTE, f"Redeployed production as {new.id} ({reason}): {new.state}",
+                 {"from": current.id, "to": new.id, "state": new.state}, actor="vercel")
+    return new.id

@@ -25,7 +25,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from flows.declare_incident import DeclareParams, declare_incident
-from runbook.errors import IntegrationError
+from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
     GAP_RULE,
@@ -92,6 +92,7 @@ class CycleReport(BaseModel):
     gaps: dict[str, str] = Field(default_factory=dict, description="Probe source → why it could not measure")
     uptime_pct: float | None = None
     uptime_samples: int = 0
+    errors: list[str] = Field(default_factory=list, description="Declarations or notes that failed")
 
 
 class MonitorResult(BaseModel):
@@ -170,42 +171,65 @@ def _emit_breach(finding: Finding, step: Step) -> None:
     )
 
 
-async def _act(steps: list[Step], params: MonitorParams, environment: str) -> tuple[list[DeclaredAlert], list[str]]:
-    """Declare, attach or note recovery for each step that calls for it; return (declared, recovered)."""
-    log = get_run_logger()
+async def _declare(step: Step, params: MonitorParams, environment: str) -> DeclaredAlert | None:
+    """Declare the step's breach, unless a continuing breach's incident is still open; None when nothing to do."""
+    f = step.finding
+    if step.action == "continuing":
+        async with open_store() as store:
+            still = await store.find_open(f"monitor:{f.rule}:{f.target}")
+        if still is not None:
+            step.state.incident_id = still.id
+            return None
+    out = await declare_incident(DeclareParams(alert=_alert(f, step, environment), respond=params.respond))
+    step.state.incident_id = out.incident_id
+    get_run_logger().warning("%s on %s held for %d cycles → %s %s", f.rule, f.target, step.state.consecutive,
+                             out.severity.value, out.incident_id)
+    return DeclaredAlert(rule=f.rule, target=f.target, severity=out.severity.value, incident_id=out.incident_id,
+                         created=out.created)
+
+
+async def _note_recovery(step: Step) -> str | None:
+    """Note on the still-open incident that its breach cleared; return the incident id when noted."""
+    f = step.finding
+    async with open_store() as store:
+        try:
+            incident = await store.get(step.previous_incident_id or "")
+        except IncidentNotFound:
+            return None
+    emit_event(event="runbook.monitor.recovered",
+               resource={"prefect.resource.id": f"runbook.monitor.{f.rule}.{f.target}"},
+               payload={"rule": f.rule, "target": f.target, "incident_id": incident.id, "value": f.value})
+    if not incident.status.is_open:
+        return None
+    value = "" if f.value is None else f" ({f.metric}={f.value:g})"
+    await record(incident.id, EventKind.RECOVERY_OBSERVED, f"Monitor: {f.rule} on {f.target} cleared{value}",
+                 {"rule": f.rule, "target": f.target, "metric": f.metric, "value": f.value,
+                  "threshold": f.threshold}, actor="monitor")
+    return incident.id
+
+
+async def _act(steps: list[Step], params: MonitorParams, environment: str
+               ) -> tuple[list[DeclaredAlert], list[str], list[str]]:
+    """Emit breach events, declare, attach or note recovery per step; return (declared, recovered, errors)."""
     declared: list[DeclaredAlert] = []
     recovered: list[str] = []
+    errors: list[str] = []
     for step in steps:
         f = step.finding
         if f.breached:
             _emit_breach(f, step)
-        if step.action == "continuing":
-            async with open_store() as store:
-                still = await store.find_open(f"monitor:{f.rule}:{f.target}")
-            if still is not None:
-                step.state.incident_id = still.id
-                continue
-        if step.action in {"declare", "continuing"}:
-            out = await declare_incident(DeclareParams(alert=_alert(f, step, environment), respond=params.respond))
-            step.state.incident_id = out.incident_id
-            declared.append(DeclaredAlert(rule=f.rule, target=f.target, severity=out.severity.value,
-                                          incident_id=out.incident_id, created=out.created))
-            log.warning("%s on %s held for %d cycles → %s %s", f.rule, f.target, step.state.consecutive,
-                        out.severity.value, out.incident_id)
-        elif step.action == "recovered" and step.previous_incident_id:
-            async with open_store() as store:
-                incident = await store.get(step.previous_incident_id)
-            emit_event(event="runbook.monitor.recovered",
-                       resource={"prefect.resource.id": f"runbook.monitor.{f.rule}.{f.target}"},
-                       payload={"rule": f.rule, "target": f.target, "incident_id": incident.id, "value": f.value})
-            if incident.status.is_open:
-                await record(incident.id, EventKind.RECOVERY_OBSERVED,
-                             f"Monitor: {f.rule} on {f.target} cleared ({f.metric}={f.value:g})"
-                             if f.value is not None else f"Monitor: {f.rule} on {f.target} cleared",
-                             {"rule": f.rule, "target": f.target, "metric": f.metric, "value": f.value,
-                              "threshold": f.threshold}, actor="monitor")
-                recovered.append(incident.id)
-    return declared, recovered
+        try:  # one failing declaration must not keep the other rules from acting; the run fails at the end
+            if step.action in {"declare", "continuing"}:
+                if (out := await _declare(step, params, environment)) is not None:
+                    declared.append(out)
+            elif step.action == "recovered" and step.previous_incident_id:
+                if (noted := await _note_recovery(step)) is not None:
+                    recovered.append(noted)
+        except Exception as exc:
+            get_run_logger().error("%s on %s: %s failed: %s: %s", f.rule, f.target, step.action,
+                                   type(exc).__name__, exc)
+            errors.append(f"{f.key} {step.action}: {type(exc).__name__}: {exc}")
+    return declared, recovered, errors
 
 
 async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: MonitorStore) -> CycleReport:
@@ -223,7 +247,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     gap_states = advance_gaps(states, gaps)
     await mstore.save([s.state for s in steps] + gap_states, now)
 
-    declared, recovered = await _act(steps, params, settings.environment)
+    declared, recovered, errors = await _act(steps, params, settings.environment)
     if declared:
         await mstore.save([s.state for s in steps if s.state.incident_id], now)
 
@@ -251,7 +275,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     await acreate_table_artifact(table=rows, key=ARTIFACT_KEY, description=summary)
     log.info(summary)
     return CycleReport(cycle=number, at=now, rows=rows, breaches=breaches, declared=declared, recovered=recovered,
-                       gaps=gaps, uptime_pct=uptime, uptime_samples=total)
+                       gaps=gaps, uptime_pct=uptime, uptime_samples=total, errors=errors)
 
 
 def _run_name() -> str:
@@ -272,6 +296,9 @@ async def monitor(params: MonitorParams = MonitorParams()) -> MonitorResult:
             if number < params.cycles:
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
         states = await mstore.states()
+    errors = [e for r in reports for e in r.errors]
+    if errors:
+        raise RunbookError(f"monitor: {len(errors)} action(s) failed: " + "; ".join(errors)[:1000])
     n = policy.monitoring.breach_cycles
     last = reports[-1]
     goal = policy.key_metrics.uptime_pct

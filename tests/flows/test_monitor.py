@@ -70,8 +70,8 @@ async def incidents() -> list[Incident]:
 async def test_healthy_stack_declares_nothing(drill_env: DrillStack) -> None:
     """Three cycles over a healthy stack declare nothing, show no gap and report 100 % uptime."""
     result = await run(cycles=3)
-    assert result.declared == [] and await incidents() == []
-    assert all(c.breaches == [] and c.gaps == {} for c in result.cycles)
+    assert result.declared == [] and await incidents() == [], [c.breaches for c in result.cycles]
+    assert all(c.gaps == {} for c in result.cycles), [c.gaps for c in result.cycles]
     assert result.uptime_pct == 100.0 and result.uptime_ok is True and result.uptime_samples == 3
 
 

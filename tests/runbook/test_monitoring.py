@@ -13,7 +13,7 @@ from runbook.clients.health import VendorStatus
 from runbook.clients.openai import OpenAILiveness
 from runbook.clients.sentry import ErrorRate
 from runbook.clients.stripe import FailedEvent
-from runbook.clients.supabase import DatabaseHealth, RowCount
+from runbook.clients.supabase import DatabaseHealth, LongQuery, RowCount
 from runbook.errors import AuthError, NotConfigured, RequestRejected, TransientError
 from runbook.monitoring import (
     BreachState,
@@ -183,10 +183,12 @@ def test_unreachable_sentry_is_a_gap_not_an_outage() -> None:
 
 
 def test_unconfigured_integrations_are_gaps() -> None:
-    """An unconfigured database URL and OpenAI key are gaps, never outages."""
-    m = _by_key(measure(_probes(database=_fail("unconfigured"), openai=_fail("unconfigured"),
+    """An unconfigured database URL, OpenAI key and unreadable status pages are gaps, never outages."""
+    health = AppHealth(status_code=200, ok=True, body={"status": "healthy"}, latency_ms=30.0)
+    m = _by_key(measure(_probes(health=health, database=_fail("unconfigured"), openai=_fail("unconfigured"),
                                 vendors=_fail("unreachable"))))
-    assert m["database_up:database"].value == 1.0  # REST and the app's check still measure it
+    assert m["database_up:database"].value == 1.0  # REST still measures it
+    assert m["active_connections:database"].state == "gap"
     assert m["third_party_down:openai"].state == "gap"
 
 
@@ -206,12 +208,30 @@ def test_vendor_status_page_outage_is_third_party_down() -> None:
     assert m["third_party_down:openai"].value == 1.0
 
 
+def test_apps_openai_check_counts_only_without_our_own_probe() -> None:
+    """The app's short-timeout OpenAI check decides only when the monitor cannot list models itself."""
+    health = _health(openai=_bad("openai", "ReadTimeout"))
+    assert _by_key(measure(_probes(health=health)))["third_party_down:openai"].value == 0.0
+    unconfigured = _by_key(measure(_probes(health=health, openai=_fail("unconfigured"))))
+    assert unconfigured["third_party_down:openai"].value == 1.0
+
+
 def test_failed_deliveries_are_counted_while_the_app_is_up() -> None:
     """Undelivered Stripe events are counted; while the app is down they are masked."""
     events = [FailedEvent(id=f"evt_{n}", type="invoice.paid", created=NOW, pending_webhooks=1) for n in range(3)]
     assert _by_key(measure(_probes(stripe=events)))["stripe_failed_deliveries:stripe"].value == 3.0
     down = _by_key(measure(_probes(stripe=events, health=_fail("unreachable"))))
     assert down["stripe_failed_deliveries:stripe"].state == "masked"
+
+
+def test_health_timeout_behind_a_lock_is_database_degradation() -> None:
+    """/api/health timing out while queries wait on a lock masks app_up and measures the wait as query time."""
+    waiting = LongQuery(pid=42, duration_s=12.5, state="active", query="select … from public.profiles",
+                        blocking_pids=[7])
+    db = _probes().database.model_copy(update={"long_running": [waiting]})  # type: ignore[union-attr]
+    m = _by_key(measure(_probes(health=_fail("timeout"), database=db)))
+    assert m["app_up:app"].state == "masked"
+    assert m["query_time_ms:database"].value == 12500.0
 
 
 def test_query_time_comes_from_the_apps_database_check() -> None:

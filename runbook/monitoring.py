@@ -10,10 +10,14 @@ Attribution (which rule a symptom belongs to), so that one cause opens one incid
   direct database connection fails;
 - app_up = 0 when /api/health is unreachable, times out, or answers 5xx for a cause that is not the database or
   auth (a broken build, bad configuration, no body at all); a 5xx explained by the database or auth checks, or by
-  maintenance mode, leaves app_up "masked" (neither down nor up);
+  maintenance mode, or a timeout while database queries wait on a lock, leaves app_up "masked" (neither down nor
+  up);
 - auth_up = 0 when the app's auth check fails (and the database check does not) or the auth endpoint does not
   answer like an auth endpoint; masked while the app or the database is down;
-- slow responses while the app is down, or while the database is degraded, are masked likewise.
+- slow responses while the app is down, or while the database is degraded, are masked likewise, and so are failed
+  Stripe deliveries while the app or the database is down;
+- third_party_down per vendor from our own OpenAI liveness probe and the vendors' status pages (the app's own
+  OpenAI check only when our probe cannot run).
 A probe that itself fails (NotConfigured, the monitor cannot reach Sentry / Stripe / a status page) is a GAP: the
 metric is unknown, never an outage of the app. Gaps and masked measurements neither advance nor clear a breach.
 
@@ -137,6 +141,7 @@ class Measurement(BaseModel):
 
     @property
     def key(self) -> str:
+        """Return `metric:target`."""
         return f"{self.metric}:{self.target}"
 
 
@@ -403,10 +408,12 @@ class Finding(BaseModel):
 
     @property
     def key(self) -> str:
+        """Return `rule:target` (the breach state's key; the fingerprint is `monitor:<key>`)."""
         return f"{self.rule}:{self.target}"
 
     @property
     def breached(self) -> bool:
+        """Return True when the rule is breached this cycle."""
         return self.state == "breach"
 
 
@@ -461,6 +468,7 @@ class BreachState(BaseModel):
 
     @property
     def key(self) -> str:
+        """Return `rule:target`."""
         return f"{self.rule}:{self.target}"
 
     @property

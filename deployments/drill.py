@@ -138,7 +138,8 @@ async def background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
             await task
 
 
-async def run_one(stack: Any, scenario: str, approve: str, state_root: Path) -> DrillResult:
+async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
+                  inject_params: dict[str, Any] | None = None) -> DrillResult:
     """Run one scenario end to end against a running stack; return what happened."""
     from flows.monitor import MonitorParams, monitor
     from flows.respond import respond_inline
@@ -160,7 +161,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path) -> 
             from flows.config_snapshot import ConfigSnapshotParams, config_snapshot
 
             await config_snapshot(ConfigSnapshotParams())
-        os.environ.update(stack.inject(scenario) or {})
+        os.environ.update(stack.inject(scenario, **(inject_params or {})) or {})
         for cycle in range(1, 6):
             seen = await monitor(MonitorParams(respond="none", cycles=1, interval_seconds=0))
             if seen.declared:

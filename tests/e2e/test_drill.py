@@ -43,7 +43,9 @@ async def registered(prefect_harness: None) -> None:
 async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack, registered: None,
                                          tmp_path: Path) -> None:
     """The fault is detected, declared, paged, diagnosed, remediated with approval, verified, resolved, reported."""
-    result: DrillResult = await run_one(drill_stack, scenario, "auto", tmp_path)
+    # slow-database with a 2 s lock wait instead of 6 s: the database_degradation rule (> 500 ms) fires the same.
+    params = {"delay": 2.0} if scenario == "slow-database" else None
+    result: DrillResult = await run_one(drill_stack, scenario, "auto", tmp_path, params)
     assert result.error is None, result.error
     assert result.health_restored and result.resolved
     assert result.detected_after_cycles is not None and result.detected_after_cycles <= 3

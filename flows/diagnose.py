@@ -11,7 +11,6 @@ Every text that leaves a diagnosis passes a redactor of the configured secrets (
 themselves only ever handle fingerprints).
 """
 
-
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar, get_args
 

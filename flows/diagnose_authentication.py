@@ -12,7 +12,6 @@ deployment, built with the old values); the health check names a variable the pr
 wrong; Supabase Auth itself unhealthy (nothing to roll back: monitor/escalate).
 """
 
-
 import re
 from typing import Any
 

@@ -15,7 +15,6 @@ Causes, most specific first:
 - connections or pool over the policy's limits.
 """
 
-
 import re
 from datetime import UTC, datetime
 

@@ -10,7 +10,6 @@ Causes: secret mismatch; the app rejects correctly signed events; the endpoint i
 subscribed; deliveries failed. Each suggests webhook-check with repair.
 """
 
-
 from prefect import flow
 from pydantic import BaseModel, Field
 

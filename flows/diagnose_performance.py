@@ -14,7 +14,6 @@ Causes:
 - a slow database without a runaway query (mean query time over the policy).
 """
 
-
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow

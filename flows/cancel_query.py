@@ -54,7 +54,8 @@ async def plan_cancel(params: CancelQueryParams) -> Plan:
     targets = sorted(p for p in persistent if p in first | second)
     starts = second_starts
     by_pid = {q.pid: q for q in long}
-    state: dict[str, Any] = {"targets": {str(p): starts[p].isoformat() if starts[p] else None for p in targets}}
+    shown = {p: (when.isoformat() if (when := starts.get(p)) else None) for p in targets}
+    state: dict[str, Any] = {"targets": {str(p): shown[p] for p in targets}}
     if not targets:
         return Plan(action=ACTION, environment=environment, noop=True, state=state,
                     summary=f"no runaway or blocking query over {params.min_duration_seconds:g} s")
@@ -62,7 +63,7 @@ async def plan_cancel(params: CancelQueryParams) -> Plan:
     for pid in targets:
         q = by_pid.get(pid)
         waiting = [w.pid for w in long if pid in w.blocking_pids]
-        since = starts[pid].strftime("%H:%M:%S UTC") if starts.get(pid) else "unknown"
+        since = f"{shown[pid][11:19]} UTC" if shown[pid] else "unknown"
         what = (f"running since {since}: {q.query[:120]!r}" if q else f"holding locks (since {since})")
         blocks = f"; blocks {', '.join(map(str, waiting))}" if waiting else ""
         app = f" [{q.application_name}]" if q and q.application_name else ""

@@ -63,7 +63,7 @@ async def plan_cancel(params: CancelQueryParams) -> Plan:
     for pid in targets:
         q = by_pid.get(pid)
         waiting = [w.pid for w in long if pid in w.blocking_pids]
-        since = f"{shown[pid][11:19]} UTC" if shown[pid] else "unknown"
+        since = f"{at[11:19]} UTC" if (at := shown[pid]) else "unknown"
         what = (f"running since {since}: {q.query[:120]!r}" if q else f"holding locks (since {since})")
         blocks = f"; blocks {', '.join(map(str, waiting))}" if waiting else ""
         app = f" [{q.application_name}]" if q and q.application_name else ""

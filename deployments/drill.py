@@ -31,7 +31,7 @@ response: {ack_poll_seconds: 0.5, stable_checks: 2, stable_interval_seconds: 1}
 """
 ONCALL = "drill-oncall"
 APPROVER = "drill-approver"
-VENDOR_RECOVERY_SECONDS = 8.0
+VENDOR_RECOVERY_SECONDS = 3.0
 
 
 class DrillResult(BaseModel):

@@ -146,7 +146,7 @@ async def monitor_until_stable(incident: Incident, scenario: str | None) -> Veri
     policy = get_policy()
     scen = scenario if scenario in VERIFY_SCENARIOS else "performance"
     passes, last = 0, None
-    for _ in range(policy.response.stable_checks * 3):
+    for _ in range(policy.response.stable_checks * 5):
         last = await verify_service(VerifyParams(scenario=scen, incident_id=incident.id, within_seconds=0))  # type: ignore[arg-type]
         passes = passes + 1 if last.passed else 0
         if passes >= policy.response.stable_checks:

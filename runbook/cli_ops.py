@@ -70,16 +70,18 @@ def patched_environ(updates: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while starting up, so cleanup runs as for Ctrl-C."""
+def interrupt_signals() -> Iterator[None]:
+    """Make SIGINT (even if inherited as ignored) and SIGTERM raise KeyboardInterrupt, so cleanup always runs."""
     def _raise(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _raise)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -106,7 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     state_dir = get_settings().state_dir.resolve()
     deployments = load_deployments(args.file)  # a broken prefect.yaml fails before anything starts
-    with contextlib.ExitStack() as stack, sigterm_as_interrupt():
+    with contextlib.ExitStack() as stack, interrupt_signals():
         try:
             api_url = configured_api_url()
             if api_url:

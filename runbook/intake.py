@@ -144,7 +144,6 @@ def from_vercel(payload: dict[str, Any]) -> dict[str, Any]:
         "source": "vercel",
         "fingerprint": f"vercel:{kind}:{project}",
         "summary": f"Vercel {kind} for {project}" + (f" ({url})" if url else ""),
-        "scenario": "configuration" if kind.startswith("deployment.") else None,
         "labels": _labels({"vercel_event": kind, "project": project, "deployment_id": deployment.get("id"),
                            "url": url, "target": target, "event_id": payload.get("id")}),
     }

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import re
+import signal
 import subprocess
+import sys
+import time
 import typing
 import uuid
 from collections.abc import Iterator
@@ -198,3 +203,55 @@ def test_worker_runs_a_deployment_started_from_the_shell(
 async def _titles(store_url: str) -> list[str]:
     async with open_store(store_url) as store:
         return [i.title for i in await store.list()]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Return the pids whose command line or environment mentions text."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """`runbook up` starts a server and the drill, serves every deployment, and Ctrl-C stops all of it."""
+    state = tmp_path / "up-state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOK_"))}
+    env["RUNBOOK_STATE_DIR"] = str(state)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("runbook")), "up"], cwd=PROJECT_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the ready banner comes after the server and the drill are up
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(lines)
+        ui = re.search(r"Prefect UI: (http://127\.0\.0\.1:\d+)", output)
+        drill = re.search(r"state (/\S+)/state\)", output)
+        assert ui and drill, output
+        deadline = time.monotonic() + 30
+        while True:  # the runner registers the deployments right after the banner
+            names = {d["name"] for d in httpx.post(f"{ui[1]}/api/deployments/filter", json={}, timeout=10).json()}
+            if names == set(BY_NAME) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert names == set(BY_NAME)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and rest.rstrip().endswith("stopped"), rest[-2000:]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{ui[1]}/api/health", timeout=2)
+    assert processes_mentioning(str(state)) == [] and processes_mentioning(drill[1]) == []

@@ -34,7 +34,7 @@ from tests.e2e.deploy_support import INCIDENT_ID, execute_due_runs, read_run
 SPECS = read_specs()
 BY_NAME = {s.name: s for s in SPECS}
 # Values for fields a deployment cannot default (the form asks for them), per field name.
-REQUIRED_SAMPLES: dict[str, Any] = {"incident_id": INCIDENT_ID, "requested_by": "alice"}
+REQUIRED_SAMPLES: dict[str, Any] = {"incident_id": INCIDENT_ID, "requested_by": "alice", "enabled": True}
 # Flows whose model has a rule beyond required fields.
 EXTRA_SAMPLES: dict[str, dict[str, Any]] = {"declare-incident": {"title": "Checkout returns 500"}}
 
@@ -97,7 +97,7 @@ def test_schedules_are_valid_and_as_the_runbook_needs() -> None:
     assert [x.interval.total_seconds() for x in built["monitor"] if x.interval] == [60]
     assert built["follow-up-sweep"] and built["runbook-review-reminder"][0].cron == "0 9 1 * *"
     if "config-snapshot" in built:
-        assert built["config-snapshot"], "config-snapshot must be scheduled"
+        assert [x.cron for x in built["config-snapshot"]] == ["0 * * * *"]
     assert all(x.active for schedules in built.values() for x in schedules)
 
 

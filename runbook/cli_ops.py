@@ -49,7 +49,6 @@ def cmd_intake(args: argparse.Namespace) -> int:
     """Serve the alert intake until interrupted."""
     from runbook.intake import serve
 
-    print(f"alert intake on http://{args.host}:{args.port}/alerts (health: /healthz)", flush=True)
     serve(args.host, args.port, insecure_local=args.insecure_local, respond=args.respond)
     return 0
 

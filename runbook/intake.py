@@ -90,6 +90,10 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _labels(pairs: dict[str, Any]) -> dict[str, str]:
     return {k: str(v)[:200] for k, v in pairs.items() if v not in (None, "", [], {})}
 
@@ -99,8 +103,7 @@ def from_sentry(payload: dict[str, Any]) -> dict[str, Any]:
     data = payload.get("data")
     if not isinstance(data, dict):
         raise InputError("malformed Sentry webhook: data must be an object")
-    event = data.get("event") if isinstance(data.get("event"), dict) else {}
-    issue = data.get("issue") if isinstance(data.get("issue"), dict) else {}
+    event, issue = _obj(data.get("event")), _obj(data.get("issue"))
     rule = data.get("triggered_rule")
     rule_name = rule.get("label") or rule.get("name") if isinstance(rule, dict) else rule
     source = issue or event
@@ -133,8 +136,7 @@ def from_vercel(payload: dict[str, Any]) -> dict[str, Any]:
     body = payload.get("payload")
     if not kind or not isinstance(body, dict):
         raise InputError("malformed Vercel webhook: type and payload are required")
-    deployment = body.get("deployment") if isinstance(body.get("deployment"), dict) else {}
-    project_obj = body.get("project") if isinstance(body.get("project"), dict) else {}
+    deployment, project_obj = _obj(body.get("deployment")), _obj(body.get("project"))
     project = _text(project_obj.get("id") or body.get("projectId") or deployment.get("name") or body.get("name"))
     if not project:
         raise InputError("malformed Vercel webhook: payload.project.id (or deployment name) is required")
@@ -194,9 +196,9 @@ async def keep_raw(raw: dict[str, Any], reason: str) -> int | None:
 
 async def start_declare(alert: Alert, respond: Respond) -> str:
     """Start declare-incident for a validated alert through Prefect's API; return the flow-run id."""
-    from prefect.deployments import run_deployment
+    from prefect.deployments.flow_runs import arun_deployment
 
-    run = await run_deployment(
+    run = await arun_deployment(
         DECLARE_DEPLOYMENT,
         parameters={"params": {"alert": alert.model_dump(mode="json"), "respond": respond}},
         timeout=0,
@@ -277,8 +279,14 @@ def serve(host: str = "127.0.0.1", port: int = 8787, *, insecure_local: bool = F
           respond: Respond = "deployment") -> None:
     """Run the intake with uvicorn until interrupted."""
     import uvicorn
+    from prefect.settings import PREFECT_API_URL
 
     settings = get_settings()
     check_bind(host, settings, insecure_local)
+    if not PREFECT_API_URL.value():  # else Prefect would start a throwaway server and the runs would go nowhere
+        raise ConfigError("set PREFECT_API_URL to the Prefect server where declare-incident is deployed "
+                          "(e.g. the address `runbook up` prints, plus /api)")
     app = create_app(settings, insecure_local=insecure_local, respond=respond)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"alert intake on http://{host}:{port}/alerts (health: /healthz)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -106,7 +106,10 @@ async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: l
         for run in await paused_runs():
             if run.id in seen or not any(i and i in (run.name or "") for i in incident_ids):
                 continue
-            schema, _ = await pause_form(run)
+            try:
+                schema, _ = await pause_form(run)
+            except Exception:  # the pause is visible before its form is saved: look again next round
+                continue
             props = schema.get("properties") or {}
             defaults = {k: v["default"] for k, v in props.items() if "default" in v}
             if "decision" in props:

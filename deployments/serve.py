@@ -153,7 +153,7 @@ def to_runner_deployment(spec: DeploymentSpec, *, schedules: bool = True) -> Run
         raise ConfigError(f"deployment {spec.name} serves flow {flow.name!r}: name them the same")
     built = [build_schedule(s, f"deployment {spec.name} schedule {i}") for i, s in enumerate(spec.schedules)]
     # _sync: Prefect's async dispatch would hand back a coroutine when called inside a running event loop.
-    return flow.to_deployment(  # type: ignore[call-arg]
+    return flow.to_deployment(  # type: ignore[call-arg,return-value]
         _sync=True,
         name=spec.name,
         parameters=spec.parameters,

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Literal
 
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
@@ -192,6 +192,17 @@ async def remediation_lock(action: str, incident_id: str | None, ttl: timedelta 
         await store.acquire_lock(name, holder, ttl)
     try:
         yield holder
-    finally:
-        async with open_store() as store:
-            await store.release_lock(name, holder)
+    except Pause:
+        # Suspended for approval: the run ends here and resumes later with the same holder name, so the lock
+        # stays taken (an abandoned suspension frees it when the TTL runs out).
+        raise
+    except BaseException:
+        await _release(name, holder)
+        raise
+    else:
+        await _release(name, holder)
+
+
+async def _release(name: str, holder: str) -> None:
+    async with open_store() as store:
+        await store.release_lock(name, holder)

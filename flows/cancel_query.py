@@ -18,7 +18,7 @@ from flows._remediate import Checked, Remediation, RemediationParams, run_name, 
 from flows._remediation import Plan, RemediationResult
 from runbook.models import Approval
 from runbook.settings import get_settings
-from tasks.supabase_admin import list_long_queries, read_query_starts, terminate_backend
+from tasks.supabase import list_long_queries, read_query_starts, terminate_backend
 
 ACTION = "cancel-query"
 OWN_APPLICATION = "permit-school-runbook"

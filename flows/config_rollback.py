@@ -20,8 +20,8 @@ from runbook.errors import UnsafeOperation
 from runbook.models import Approval
 from runbook.settings import get_settings
 from runbook.store import open_store
-from tasks.supabase_admin import read_jurisdiction_configs, restore_jurisdiction_configs
-from tasks.vercel_env import EnvValue, delete_env_var, read_env_values, redeploy_with_current_env, upsert_env_var
+from tasks.supabase import read_jurisdiction_configs, restore_jurisdiction_configs
+from tasks.vercel import EnvValue, delete_env_var, read_env_values, redeploy_with_current_env, upsert_env_var
 
 ACTION = "config-rollback"
 

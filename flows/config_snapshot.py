@@ -23,8 +23,8 @@ from runbook.errors import InputError
 from runbook.models import EventKind, utcnow
 from runbook.settings import get_settings
 from tasks.incident import record
-from tasks.supabase_admin import read_jurisdiction_configs
-from tasks.vercel_env import read_env_values
+from tasks.supabase import read_jurisdiction_configs
+from tasks.vercel import read_env_values
 
 SNAPSHOT_ID = re.compile(r"^snap-[0-9]{8}t[0-9]{6}z-[0-9a-f]{6}$")
 

@@ -26,8 +26,7 @@ from runbook.models import Approval, EventKind
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.incident import record
-from tasks.supabase import read_migration_status
-from tasks.supabase_admin import backup_database, revert_migrations
+from tasks.supabase import backup_database, read_migration_status, revert_migrations
 
 ACTION = "database-rollback"
 PITR = ("restore with point-in-time recovery instead (Supabase Dashboard → Database → Backups → Point in Time), "

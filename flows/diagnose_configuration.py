@@ -32,7 +32,7 @@ from runbook.models import Diagnosis, Suggestion
 from runbook.settings import get_settings
 from tasks.diagnostics import ConfigChange, read_config_changes
 from tasks.health import check_app_health
-from tasks.supabase_admin import read_jurisdiction_configs
+from tasks.supabase import read_jurisdiction_configs
 from tasks.vercel import read_env_vars
 
 JURISDICTION_ERROR = re.compile(r"\b([A-Z]{2}):\s*([^;]+)")

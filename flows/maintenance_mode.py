@@ -15,7 +15,7 @@ from runbook.errors import IntegrationError, UnsafeOperation
 from runbook.models import Approval
 from runbook.settings import get_settings
 from tasks.health import check_app_health
-from tasks.supabase_admin import read_app_flag, set_app_flag
+from tasks.supabase import read_app_flag, set_app_flag
 
 ACTION = "maintenance-mode"
 FLAG = "maintenance_mode"

@@ -18,10 +18,9 @@ from flows._remediation import Plan, RemediationResult
 from runbook.errors import UnsafeOperation
 from runbook.models import Approval
 from runbook.settings import fingerprint, get_settings
-from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_failed_events, probe_webhook
-from tasks.stripe_resend import resend_events
-from tasks.supabase_admin import count_processed_stripe_events
-from tasks.vercel_env import read_env_values, redeploy_with_current_env, upsert_env_var
+from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_failed_events, probe_webhook, resend_events
+from tasks.supabase import count_processed_stripe_events
+from tasks.vercel import read_env_values, redeploy_with_current_env, upsert_env_var
 
 ACTION = "webhook-check"
 ENV_KEY = "STRIPE_WEBHOOK_SECRET"

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 from prefect import Flow
-from prefect.deployments import run_deployment
+from prefect.deployments.flow_runs import arun_deployment
 from pydantic import BaseModel
 
 from deployments.local_server import LocalPrefectServer, prefect_command
@@ -132,7 +132,7 @@ async def test_load_deployments_registers_every_deployment(registered_deployment
 async def test_triggered_declare_run_executes(registered_deployments: dict[str, UUID], state_dir: Path) -> None:
     """A declare-incident run created through Prefect's API executes in a runner subprocess and records the incident."""
     title = f"Checkout returns 500 ({uuid.uuid4().hex[:6]})"
-    run = await run_deployment("declare-incident/declare-incident", timeout=0,
+    run = await arun_deployment("declare-incident/declare-incident", timeout=0,
                                parameters={"params": {"title": title, "respond": "none"}})
     await execute_due_runs("declare-incident")
     finished = await read_run(run.id)

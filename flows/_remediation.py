@@ -92,12 +92,11 @@ class RemediationResult(BaseModel):
 
 
 def _in_deployment() -> bool:
-    try:
-        from prefect.runtime import flow_run
+    """Return True when this flow run was created from a deployment (it can suspend and be re-run later)."""
+    from prefect.context import FlowRunContext
 
-        return bool(flow_run.get_deployment_id() if hasattr(flow_run, "get_deployment_id") else flow_run.deployment_id)
-    except Exception:
-        return False
+    ctx = FlowRunContext.get()
+    return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
 
 
 async def publish_plan(plan: Plan, incident_id: str | None) -> None:

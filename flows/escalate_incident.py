@@ -8,6 +8,8 @@ run), or other automation (either way). A response time that passes without ackn
 
 
 import asyncio
+import contextlib
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -80,24 +82,9 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
                  outcome: EscalationOutcome) -> None:
     """Page, remind and record the SLA per the schedule until the incident is acknowledged."""
     policy = get_policy()
-    steps = escalation_schedule(incident, policy)
     poll = policy.response.ack_poll_seconds
-    for step in steps:
-        while not stop.is_set():
-            current = await _read(incident.id)
-            if current.acknowledged_at is not None or not current.status.is_open:
-                stop.set()
-                if run_id:
-                    await _resume_when_paused(run_id, current, resumed)
-                return
-            wait = (step.at - utcnow()).total_seconds()
-            if wait <= 0:
-                break
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=min(wait, poll))
-            except TimeoutError:
-                pass
-        if stop.is_set():
+    for step in escalation_schedule(incident, policy):
+        if await _watch(incident.id, step.at, poll, run_id, stop, resumed):
             return
         if step.action == "page" and step.contact is not None:
             sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
@@ -114,17 +101,25 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
                          f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
                          {"response_due": incident.response_due.isoformat()})
     # Chain exhausted: keep watching the store so a late CLI acknowledgement still ends the wait.
+    await _watch(incident.id, None, poll, run_id, stop, resumed)
+
+
+async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: str | None, stop: asyncio.Event,
+                 resumed: asyncio.Event) -> bool:
+    """Wait until `until` (None: until stopped); return True when acknowledged, closed or stopped meanwhile."""
     while not stop.is_set():
-        current = await _read(incident.id)
+        current = await _read(incident_id)
         if current.acknowledged_at is not None or not current.status.is_open:
             stop.set()
             if run_id:
                 await _resume_when_paused(run_id, current, resumed)
-            return
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=poll)
-        except TimeoutError:
-            pass
+            return True
+        wait = poll if until is None else min(poll, (until - utcnow()).total_seconds())
+        if wait <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+    return True
 
 
 def _run_name() -> str:

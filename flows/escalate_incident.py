@@ -163,7 +163,9 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
         outcome.via = "ui" if newly else "store"
         if ack.note and newly:
             await record(incident.id, EventKind.NOTE, f"Acknowledgement note: {ack.note}", {}, actor=ack.by)
-        if outcome.pages:
+        async with open_store() as store:
+            paged = bool(await store.timeline(incident.id, kind=EventKind.PAGED))
+        if paged:  # on-call may have been paged by the response itself, before this run started
             try:
                 await acknowledge_pages(incident)
             except Exception as exc:  # PagerDuty down must not undo an acknowledgement

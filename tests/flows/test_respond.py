@@ -78,3 +78,21 @@ async def test_p3_reminds_then_pages_and_files_release_follow_up(drill_env: Dril
     async with open_store() as store:
         items = await store.action_items(inc.id)
     assert items and "next regular release" in items[0].title
+
+
+async def test_acknowledging_the_p0_acknowledges_the_page(drill_env: DrillStack, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The on-call page sent by the response is acknowledged in PagerDuty when someone takes the incident."""
+    write_policy(tmp_path, monkeypatch, FAST)
+    drill_env.inject("bad-deploy")
+    inc = await _declare("Site completely down", Severity.P0, "performance")
+    run = asyncio.create_task(respond_p0(RespondParams(incident_id=inc.id, remediate=False)))
+    await resume(await wait_for_pause(["escalate-incident"]), {"by": "ana"})
+    for _ in range(40):
+        alert = drill_env.pagerduty.alert(inc.id)
+        if alert and alert["status"] == "acknowledged":
+            break
+        await asyncio.sleep(0.25)
+    assert alert is not None and alert["status"] == "acknowledged"
+    outcome = await asyncio.wait_for(run, timeout=90)
+    assert outcome.acknowledged_by == "ana" and not outcome.resolved

@@ -60,7 +60,7 @@ class DrillResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.health_restored and bool(self.report_path) and Path(self.report_path).is_file()
+        return self.health_restored and bool(self.report_path) and Path(str(self.report_path)).is_file()
 
 
 @contextlib.contextmanager
@@ -80,21 +80,13 @@ def prefect_server() -> Iterator[str]:
 
 
 async def register_deployments() -> None:
-    """Register the deployments of prefect.yaml (follow-ups are scheduled against them)."""
-    try:
-        from deployments.serve import load_deployments
-    except ImportError:
-        load_deployments = None
-    if load_deployments is not None:
-        # Built in a worker thread: Prefect's sync/async dispatch returns coroutines inside a running loop.
-        project_file = Path(__file__).resolve().parent.parent / "prefect.yaml"
-        for deployment in await asyncio.to_thread(load_deployments, project_file):
-            await deployment.aapply()
-        return
-    from flows.post_incident import post_incident_follow_up, post_incident_review
+    """Register the deployments of prefect.yaml, the one list of them (follow-ups are scheduled against them)."""
+    from deployments.serve import load_deployments
 
-    for fl in (post_incident_review, post_incident_follow_up):
-        await (await fl.ato_deployment(name=fl.name)).aapply()
+    project_file = Path(__file__).resolve().parent.parent / "prefect.yaml"
+    # Built in a worker thread: Prefect's sync/async dispatch returns coroutines inside a running loop.
+    for deployment in await asyncio.to_thread(load_deployments, project_file):
+        await deployment.aapply()
 
 
 async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]]) -> None:

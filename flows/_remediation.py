@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from prefect.exceptions import FlowPauseTimeout, Pause
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.flow_runs import apause_flow_run, asuspend_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
@@ -138,10 +138,10 @@ async def request_approval(
                                            plan_hash=plan.hash)
     try:
         if _in_deployment():
-            answer = await suspend_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
+            answer = await asuspend_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
                                             key=f"approval-{plan.action}")
         else:
-            answer = await pause_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
+            answer = await apause_flow_run(wait_for_input=form, timeout=int(timeout.total_seconds()),
                                           poll_interval=poll_interval)
     except FlowPauseTimeout:
         approval = Approval(decision="timeout", approver="(nobody)", reason=f"no decision within {timeout}",

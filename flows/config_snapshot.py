@@ -101,7 +101,7 @@ async def load_env_values(snapshot: ConfigSnapshot) -> dict[str, SecretStr]:
     if not snapshot.secret_block:
         return {}
     block = await Secret.aload(snapshot.secret_block)  # type: ignore[attr-defined]
-    raw = block.get()
+    raw: Any = block.get()
     values = raw if isinstance(raw, dict) else json.loads(raw)
     return {k: SecretStr(str(v)) for k, v in values.items()}
 

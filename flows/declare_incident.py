@@ -123,12 +123,12 @@ async def start_response(incident: Incident, mode: str) -> str | None:
     if mode == "none":
         return None
     if mode == "deployment":
-        from prefect.deployments import run_deployment
+        from prefect.deployments.flow_runs import arun_deployment
         from prefect.exceptions import ObjectNotFound
 
         name = RESPONSE_DEPLOYMENTS[incident.severity]
         try:
-            run = await run_deployment(name, parameters={"params": {"incident_id": incident.id}}, timeout=0,
+            run = await arun_deployment(name, parameters={"params": {"incident_id": incident.id}}, timeout=0,
                                        flow_run_name=f"{name.split('/')[0]} {incident.id}",
                                        tags=["incident", incident.severity.value.lower()])
             return str(run.id)

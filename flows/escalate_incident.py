@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import aresume_flow_run, pause_flow_run
+from prefect.flow_runs import apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
@@ -142,7 +142,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
                    "escalation (engineering lead, then CTO) and makes you the owner of the response.")
     ack: Any = None
     try:
-        ack = await pause_flow_run(
+        ack = await apause_flow_run(
             wait_for_input=Acknowledge.with_initial_data(description=description, by=""),
             timeout=int(wait_limit(incident, policy).total_seconds()) + 1,
             poll_interval=max(1, int(policy.response.ack_poll_seconds)),

@@ -8,6 +8,7 @@ the fingerprint only while the incident is open, so it holds under concurrency a
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,6 +168,14 @@ locks_t = Table(
 )
 
 
+def _pk(result: Any) -> int:
+    """Return the primary key an INSERT produced."""
+    key = result.inserted_primary_key
+    if not key:
+        raise StoreError("the database returned no primary key for an insert")
+    return int(key[0])
+
+
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
@@ -263,7 +272,7 @@ class IncidentStore:
                 flow_run_id=ev.flow_run_id,
             )
         )
-        return ev.model_copy(update={"id": result.inserted_primary_key[0] if result.inserted_primary_key else None})
+        return ev.model_copy(update={"id": _pk(result)})
 
     async def declare(
         self, incident: Incident, alert: Alert | None = None, *, actor: str = "runbook", flow_run_id: str | None = None
@@ -336,7 +345,7 @@ class IncidentStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 200,
-    ) -> list[Incident]:
+    ) -> builtins.list[Incident]:
         """Return incidents, newest first."""
         q = select(incidents_t.c.data).order_by(incidents_t.c.created_at.desc()).limit(limit)
         if open_only:
@@ -450,7 +459,7 @@ class IncidentStore:
             await self._get(conn, incident_id)
             return await self._event(conn, incident_id, ev)
 
-    async def timeline(self, incident_id: str, kind: str | None = None) -> list[TimelineEvent]:
+    async def timeline(self, incident_id: str, kind: str | None = None) -> builtins.list[TimelineEvent]:
         """Return the incident's timeline in order."""
         q = select(timeline_t).where(timeline_t.c.incident_id == incident_id).order_by(timeline_t.c.at, timeline_t.c.id)
         if kind is not None:
@@ -488,7 +497,7 @@ class IncidentStore:
                 ),
             )
 
-    async def approvals(self, incident_id: str) -> list[Approval]:
+    async def approvals(self, incident_id: str) -> builtins.list[Approval]:
         """Return the decisions recorded on an incident, in order."""
         q = select(approvals_t.c.data).where(approvals_t.c.incident_id == incident_id).order_by(approvals_t.c.id)
         async with self.engine.connect() as conn:
@@ -506,12 +515,12 @@ class IncidentStore:
                                                 due=follow_up.due, done=follow_up.done,
                                                 flow_run_id=follow_up.flow_run_id)
                 )
-                return follow_up.model_copy(update={"id": result.inserted_primary_key[0]}), True
+                return follow_up.model_copy(update={"id": _pk(result)}), True
         except IntegrityError:
             existing = [f for f in await self.follow_ups(incident_id) if f.kind == follow_up.kind]
             return existing[0], False
 
-    async def follow_ups(self, incident_id: str) -> list[FollowUp]:
+    async def follow_ups(self, incident_id: str) -> builtins.list[FollowUp]:
         """Return the incident's follow-ups."""
         q = select(follow_ups_t).where(follow_ups_t.c.incident_id == incident_id).order_by(follow_ups_t.c.due)
         async with self.engine.connect() as conn:
@@ -546,9 +555,9 @@ class IncidentStore:
                 insert(action_items_t).values(incident_id=incident_id, title=item.title, owner=item.owner,
                                               due=item.due, done=item.done)
             )
-            return item.model_copy(update={"id": result.inserted_primary_key[0]})
+            return item.model_copy(update={"id": _pk(result)})
 
-    async def action_items(self, incident_id: str) -> list[ActionItem]:
+    async def action_items(self, incident_id: str) -> builtins.list[ActionItem]:
         """Return the incident's action items."""
         q = select(action_items_t).where(action_items_t.c.incident_id == incident_id).order_by(action_items_t.c.id)
         async with self.engine.connect() as conn:
@@ -578,14 +587,14 @@ class IncidentStore:
         result = await conn.execute(
             insert(alerts_t).values(valid=valid, error=error, incident_id=incident_id, raw=_jsonable(raw), **values)
         )
-        return int(result.inserted_primary_key[0])
+        return int(_pk(result))
 
     async def store_raw_alert(self, raw: dict[str, Any], *, error: str) -> int:
         """Keep an alert that failed validation, with the reason; return its id."""
         async with self.engine.begin() as conn:
             return await self._alert(conn, raw, valid=False, error=error, incident_id=None)
 
-    async def alerts(self, *, valid: bool | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    async def alerts(self, *, valid: bool | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Return stored alerts, newest first."""
         q = select(alerts_t).order_by(alerts_t.c.id.desc()).limit(limit)
         if valid is not None:

@@ -279,6 +279,21 @@ def print_table(results: list[DrillResult]) -> None:
               f"{_fmt_s(r.mtta_s):>7} {_fmt_s(r.mttr_s):>7} {r.duration_s:>6.1f}s  {r.remediation or '-'}")
 
 
+def quiet_console() -> None:
+    """Show only warnings of Prefect's run logs on the terminal (the runs still log everything to the API)."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import APILogHandler
+
+    if not logging.getLogger("prefect").handlers:
+        setup_logging()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, APILogHandler):
+                handler.setLevel(logging.WARNING)
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     """Run `runbook drill`."""
     from runbook.drill.cli import format_scenarios
@@ -298,6 +313,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         return 2
     state_root = Path(args.state_dir or os.environ.get("RUNBOOK_STATE_DIR") or ".runbook") / "drills"
     with prefect_server():
+        if not args.verbose:
+            quiet_console()
         results = asyncio.run(run_drills(scenarios, args.approve, state_root))
     if args.json:
         payload = [r.model_dump(mode="json") | {"ok": r.ok} for r in results]
@@ -320,4 +337,5 @@ def register(sub: Any) -> None:
                    help="auto: a drill approver answers through Prefect's API; ui: wait for a person in the UI")
     p.add_argument("--json", action="store_true", help="print one JSON object (an array with --all)")
     p.add_argument("--state-dir", help="where reports and the drill's store go (default .runbook/drills)")
+    p.add_argument("--verbose", action="store_true", help="show every flow and task log line on the terminal")
     p.set_defaults(func=cmd_drill)

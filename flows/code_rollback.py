@@ -11,8 +11,16 @@ from typing import Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows._remediate import Checked, Remediation, RemediationParams, run_name, run_remediation, verify_scenario
-from flows._remediation import Plan, RemediationResult
+from flows._remediation import (
+    Checked,
+    Plan,
+    Remediation,
+    RemediationParams,
+    RemediationResult,
+    run_name,
+    run_remediation,
+    verify_scenario,
+)
 from runbook.clients.vercel import Deployment
 from runbook.errors import RemediationError, UnsafeOperation
 from runbook.models import Approval

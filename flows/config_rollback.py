@@ -13,8 +13,16 @@ from typing import Any, Literal
 from prefect import flow
 from pydantic import Field
 
-from flows._remediate import Checked, Remediation, RemediationParams, run_name, run_remediation, verify_scenario
-from flows._remediation import Plan, RemediationResult
+from flows._remediation import (
+    Checked,
+    Plan,
+    Remediation,
+    RemediationParams,
+    RemediationResult,
+    run_name,
+    run_remediation,
+    verify_scenario,
+)
 from flows.config_snapshot import ConfigSnapshot, list_snapshots, load_env_values, load_snapshot, take_snapshot
 from runbook.errors import UnsafeOperation
 from runbook.models import Approval

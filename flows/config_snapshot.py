@@ -18,7 +18,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.blocks.system import Secret
 from pydantic import BaseModel, Field, SecretStr
 
-from flows._remediate import INCIDENT_ID_PATTERN, run_name
+from flows._remediation import INCIDENT_ID_PATTERN, run_name
 from runbook.errors import InputError
 from runbook.models import EventKind, utcnow
 from runbook.settings import get_settings
@@ -100,7 +100,7 @@ async def load_env_values(snapshot: ConfigSnapshot) -> dict[str, SecretStr]:
     """Return the snapshot's env values from its Secret block, as SecretStr."""
     if not snapshot.secret_block:
         return {}
-    block = await Secret.aload(snapshot.secret_block)  # type: ignore[attr-defined]
+    block: Any = await Secret.aload(snapshot.secret_block)  # type: ignore[attr-defined]
     raw: Any = block.get()
     values = raw if isinstance(raw, dict) else json.loads(raw)
     return {k: SecretStr(str(v)) for k, v in values.items()}

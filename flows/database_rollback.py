@@ -17,8 +17,16 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import BeforeValidator, Field
 
-from flows._remediate import Checked, Remediation, RemediationParams, run_name, run_remediation, verify_scenario
-from flows._remediation import Plan, RemediationResult
+from flows._remediation import (
+    Checked,
+    Plan,
+    Remediation,
+    RemediationParams,
+    RemediationResult,
+    run_name,
+    run_remediation,
+    verify_scenario,
+)
 from runbook.clients.supabase import parse_version
 from runbook.clients.supabase_admin import Backup, DownScript, sha256_file
 from runbook.errors import UnsafeOperation

@@ -21,14 +21,13 @@ from runbook.clients._http import Redactor, settings_secrets
 from runbook.clients.app import AppHealth
 from runbook.clients.supabase import LongQuery
 from runbook.errors import IntegrationError, NotConfigured, RunbookError
-from runbook.models import Diagnosis, EventKind, Evidence, Suggestion
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, EventKind, Evidence, Suggestion
 from runbook.settings import get_settings
 from tasks.health import check_app_health
 from tasks.incident import record
 
 T = TypeVar("T")
 
-INCIDENT_ID_PATTERN = r"^inc-[0-9]{8}-[0-9a-f]{6}$"
 INCIDENT_ID_DESCRIPTION = "Record the diagnosis on this incident (timeline event + artifact key)"
 Scenario = Literal["database", "authentication", "payment", "performance", "configuration"]
 SCENARIOS: tuple[str, ...] = get_args(Scenario)

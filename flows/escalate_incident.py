@@ -20,7 +20,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook.escalation import escalation_schedule, wait_limit
-from runbook.models import EventKind, Incident, utcnow
+from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
@@ -28,7 +28,6 @@ from tasks.incident import record
 from tasks.pagerduty import acknowledge_pages, page_contact
 from tasks.slack import post_slack_message
 
-INCIDENT_ID = r"^inc-[0-9]{8}-[0-9a-f]{6}$"
 RESOLVED_FIRST = "resolved before anyone acknowledged"
 
 
@@ -42,7 +41,8 @@ class Acknowledge(RunInput):
 class EscalateParams(BaseModel):
     """Parameters of escalate-incident."""
 
-    incident_id: str = Field(..., pattern=INCIDENT_ID, description="The incident to escalate until acknowledged")
+    incident_id: str = Field(..., pattern=INCIDENT_ID_PATTERN,
+                             description="The incident to escalate until acknowledged")
 
 
 class EscalationOutcome(BaseModel):

@@ -9,8 +9,16 @@ from typing import Any
 from prefect import flow
 from pydantic import Field
 
-from flows._remediate import Checked, Remediation, RemediationParams, run_name, run_remediation, verify_scenario
-from flows._remediation import Plan, RemediationResult
+from flows._remediation import (
+    Checked,
+    Plan,
+    Remediation,
+    RemediationParams,
+    RemediationResult,
+    run_name,
+    run_remediation,
+    verify_scenario,
+)
 from runbook.errors import IntegrationError, UnsafeOperation
 from runbook.models import Approval
 from runbook.settings import get_settings

@@ -29,7 +29,16 @@ from prefect.states import Running
 from pydantic import BaseModel, Field
 
 from runbook.errors import InputError
-from runbook.models import ActionItem, EventKind, FollowUp, FollowUpKind, Incident, TimelineEvent, utcnow
+from runbook.models import (
+    INCIDENT_ID_PATTERN,
+    ActionItem,
+    EventKind,
+    FollowUp,
+    FollowUpKind,
+    Incident,
+    TimelineEvent,
+    utcnow,
+)
 from runbook.policy import Policy, get_policy
 from runbook.report import ReportFiles, build_report, fmt_duration, write_report
 from runbook.store import IncidentStore, open_store
@@ -49,7 +58,6 @@ FOLLOW_UP_FLOWS: dict[FollowUpKind, tuple[str, str]] = {
     FollowUpKind.FOLLOW_UP_1W: (FOLLOW_UP_FLOW, FOLLOW_UP_DEPLOYMENT),
 }
 
-INCIDENT_ID_PATTERN = r"^inc-[0-9]{8}-[0-9a-f]{6}$"
 
 # details.purpose of the messages these flows send; a re-run (or a resume) checks them before sending again.
 PURPOSE_REVIEW_REMINDER = "review-reminder"

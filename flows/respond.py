@@ -32,8 +32,8 @@ from flows._response import (
     run_diagnosis,
     stay_open,
 )
-from flows.escalate_incident import INCIDENT_ID, EscalateParams, EscalationOutcome, escalate_incident
-from runbook.models import ActionItem, Diagnosis, Incident, Severity, Status, utcnow
+from flows.escalate_incident import EscalateParams, EscalationOutcome, escalate_incident
+from runbook.models import INCIDENT_ID_PATTERN, ActionItem, Diagnosis, Incident, Severity, Status, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import run_parameter
@@ -44,7 +44,7 @@ from tasks.slack import post_slack_message
 class RespondParams(BaseModel):
     """Parameters of the severity procedures."""
 
-    incident_id: str = Field(..., pattern=INCIDENT_ID, description="The incident to respond to")
+    incident_id: str = Field(..., pattern=INCIDENT_ID_PATTERN, description="The incident to respond to")
     remediate: bool = Field(True, description="Start the suggested remediation (it still asks a human to approve)")
     requested_by: str = Field("runbook", min_length=1, max_length=100,
                               description="Recorded as the requester of remediations (two-person rule)")

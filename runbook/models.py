@@ -127,6 +127,9 @@ ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 
+INCIDENT_ID_PATTERN = r"^inc-[0-9]{8}-[0-9a-f]{6}$"  # what new_incident_id makes; flow parameters validate it
+
+
 def new_incident_id(at: datetime | None = None) -> str:
     """Return a new incident id like `inc-20261126-1a2b3c` (lowercase: usable as a Prefect artifact key)."""
     at = at or utcnow()

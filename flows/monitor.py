@@ -2,13 +2,13 @@
 declare an incident when a breach holds for N consecutive cycles, note recoveries, report uptime.
 
 Each cycle probes concurrently (each probe bounded by the policy's probe timeout): /api/health, the auth endpoint,
-Supabase REST count, the database's health, Stripe's undelivered webhook events, Sentry's error rate, OpenAI and the
-vendors' status pages. `runbook.monitoring` turns the results into measurements and findings and keeps the breach
-state between runs; this flow acts on it: a Prefect event per breach (`runbook.monitor.<rule>.<target>`), a
-declaration through declare-incident (fingerprint `monitor:<rule>:<target>`, so a continuing breach attaches to the
-open incident), RECOVERY_OBSERVED on the incident's timeline once the breach clears, and a table artifact
-`monitor-cycle` per cycle. A probe that fails is a monitoring gap: shown, warned about when it persists, never
-declared as an outage of the app.
+Supabase REST count, the database's health, Stripe's undelivered webhook events, Sentry's error rate (errors as %
+of its transactions), OpenAI and the vendors' status pages. `runbook.monitoring` turns the results into
+measurements and findings and keeps the breach state between runs; this flow acts on it: a Prefect event per breach
+(`runbook.monitor.<rule>.<target>`), a declaration through declare-incident (fingerprint `monitor:<rule>:<target>`,
+so a continuing breach attaches to the open incident), RECOVERY_OBSERVED on the incident's timeline once the breach
+clears, and a table artifact `monitor-cycle` per cycle. A probe that fails is a monitoring gap: shown, warned about
+when it persists, never declared as an outage of the app.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from flows.declare_incident import DeclareParams, declare_incident
 from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
+    ERROR_RATE_CAUSES,
+    ERROR_RATE_RULE,
     GAP_RULE,
     CycleProbes,
     Finding,
@@ -36,6 +38,7 @@ from runbook.monitoring import (
     Step,
     advance_all,
     advance_gaps,
+    attribute_to_open,
     available,
     cycle_rows,
     evaluate,
@@ -232,6 +235,16 @@ async def _act(steps: list[Step], params: MonitorParams, environment: str
     return declared, recovered, errors
 
 
+async def _attribute_error_rate(findings: list[Finding]) -> None:
+    """Mask an error-rate breach while a monitor incident of one of its causes is still open."""
+    if not any(f.breached and f.rule == ERROR_RATE_RULE for f in findings):
+        return
+    candidates = {f"monitor:{f.rule}:{f.target}" for f in findings if f.rule in ERROR_RATE_CAUSES}
+    async with open_store() as store:
+        still_open = [fp for fp in sorted(candidates) if await store.find_open(fp) is not None]
+    attribute_to_open(findings, still_open)
+
+
 async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: MonitorStore) -> CycleReport:
     """Probe, measure, evaluate, advance the breach state, act, publish the cycle's table."""
     log = get_run_logger()
@@ -240,6 +253,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     now = utcnow()
     measurements = measure(probes)
     findings = evaluate(policy.alert_rules, measurements)
+    await _attribute_error_rate(findings)
     gaps = gap_sources(measurements)
 
     states = await mstore.states()

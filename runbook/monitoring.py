@@ -16,6 +16,9 @@ Attribution (which rule a symptom belongs to), so that one cause opens one incid
   answer like an auth endpoint; masked while the app or the database is down;
 - slow responses while the app is down, or while the database is degraded, are masked likewise, and so are failed
   Stripe deliveries while the app or the database is down;
+- the error rate (Sentry's errors as % of its transactions, the requests served) is masked while the app, the
+  database or auth is down or in maintenance, while another cause rule (`ERROR_RATE_CAUSES`) breaches, and while a
+  monitor incident of such a cause is still open (the window still holds that outage's errors after it recovered);
 - third_party_down per vendor from our own OpenAI liveness probe and the vendors' status pages (the app's own
   OpenAI check only when our probe cannot run).
 A probe that itself fails (NotConfigured, the monitor cannot reach Sentry / Stripe / a status page) is a GAP: the
@@ -298,17 +301,24 @@ def measure(p: CycleProbes) -> list[Measurement]:
                       f"{len(p.stripe)} undelivered webhook event(s)" + (f": {shown}" if shown else ""),
                       scenario="payment"))
 
-    # errors (Sentry)
+    # errors (Sentry): a symptom of a down app, database or auth, masked while one of them is down
     if isinstance(p.sentry, ProbeFailure):
         out.append(_m("error_rate_pct", "app", None, "sentry", p.sentry.message, state="gap"))
         out.append(_m("errors_per_minute", "app", None, "sentry", p.sentry.message, state="gap"))
     else:
         rate = p.sentry
-        if rate.percent_of_requests is not None:
-            out.append(_m("error_rate_pct", "app", rate.percent_of_requests, "sentry",
-                          f"{rate.count} errors / {rate.requests} requests", scenario="performance"))
+        maintenance = isinstance(health, AppHealth) and bool((health.body or {}).get("maintenance"))
+        cause = ("application down" if app_down else "database unavailable" if db_down
+                 else "authentication failing" if auth_up == 0 else "maintenance mode" if maintenance else None)
+        ratio = f"{rate.count} errors / {rate.requests} requests"
+        if rate.percent_of_requests is None:
+            unknown = "request count unknown" if rate.requests is None else "no requests in the window"
+            out.append(_m("error_rate_pct", "app", None, "sentry", unknown, state="unknown"))
+        elif cause is not None:
+            out.append(_m("error_rate_pct", "app", None, "sentry", f"{ratio} ({cause})", state="masked"))
         else:
-            out.append(_m("error_rate_pct", "app", None, "sentry", "request count unknown", state="unknown"))
+            out.append(_m("error_rate_pct", "app", rate.percent_of_requests, "sentry", ratio,
+                          scenario="performance"))
         out.append(_m("errors_per_minute", "app", rate.per_minute, "sentry",
                       f"{rate.count} errors in {rate.window_s // 60} min"))
 
@@ -440,15 +450,43 @@ def evaluate(rules: Iterable[AlertRule], measurements: Iterable[Measurement]) ->
     return findings
 
 
+ERROR_RATE_RULE = "high_error_rate"
+# The rules whose cause also raises the error rate: while one breaches, or its monitor incident is open, an
+# error-rate breach is that cause's symptom.
+ERROR_RATE_CAUSES = ("application_down", "database_unavailable", "authentication_failing",
+                     "payment_processing_failed", "database_degradation")
+
+
 def _attribute(findings: list[Finding]) -> None:
-    """Mask slow responses while the database is degraded: one cause, one incident (database_degradation)."""
-    degraded = any(f.breached and f.rule == "database_degradation" for f in findings)
-    if not degraded:
-        return
+    """Mask symptoms of a breached cause: one cause, one incident.
+
+    Slow responses while the database is degraded belong to database_degradation; a high error rate while any of
+    `ERROR_RATE_CAUSES` breaches belongs to that cause.
+    """
+    breached = {f.rule for f in findings if f.breached}
+    causes = [r for r in ERROR_RATE_CAUSES if r in breached]
     for f in findings:
-        if f.breached and f.rule == "slow_response_time":
+        if f.breached and f.rule == "slow_response_time" and "database_degradation" in breached:
             f.state = "masked"
             f.detail += " (attributed to database degradation)"
+        elif f.breached and f.rule == ERROR_RATE_RULE and causes:
+            f.state = "masked"
+            f.detail += f" (attributed to {causes[0]})"
+
+
+def attribute_to_open(findings: Iterable[Finding], open_fingerprints: Iterable[str]) -> None:
+    """Mask an error-rate breach while a monitor incident of one of its causes is open (its errors are in the window).
+
+    `open_fingerprints` are the fingerprints of the open incidents (`monitor:<rule>:<target>`).
+    """
+    open_causes = sorted({fp.split(":")[1] for fp in open_fingerprints
+                          if fp.startswith("monitor:") and fp.count(":") >= 2} & set(ERROR_RATE_CAUSES))
+    if not open_causes:
+        return
+    for f in findings:
+        if f.breached and f.rule == ERROR_RATE_RULE:
+            f.state = "masked"
+            f.detail += f" (attributed to the open {open_causes[0]} incident)"
 
 
 # -- consecutive breaches ---------------------------------------------------------------------------------------

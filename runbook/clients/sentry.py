@@ -1,4 +1,8 @@
-"""Sentry: error count and rate over a window, and the error time series (Discover events API)."""
+"""Sentry: error count, request count and error rate over a window, and the error time series (Discover events API).
+
+The request count is the `transactions` dataset's count(), which exists only when the organisation has performance
+monitoring: a 4xx for that dataset means "request count unavailable" (None), not a failure.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,14 @@ from runbook.clients._http import (
     secret_value,
     settings_secrets,
 )
-from runbook.errors import InputError
+from runbook.errors import AuthError, InputError, RequestRejected
 from runbook.settings import Settings
 
 VENDOR = "sentry"
 
 
 class ErrorRate(BaseModel):
-    """Errors in a window: count, per minute, and % of requests when a request count was given."""
+    """Errors in a window: count, per minute, and % of requests when the request count is known."""
 
     count: int
     window_s: int
@@ -85,23 +89,39 @@ class SentryClient(BaseClient):
         )
         return cls(http, settings.sentry_org or "", settings.sentry_project or "")
 
-    async def error_count(self, window: timedelta | int | str = "15m") -> int:
-        """Return the number of error events in the last `window`."""
+    async def _count(self, dataset: str, window: timedelta | int | str, operation: str) -> int:
         period, _ = stats_period(window)
         body = await self.http.json(
             "GET",
             f"/api/0/organizations/{self.org}/events/",
-            operation="count errors",
-            params={"dataset": "errors", "field": "count()", "project": self.project, "statsPeriod": period},
+            operation=operation,
+            params={"dataset": dataset, "field": "count()", "project": self.project, "statsPeriod": period},
         )
         rows = body.get("data", []) if isinstance(body, dict) else []
         return int(rows[0].get("count()", 0) or 0) if rows and isinstance(rows[0], dict) else 0
 
+    async def error_count(self, window: timedelta | int | str = "15m") -> int:
+        """Return the number of error events in the last `window`."""
+        return await self._count("errors", window, "count errors")
+
+    async def request_count(self, window: timedelta | int | str = "15m") -> int | None:
+        """Return the number of transactions (requests served) in the last `window`; None when unavailable."""
+        try:
+            return await self._count("transactions", window, "count requests")
+        except (AuthError, RequestRejected):  # no performance monitoring (or no access to it): no request count
+            return None
+
     async def error_rate(self, window: timedelta | int | str = "15m", *, requests: int | None = None) -> ErrorRate:
-        """Return the error count, errors per minute and, given the request count, errors as % of requests."""
+        """Return the error count, errors per minute and errors as % of requests (Sentry's request count if not given).
+
+        The percentage is None when the request count is unavailable or zero, and at most 100 (errors reported
+        outside a request, such as background jobs, are not requests).
+        """
         _, seconds = stats_period(window)
         count = await self.error_count(window)
-        percent = round(100.0 * count / requests, 3) if requests else None
+        if requests is None:
+            requests = await self.request_count(window)
+        percent = min(100.0, round(100.0 * count / requests, 3)) if requests else None
         return ErrorRate(
             count=count,
             window_s=seconds,

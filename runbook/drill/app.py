@@ -3,7 +3,8 @@ that the Vercel stand-in says is in production.
 
 The app's secrets (NEXT_PUBLIC_SUPABASE_ANON_KEY, STRIPE_WEBHOOK_SECRET, OPENAI_API_KEY, …) come from the env
 snapshot of the CURRENT production deployment; a deployment built from broken code answers 500 everywhere (and
-its health says unhealthy). Every 5xx is reported to the Sentry stand-in.
+its health says unhealthy). Every request served is reported to the Sentry stand-in as a transaction, and every
+5xx as an error event as well.
 
     GET  /api/health          {"status": healthy|degraded|unhealthy, "deployment", "maintenance", "checks": {
                                  "database"|"auth"|"config"|"openai": {"status", "latency_ms", "error"?}}}
@@ -12,6 +13,8 @@ its health says unhealthy). Every 5xx is reported to the Sentry stand-in.
     POST /api/billing/webhook Stripe-Signature verified with stripe.Webhook.construct_event; 400 when bad;
                               each event id processed once (a repeat → 200 {"received": true, "duplicate": true})
 In maintenance mode (public.app_flags maintenance_mode) every route but /api/health answers 503.
+Drill fault `fail_fraction` (0..1): that share of the requests to every route but /api/health answers 500
+(deterministically spread: 0.2 fails every fifth request), reported to Sentry like any other 5xx.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -37,6 +41,8 @@ from runbook.drill.vercel import Deployment, VercelStandIn
 EXAM_ENGINES = ("standard_v2", "adaptive_v1", "legacy_v1")
 BROKEN_BUILD_ERROR = "TypeError: Cannot read properties of undefined (reading 'examEngine')"
 PROFILE_COLUMNS = "id::text, email, full_name, jurisdiction, role, created_at"
+INTERMITTENT_ERROR = "Error: upstream request failed (drill: fail_fraction)"
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class PermitSchoolApp(StandIn):
@@ -54,16 +60,40 @@ class PermitSchoolApp(StandIn):
         self.slow_query_ms = slow_query_ms
         self.openai_timeout = openai_timeout
         self._client: httpx.AsyncClient | None = None
+        self.fail_fraction = 0.0
+        self._fail_credit = 0.0
         super().__init__()
 
     def routes(self) -> list[BaseRoute]:
-        """Return the app's routes."""
+        """Return the app's routes, each reported to Sentry as a transaction."""
         return [
-            Route("/", self._index, methods=["GET"]),
-            Route("/api/health", self._health, methods=["GET", "HEAD"]),
-            Route("/api/auth/profile", self._profile, methods=["GET", "POST"]),
-            Route("/api/billing/webhook", self._webhook, methods=["POST"]),
+            Route("/", self._traced(self._index), methods=["GET"]),
+            Route("/api/health", self._traced(self._health), methods=["GET", "HEAD"]),
+            Route("/api/auth/profile", self._traced(self._profile), methods=["GET", "POST"]),
+            Route("/api/billing/webhook", self._traced(self._webhook), methods=["POST"]),
         ]
+
+    def reset_state(self) -> None:
+        """Clear the fail_fraction fault."""
+        self.fail_fraction = 0.0
+        self._fail_credit = 0.0
+
+    def _traced(self, handler: Handler) -> Handler:
+        """Wrap a route so that each request it serves is reported as a Sentry transaction (with its status)."""
+
+        async def traced(request: Request) -> Response:
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status_code
+                return response
+            finally:
+                dep = self.vercel.production()
+                self.sentry.capture_transaction(request.url.path, release=dep.meta.get("githubCommitSha"),
+                                                tags={"deployment": dep.id, "status_code": str(status),
+                                                      "http.method": request.method})
+
+        return traced
 
     def error_body(self, status: int, message: str) -> Any:
         """Return the app's error shape."""
@@ -106,7 +136,20 @@ class PermitSchoolApp(StandIn):
                                  {"Retry-After": "300"})
         if dep.build == "broken":
             return self._fail(dep, request, 500, BROKEN_BUILD_ERROR, {"error": "Internal Server Error"})
+        if self._intermittent_failure():
+            return self._fail(dep, request, 500, INTERMITTENT_ERROR, {"error": "Internal Server Error"})
         return None
+
+    def _intermittent_failure(self) -> bool:
+        """Return True for `fail_fraction` of the calls, evenly spread (a credit that fails the call reaching 1)."""
+        if self.fail_fraction <= 0:
+            return False
+        with self._lock:
+            self._fail_credit += min(self.fail_fraction, 1.0)
+            if self._fail_credit >= 1.0 - 1e-9:
+                self._fail_credit -= 1.0
+                return True
+        return False
 
     # -- health -----------------------------------------------------------------------------------------------
     @staticmethod

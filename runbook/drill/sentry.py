@@ -1,7 +1,10 @@
-"""Sentry stand-in: the app reports its 5xx here; the runbook reads error counts and time series.
+"""Sentry stand-in: the app reports its 5xx and every request it serves here; the runbook reads counts and series.
 
     GET /api/0/organizations/{org}/events/?dataset=errors&field=count()&project=<id>&statsPeriod=15m
         → {"data": [{"count()": N}], "meta": {...}}   (other fields, e.g. field=release, group the rows)
+    GET /api/0/organizations/{org}/events/?dataset=transactions&field=count()&project=<id>&statsPeriod=15m
+        → the same shape, counting transactions (requests served); 400 when `performance` is off, like an
+          organisation without performance monitoring
     GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
         → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n}, …], "meta": {…}}]}
 """
@@ -62,17 +65,28 @@ class SentryStandIn(StandIn):
         self.project_id = project_id
         self.project_slug = project_slug
         self.events: list[SentryEvent] = []
+        self.transactions: list[SentryEvent] = []
+        self.performance = True
         super().__init__()
 
     def reset_state(self) -> None:
-        """Forget every captured event."""
+        """Forget every captured event and transaction; performance monitoring on again."""
         self.events = []
+        self.transactions = []
+        self.performance = True
 
     def capture(self, title: str, **fields: Any) -> SentryEvent:
         """Record an error event (what the Sentry SDK in the app sends)."""
         event = SentryEvent(title=title, **fields)
         with self._lock:
             self.events.append(event)
+        return event
+
+    def capture_transaction(self, name: str, **fields: Any) -> SentryEvent:
+        """Record a transaction, one request served (what the SDK's performance monitoring sends)."""
+        event = SentryEvent(title=name, level="info", transaction=name, **fields)
+        with self._lock:
+            self.transactions.append(event)
         return event
 
     def count(self, seconds: float = 900) -> int:
@@ -114,14 +128,18 @@ class SentryStandIn(StandIn):
     def _selected(self, request: Request, start: float, end: float) -> list[SentryEvent] | Response:
         q = request.query_params
         dataset = q.get("dataset", "errors")
-        if dataset not in ("errors", "discover"):
-            return json_response({"detail": f"dataset must be errors or discover, not {dataset}"}, 400)
+        if dataset == "transactions" and not self.performance:
+            return json_response({"detail": "Performance monitoring is not enabled for this organization"}, 400)
+        if dataset not in ("errors", "discover", "transactions"):
+            return json_response({"detail": f"dataset must be errors, transactions or discover, not {dataset}"},
+                                 400)
         projects = set(q.getlist("project"))
         if projects and not projects & {self.project_id, self.project_slug, "-1"}:
             return json_response({"detail": "You do not have permission to perform this action."}, 403)
         env = q.get("environment")
         with self._lock:
-            return [e for e in self.events
+            pool = self.transactions if dataset == "transactions" else self.events
+            return [e for e in pool
                     if start <= e.timestamp <= end and (env is None or e.environment == env)]
 
     def routes(self) -> list[BaseRoute]:
@@ -154,7 +172,7 @@ class SentryStandIn(StandIn):
                 row.pop("count()", None)
         meta = {"fields": {f: "integer" if f == "count()" else "string" for f in fields},
                 "units": {f: None for f in fields}, "isMetricsData": False, "tips": {},
-                "datasetReason": "unchanged", "dataset": "errors"}
+                "datasetReason": "unchanged", "dataset": request.query_params.get("dataset", "errors")}
         return json_response({"data": data, "meta": meta})
 
     async def _timeseries(self, request: Request) -> Response:

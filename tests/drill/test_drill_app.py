@@ -93,6 +93,25 @@ def test_server_errors_are_reported_to_sentry(stack: DrillStack, http: httpx.Cli
     assert {e.release for e in stack.sentry.events} == {deployment.meta["githubCommitSha"]}
 
 
+def test_every_request_served_is_a_sentry_transaction(stack: DrillStack, http: httpx.Client) -> None:
+    """Each request the app serves, whatever its status, becomes one Sentry transaction tagged with the status."""
+    http.get(f"{stack.urls['app']}/api/health")
+    http.get(f"{stack.urls['app']}/")
+    http.post(f"{stack.urls['app']}/api/auth/profile")
+    assert [(t.transaction, t.tags["status_code"]) for t in stack.sentry.transactions] == [
+        ("/api/health", "200"), ("/", "200"), ("/api/auth/profile", "401")]
+    assert stack.sentry.events == []
+
+
+def test_fail_fraction_fails_that_share_of_requests_but_not_health(stack: DrillStack, http: httpx.Client) -> None:
+    """fail_fraction 0.2 answers 500 to every fifth request (each reported to Sentry) while /api/health stays 200."""
+    stack.app.fail_fraction = 0.2
+    statuses = [http.get(f"{stack.urls['app']}/").status_code for _ in range(10)]
+    assert statuses.count(500) == 2 and statuses.count(200) == 8
+    assert http.get(f"{stack.urls['app']}/api/health").status_code == 200
+    assert stack.sentry.count() == 2
+
+
 def test_app_uses_the_production_deployments_env(stack: DrillStack, http: httpx.Client) -> None:
     """A project env change reaches the app only after a redeploy."""
     stack.stripe.rotate_secret()

@@ -134,6 +134,22 @@ def test_sentry_timeseries_buckets_events(stack: DrillStack, http: httpx.Client)
     assert len(series["values"]) in (30, 31)
 
 
+def test_sentry_counts_transactions_like_errors(stack: DrillStack, http: httpx.Client) -> None:
+    """dataset=transactions counts the transactions in the window in the errors dataset's shape."""
+    for _ in range(5):
+        stack.sentry.capture_transaction("/")
+    stack.sentry.capture("TypeError: boom")
+    resp = _sentry(stack, http, "events", dataset="transactions", field="count()", statsPeriod="15m")
+    assert resp.json()["data"] == [{"count()": 5}]
+
+
+def test_sentry_transactions_without_performance_is_400(stack: DrillStack, http: httpx.Client) -> None:
+    """With performance monitoring off, dataset=transactions answers 400 {"detail"}."""
+    stack.sentry.performance = False
+    resp = _sentry(stack, http, "events", dataset="transactions", field="count()", statsPeriod="15m")
+    assert resp.status_code == 400 and "detail" in resp.json()
+
+
 def test_sentry_wrong_token_is_401(stack: DrillStack, http: httpx.Client) -> None:
     """A wrong bearer token answers 401 {"detail"}."""
     resp = http.get(f"{stack.urls['sentry']}/api/0/organizations/{stack.sentry.org}/events/",

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -73,6 +74,47 @@ async def test_healthy_stack_declares_nothing(drill_env: DrillStack) -> None:
     assert result.declared == [] and await incidents() == [], [c.breaches for c in result.cycles]
     assert all(c.gaps == {} for c in result.cycles), [c.gaps for c in result.cycles]
     assert result.uptime_pct == 100.0 and result.uptime_ok is True and result.uptime_samples == 3
+
+
+async def traffic(stack: DrillStack, requests: int = 40) -> list[int]:
+    """Send users' requests to the app's home page (the monitor's own probes alone are few); return the statuses."""
+    async with httpx.AsyncClient(base_url=stack.urls["app"], timeout=10) as http:
+        return [(await http.get("/")).status_code for _ in range(requests)]
+
+
+async def test_healthy_stack_with_traffic_has_no_errors(drill_env: DrillStack) -> None:
+    """Two cycles over a healthy stack serving traffic measure a 0 % error rate and declare nothing."""
+    await traffic(drill_env)
+    result = await run(cycles=2)
+    rows = {(r["metric"], r["target"]): r for r in result.cycles[-1].rows}
+    assert (rows[("error_rate_pct", "app")]["value"], rows[("error_rate_pct", "app")]["state"]) == ("0", "ok")
+    assert result.declared == [] and await incidents() == []
+
+
+async def test_high_error_rate_is_detected_within_two_cycles(drill_env: DrillStack) -> None:
+    """A fifth of the app's requests failing while /api/health stays 200 opens one P1 high_error_rate incident."""
+    drill_env.app.fail_fraction = 0.2
+    assert (await traffic(drill_env)).count(500) == 8
+    result = await run(cycles=2)
+    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("high_error_rate", "app", "P1")]
+    (incident,) = await incidents()
+    assert incident.severity is Severity.P1 and incident.fingerprint == "monitor:high_error_rate:app"
+    rows = {(r["metric"], r["target"]): r for r in result.cycles[-1].rows}
+    assert rows[("app_up", "app")]["state"] == "ok" and float(rows[("error_rate_pct", "app")]["value"]) > 5
+
+
+async def test_errors_left_in_the_window_after_a_recovery_open_no_second_incident(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a bad deploy is repaired, its errors still in Sentry's window belong to the open application_down."""
+    inject(drill_env, monkeypatch, "bad-deploy")
+    await traffic(drill_env, 10)
+    first = await run(cycles=2)
+    drill_env.repair("bad-deploy")
+    after = await run(cycles=2)
+    assert [d.rule for d in first.declared] == ["application_down"] and after.declared == []
+    rows = {(r["metric"], r["target"]): r for r in after.cycles[-1].rows}
+    assert rows[("error_rate_pct", "app")]["state"] == "masked"
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

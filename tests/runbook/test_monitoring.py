@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from runbook.monitoring import (
     ProbeFailure,
     advance,
     advance_gaps,
+    attribute_to_open,
     available,
     cycle_rows,
     evaluate,
@@ -199,6 +201,78 @@ def test_error_rate_percent_needs_a_request_count() -> None:
     assert m["error_rate_pct:app"].value == 12.0
     m2 = _by_key(measure(_probes(sentry=ErrorRate(count=12, window_s=900, per_minute=0.8))))
     assert m2["error_rate_pct:app"].state == "unknown" and m2["errors_per_minute:app"].value == 0.8
+
+
+def _rate(errors: int, requests: int | None) -> ErrorRate:
+    percent = round(100.0 * errors / requests, 3) if requests else None
+    return ErrorRate(count=errors, window_s=900, per_minute=errors / 15, requests=requests,
+                     percent_of_requests=percent)
+
+
+def _error_rate_findings(**over: Any) -> list[Finding]:
+    return [f for f in evaluate(Policy().alert_rules, measure(_probes(**over))) if f.rule == "high_error_rate"]
+
+
+def test_error_rate_above_the_rule_threshold_breaches() -> None:
+    """12 errors in 100 requests breaches high_error_rate (> 5 %), a P1."""
+    (finding,) = _error_rate_findings(sentry=_rate(12, 100))
+    assert finding.state == "breach" and finding.value == 12.0 and finding.severity == "P1"
+
+
+def test_error_rate_above_the_key_target_is_off_target_only() -> None:
+    """2 % of requests failing misses the < 1 % key metric without breaching the > 5 % rule."""
+    policy = Policy()
+    m = measure(_probes(sentry=_rate(2, 100)))
+    rows = {(r["metric"], r["target"]): r for r in cycle_rows(policy, m, evaluate(policy.alert_rules, m), None, 0)}
+    assert rows[("error_rate_pct", "app")]["state"] == "off-target"
+    assert "target < 1" in rows[("error_rate_pct", "app")]["threshold"]
+
+
+def test_error_rate_thresholds_come_from_the_policy(tmp_path: Path) -> None:
+    """A policy file's high_error_rate threshold of 20 % lets a 12 % error rate pass."""
+    rules = [r.model_dump(mode="json") for r in Policy().alert_rules]
+    for rule in rules:
+        rule["threshold"] = 20.0 if rule["name"] == "high_error_rate" else rule["threshold"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(json.dumps({"alert_rules": rules}))  # JSON is YAML
+    findings = evaluate(load_policy(path).alert_rules, measure(_probes(sentry=_rate(12, 100))))
+    assert [f.state for f in findings if f.rule == "high_error_rate"] == ["ok"]
+
+
+def test_no_requests_leaves_the_error_rate_unknown() -> None:
+    """A zero request count gives no percentage: the error rate is unknown, not 0 and not a breach."""
+    (finding,) = _error_rate_findings(sentry=_rate(0, 0))
+    assert finding.state == "unknown"
+
+
+def test_error_rate_is_masked_while_the_app_is_down() -> None:
+    """A bad deploy's 100 % error rate is the application_down incident's symptom, not a second incident."""
+    findings = evaluate(Policy().alert_rules, measure(_probes(health=_health(503, app=_bad("app", "TypeError")),
+                                                              sentry=_rate(10, 10))))
+    states = {f.rule: f.state for f in findings if f.rule in ("application_down", "high_error_rate")}
+    assert states == {"application_down": "breach", "high_error_rate": "masked"}
+
+
+def test_error_rate_is_masked_while_payments_fail() -> None:
+    """Webhook 500s raising the error rate belong to payment_processing_failed while it breaches."""
+    findings = evaluate(Policy().alert_rules, measure(_probes(
+        stripe=[FailedEvent(id="evt_1", type="invoice.paid", created=NOW)], sentry=_rate(3, 10))))
+    states = {f.rule: f.state for f in findings if f.rule in ("payment_processing_failed", "high_error_rate")}
+    assert states == {"payment_processing_failed": "breach", "high_error_rate": "masked"}
+
+
+def test_error_rate_is_masked_while_a_cause_incident_is_open() -> None:
+    """After the app recovers, the window's leftover errors stay with the open application_down incident."""
+    findings = _error_rate_findings(sentry=_rate(10, 40))
+    attribute_to_open(findings, ["monitor:application_down:app", "monitor:high_error_rate:app"])
+    assert [f.state for f in findings] == ["masked"] and "application_down" in findings[0].detail
+
+
+def test_error_rate_is_not_masked_by_an_unrelated_open_incident() -> None:
+    """An open third-party incident does not hide a high error rate."""
+    findings = _error_rate_findings(sentry=_rate(10, 40))
+    attribute_to_open(findings, ["monitor:third_party_degraded:openai"])
+    assert [f.state for f in findings] == ["breach"]
 
 
 def test_vendor_status_page_outage_is_third_party_down() -> None:

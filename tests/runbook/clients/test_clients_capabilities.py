@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from pydantic import SecretStr
 
 from runbook.clients.app import AppClient
@@ -255,6 +256,31 @@ async def test_sentry_error_rate_and_series(drill: DrillStack, settings: Setting
         series = await sentry.error_series("30m", interval=60)
     assert rate.count == 3 and rate.per_minute == 0.2 and rate.percent_of_requests == 1.0
     assert sum(p.count for p in series) == 3 and len(series) >= 30
+
+
+async def test_sentry_error_rate_uses_the_request_count(drill: DrillStack, settings: Settings) -> None:
+    """Without a request count given, the rate is errors as % of Sentry's transactions (the app's requests)."""
+    drill.sentry.reset()  # tests without the `drill` fixture leave the app's transactions behind
+    drill.app.fail_fraction = 0.25
+    async with httpx.AsyncClient(base_url=drill.urls["app"]) as http:
+        for _ in range(8):
+            await http.get("/")
+    async with SentryClient.from_settings(settings) as sentry:
+        requests = await sentry.request_count("15m")
+        rate = await sentry.error_rate("15m")
+    assert requests == 8 and (rate.count, rate.requests, rate.percent_of_requests) == (2, 8, 25.0)
+
+
+async def test_sentry_request_count_unavailable_is_none(drill: DrillStack, settings: Settings) -> None:
+    """Without performance monitoring the request count is None (a 400, not retried) and the rate has no %."""
+    drill.sentry.reset()
+    drill.sentry.performance = False
+    drill.sentry.capture("TypeError: boom")
+    async with SentryClient.from_settings(settings) as sentry:
+        requests = await sentry.request_count("15m")
+        rate = await sentry.error_rate("15m")
+    assert requests is None and (rate.count, rate.requests, rate.percent_of_requests) == (1, None, None)
+    assert len([r for r in drill.sentry.requests if r.query.get("dataset") == "transactions"]) == 2
 
 
 async def test_statuspage_incident_lifecycle_and_component(drill: DrillStack, settings: Settings) -> None:

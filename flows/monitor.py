@@ -3,7 +3,9 @@ declare an incident when a breach holds for N consecutive cycles, note recoverie
 
 Each cycle probes concurrently (each probe bounded by the policy's probe timeout): /api/health, the auth endpoint,
 Supabase REST count, the database's health, Stripe's undelivered webhook events, Sentry's error rate (errors as %
-of its transactions), OpenAI and the vendors' status pages. `runbook.monitoring` turns the results into
+of its transactions), Sentry's request rate and failed logins (unusual_traffic against a baseline learned from
+earlier cycles' rates, security_event above the policy's failed logins per minute), OpenAI and the vendors' status
+pages. `runbook.monitoring` turns the results into
 measurements and findings and keeps the breach state between runs; this flow acts on it: a Prefect event per breach
 (`runbook.monitor.<rule>.<target>`), a declaration through declare-incident (fingerprint `monitor:<rule>:<target>`,
 so a continuing breach attaches to the open incident), RECOVERY_OBSERVED on the incident's timeline once the breach
@@ -29,8 +31,9 @@ from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
     ERROR_RATE_CAUSES,
-    ERROR_RATE_RULE,
     GAP_RULE,
+    REQUEST_RATE,
+    SYMPTOM_RULES,
     CycleProbes,
     Finding,
     MonitorStore,
@@ -54,7 +57,7 @@ from runbook.store import open_store
 from tasks.common import run_parameter
 from tasks.health import check_app_health, check_auth_endpoint, check_openai, check_vendor_statuses
 from tasks.incident import record
-from tasks.sentry import read_error_rate
+from tasks.sentry import read_error_rate, read_traffic
 from tasks.stripe import list_failed_events
 from tasks.supabase import check_database_health, check_rest_count
 
@@ -137,8 +140,11 @@ async def probe_all(policy: Policy) -> CycleProbes:
         _guard(read_error_rate.with_options(timeout_seconds=t)(window_minutes=mon.sentry_window_minutes)),
         _guard(check_openai.with_options(timeout_seconds=t)()),
         _guard(check_vendor_statuses.with_options(timeout_seconds=t)()),
+        _guard(read_traffic.with_options(timeout_seconds=t)(
+            window_minutes=mon.traffic_window_minutes, auth_window_minutes=mon.auth_failure_window_minutes,
+            endpoint=mon.auth_endpoint, statuses=mon.auth_failure_statuses)),
     )
-    names = ("health", "auth", "rest", "database", "stripe", "sentry", "openai", "vendors")
+    names = ("health", "auth", "rest", "database", "stripe", "sentry", "openai", "vendors", "traffic")
     return CycleProbes.model_validate(dict(zip(names, results, strict=True)))
 
 
@@ -235,9 +241,9 @@ async def _act(steps: list[Step], params: MonitorParams, environment: str
     return declared, recovered, errors
 
 
-async def _attribute_error_rate(findings: list[Finding]) -> None:
-    """Mask an error-rate breach while a monitor incident of one of its causes is still open."""
-    if not any(f.breached and f.rule == ERROR_RATE_RULE for f in findings):
+async def _attribute_symptoms(findings: list[Finding]) -> None:
+    """Mask a symptom breach (error rate, traffic, security) while a monitor incident of one of its causes is open."""
+    if not any(f.breached and f.rule in SYMPTOM_RULES for f in findings):
         return
     candidates = {f"monitor:{f.rule}:{f.target}" for f in findings if f.rule in ERROR_RATE_CAUSES}
     async with open_store() as store:
@@ -251,9 +257,11 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     settings = get_settings()
     probes = await probe_all(policy)
     now = utcnow()
-    measurements = measure(probes)
+    mon = policy.monitoring
+    history = await mstore.rates(REQUEST_RATE, timedelta(hours=mon.traffic_baseline_hours), now)
+    measurements = measure(probes, monitoring=mon, rate_history=history)
     findings = evaluate(policy.alert_rules, measurements)
-    await _attribute_error_rate(findings)
+    await _attribute_symptoms(findings)
     gaps = gap_sources(measurements)
 
     states = await mstore.states()
@@ -272,6 +280,13 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
                         gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
         elif gs.gap_cycles:
             log.info("monitoring gap: %s (%d cycle(s)): %s", gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
+
+    # The request rate joins the baseline unless an outage masks it (an outage's traffic is no normal); a spike
+    # does join it, so that a lasting change becomes the new normal once it fills half the baseline window.
+    rate = next((m for m in measurements if m.metric == REQUEST_RATE and m.state == "measured"), None)
+    judged = next((f for f in findings if f.metric == "traffic_anomaly"), None)
+    if rate is not None and rate.value is not None and (judged is None or judged.state != "masked"):
+        await mstore.add_rate(REQUEST_RATE, rate.value, now)
 
     up = available(probes)
     if up is not None:

@@ -19,6 +19,12 @@ Attribution (which rule a symptom belongs to), so that one cause opens one incid
 - the error rate (Sentry's errors as % of its transactions, the requests served) is masked while the app, the
   database or auth is down or in maintenance, while another cause rule (`ERROR_RATE_CAUSES`) breaches, and while a
   monitor incident of such a cause is still open (the window still holds that outage's errors after it recovered);
+- unusual_traffic (traffic_anomaly): the request rate (Sentry's transactions per minute over the policy's traffic
+  window) against the median of the rates of earlier cycles (`monitor_rates`, once there are enough of them); and
+  security_event (security_events): failed logins per minute (401/403 transactions of the auth endpoint). Both are
+  masked while the app, the database or auth is down or in maintenance (an outage changes the traffic and fails
+  logins), while a cause rule breaches, and while such a cause's monitor incident is open; a request rate taken
+  while masked is not kept for the baseline;
 - third_party_down per vendor from our own OpenAI liveness probe and the vendors' status pages (the app's own
   OpenAI check only when our probe cannot run).
 A probe that itself fails (NotConfigured, the monitor cannot reach Sentry / Stripe / a status page) is a GAP: the
@@ -26,13 +32,15 @@ metric is unknown, never an outage of the app. Gaps and masked measurements neit
 
 State between runs (the monitor runs every minute as separate flow runs) lives in two small tables created here on
 the incident store's engine (SQLite file by default, Postgres in production, so several workers share it):
-`monitor_breaches` (the breach state per rule and target) and `monitor_samples` (availability per cycle, for uptime
-over the policy's rolling window; older samples are pruned).
+`monitor_breaches` (the breach state per rule and target), `monitor_samples` (availability per cycle, for uptime
+over the policy's rolling window; older samples are pruned) and `monitor_rates` (a measured value per cycle, such as
+the request rate the traffic baseline is learned from; pruned after the policy's baseline window).
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -43,6 +51,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Float,
     Integer,
     MetaData,
     String,
@@ -57,12 +66,12 @@ from sqlalchemy import (
 from runbook.clients.app import AppHealth, AuthProbe
 from runbook.clients.health import VendorStatus
 from runbook.clients.openai import OpenAILiveness
-from runbook.clients.sentry import ErrorRate
+from runbook.clients.sentry import ErrorRate, Traffic
 from runbook.clients.stripe import FailedEvent
 from runbook.clients.supabase import DatabaseHealth, LongQuery, RowCount
 from runbook.errors import AuthError, IntegrationError, NotConfigured, RateLimited, RequestRejected
 from runbook.models import utcnow
-from runbook.policy import AlertRule, Policy
+from runbook.policy import AlertRule, Monitoring, Policy
 from runbook.store import IncidentStore, UTCDateTime
 
 HEALTHY = frozenset({"healthy", "ok", "up", "pass"})
@@ -126,6 +135,7 @@ class CycleProbes(BaseModel):
     sentry: ErrorRate | ProbeFailure
     openai: OpenAILiveness | ProbeFailure
     vendors: list[VendorStatus] | ProbeFailure
+    traffic: Traffic | ProbeFailure | None = Field(default=None, description="None: not probed (no traffic metrics)")
 
 
 # -- measurements -----------------------------------------------------------------------------------------------
@@ -203,8 +213,13 @@ def _database(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> tuple[float 
     return _evidence(evidence)
 
 
-def measure(p: CycleProbes) -> list[Measurement]:
-    """Turn one cycle's probe results into measurements, attributing each symptom to one cause."""
+def measure(p: CycleProbes, *, monitoring: Monitoring | None = None, rate_history: Sequence[float] = ()
+            ) -> list[Measurement]:
+    """Turn one cycle's probe results into measurements, attributing each symptom to one cause.
+
+    `rate_history` holds earlier cycles' request rates (the unusual-traffic baseline); `monitoring` the policy's
+    traffic and failed-login parameters (its defaults when None).
+    """
     out: list[Measurement] = []
     health = p.health
     checks = health_checks(health) if isinstance(health, AppHealth) else {}
@@ -301,15 +316,16 @@ def measure(p: CycleProbes) -> list[Measurement]:
                       f"{len(p.stripe)} undelivered webhook event(s)" + (f": {shown}" if shown else ""),
                       scenario="payment"))
 
+    maintenance = isinstance(health, AppHealth) and bool((health.body or {}).get("maintenance"))
+    cause = ("application down" if app_down else "database unavailable" if db_down
+             else "authentication failing" if auth_up == 0 else "maintenance mode" if maintenance else None)
+
     # errors (Sentry): a symptom of a down app, database or auth, masked while one of them is down
     if isinstance(p.sentry, ProbeFailure):
         out.append(_m("error_rate_pct", "app", None, "sentry", p.sentry.message, state="gap"))
         out.append(_m("errors_per_minute", "app", None, "sentry", p.sentry.message, state="gap"))
     else:
         rate = p.sentry
-        maintenance = isinstance(health, AppHealth) and bool((health.body or {}).get("maintenance"))
-        cause = ("application down" if app_down else "database unavailable" if db_down
-                 else "authentication failing" if auth_up == 0 else "maintenance mode" if maintenance else None)
         ratio = f"{rate.count} errors / {rate.requests} requests"
         if rate.percent_of_requests is None:
             unknown = "request count unknown" if rate.requests is None else "no requests in the window"
@@ -322,8 +338,81 @@ def measure(p: CycleProbes) -> list[Measurement]:
         out.append(_m("errors_per_minute", "app", rate.per_minute, "sentry",
                       f"{rate.count} errors in {rate.window_s // 60} min"))
 
+    # traffic and failed logins (Sentry transactions)
+    if p.traffic is not None:
+        out.extend(traffic_measurements(p.traffic, monitoring or Monitoring(), rate_history, cause))
+
     # third parties
     out.extend(_third_parties(p, checks))
+    return out
+
+
+REQUEST_RATE = "request_rate_per_minute"  # the metric kept per cycle in `monitor_rates` for the traffic baseline
+
+
+def traffic_baseline(history: Sequence[float], mon: Monitoring) -> float | None:
+    """Return the median of earlier request rates, or None while there are fewer than the policy's minimum."""
+    if len(history) < mon.traffic_baseline_min_samples:
+        return None
+    return float(statistics.median(history))
+
+
+def traffic_anomaly(rate: float, history: Sequence[float], mon: Monitoring) -> tuple[float | None, str]:
+    """Return (1 anomalous / 0 normal / None not judged yet, detail) for a request rate against its baseline.
+
+    A rate above factor x the baseline, or below baseline / factor, is anomalous; the baseline is raised to the
+    policy's minimum rate (so a quiet baseline neither makes a few requests a spike nor zero a drop of note).
+    """
+    baseline = traffic_baseline(history, mon)
+    if baseline is None:
+        return None, (f"{rate:g} requests/min; learning the baseline "
+                      f"({len(history)}/{mon.traffic_baseline_min_samples} samples)")
+    base = max(baseline, mon.traffic_min_rate_per_minute)
+    k = mon.traffic_anomaly_factor
+    detail = f"{rate:g} requests/min, baseline {baseline:g} (median of {len(history)})"
+    if base > 0 and rate > k * base:
+        return 1.0, f"{detail}: above {k:g}x"
+    if baseline >= mon.traffic_min_rate_per_minute and baseline > 0 and rate < baseline / k:
+        return 1.0, f"{detail}: below 1/{k:g}"
+    return 0.0, detail
+
+
+def traffic_measurements(traffic: Traffic | ProbeFailure, mon: Monitoring, history: Sequence[float],
+                         cause: str | None) -> list[Measurement]:
+    """Return request_rate_per_minute, traffic_anomaly and security_events (failed logins per minute).
+
+    An uncountable value (the probe failed, Sentry rejected the query) is a gap of the `sentry` source;
+    while `cause` (an outage or maintenance) holds, the anomaly and the failed logins are masked.
+    """
+    source = "sentry"
+    if isinstance(traffic, ProbeFailure):
+        return [_m(metric, "app" if metric != "security_events" else "auth", None, source, traffic.message,
+                   state="gap") for metric in (REQUEST_RATE, "traffic_anomaly", "security_events")]
+    out: list[Measurement] = []
+    rate = traffic.requests_per_minute
+    if rate is None:
+        out.append(_m(REQUEST_RATE, "app", None, source, "request count unavailable", state="gap"))
+        out.append(_m("traffic_anomaly", "app", None, source, "request count unavailable", state="gap"))
+    else:
+        out.append(_m(REQUEST_RATE, "app", rate, source,
+                      f"{traffic.requests} requests in {traffic.window_s / 60:g} min"))
+        anomaly, detail = traffic_anomaly(rate, history, mon)
+        if cause is not None:
+            out.append(_m("traffic_anomaly", "app", None, source, f"{detail} ({cause})", state="masked"))
+        else:
+            out.append(_m("traffic_anomaly", "app", anomaly, source, detail,
+                          state="measured" if anomaly is not None else "unknown", scenario="performance"))
+    failures = traffic.auth_failures_per_minute
+    if failures is None:
+        out.append(_m("security_events", "auth", None, source, "failed-login count unavailable", state="gap"))
+    else:
+        detail = (f"{traffic.auth_failures} failed logins in {traffic.auth_window_s / 60:g} min "
+                  f"({failures:g}/min, brute force above {mon.auth_failures_per_minute:g}/min)")
+        if cause is not None:
+            out.append(_m("security_events", "auth", None, source, f"{detail} ({cause})", state="masked"))
+        else:
+            value = float(traffic.auth_failures or 0) if failures > mon.auth_failures_per_minute else 0.0
+            out.append(_m("security_events", "auth", value, source, detail, scenario="authentication"))
     return out
 
 
@@ -455,13 +544,16 @@ ERROR_RATE_RULE = "high_error_rate"
 # error-rate breach is that cause's symptom.
 ERROR_RATE_CAUSES = ("application_down", "database_unavailable", "authentication_failing",
                      "payment_processing_failed", "database_degradation")
+# Symptoms of those causes too: an outage changes the traffic and fails logins (users retrying, sessions lost).
+TRAFFIC_RULES = ("unusual_traffic", "security_event", "feature_usage_anomaly")
+SYMPTOM_RULES = (ERROR_RATE_RULE, *TRAFFIC_RULES)
 
 
 def _attribute(findings: list[Finding]) -> None:
     """Mask symptoms of a breached cause: one cause, one incident.
 
-    Slow responses while the database is degraded belong to database_degradation; a high error rate while any of
-    `ERROR_RATE_CAUSES` breaches belongs to that cause.
+    Slow responses while the database is degraded belong to database_degradation; a high error rate, unusual
+    traffic or a security event while any of `ERROR_RATE_CAUSES` breaches belongs to that cause.
     """
     breached = {f.rule for f in findings if f.breached}
     causes = [r for r in ERROR_RATE_CAUSES if r in breached]
@@ -469,13 +561,13 @@ def _attribute(findings: list[Finding]) -> None:
         if f.breached and f.rule == "slow_response_time" and "database_degradation" in breached:
             f.state = "masked"
             f.detail += " (attributed to database degradation)"
-        elif f.breached and f.rule == ERROR_RATE_RULE and causes:
+        elif f.breached and f.rule in SYMPTOM_RULES and causes:
             f.state = "masked"
             f.detail += f" (attributed to {causes[0]})"
 
 
 def attribute_to_open(findings: Iterable[Finding], open_fingerprints: Iterable[str]) -> None:
-    """Mask an error-rate breach while a monitor incident of one of its causes is open (its errors are in the window).
+    """Mask a symptom breach while a monitor incident of one of its causes is open (its errors are in the window).
 
     `open_fingerprints` are the fingerprints of the open incidents (`monitor:<rule>:<target>`).
     """
@@ -484,7 +576,7 @@ def attribute_to_open(findings: Iterable[Finding], open_fingerprints: Iterable[s
     if not open_causes:
         return
     for f in findings:
-        if f.breached and f.rule == ERROR_RATE_RULE:
+        if f.breached and f.rule in SYMPTOM_RULES:
             f.state = "masked"
             f.detail += f" (attributed to the open {open_causes[0]} incident)"
 
@@ -683,6 +775,15 @@ samples_t = Table(
     Column("up", Boolean, nullable=False),
 )
 
+rates_t = Table(
+    "monitor_rates",
+    monitor_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("metric", String(100), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("value", Float, nullable=False),
+)
+
 
 class MonitorStore:
     """The monitor's breach state and availability samples, on the incident store's database."""
@@ -742,6 +843,20 @@ class MonitorStore:
                 .where(and_(samples_t.c.target == target, samples_t.c.at >= since))
             )).one()
         return int(row[1]), int(row[0])
+
+    async def add_rate(self, metric: str, value: float, at: datetime | None = None) -> None:
+        """Record one cycle's value of a metric (the request rate the traffic baseline is learned from)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(rates_t).values(metric=metric, at=at or utcnow(), value=float(value)))
+
+    async def rates(self, metric: str, window: timedelta, now: datetime | None = None) -> list[float]:
+        """Return a metric's values in the window, oldest first; prune values older than it."""
+        since = (now or utcnow()) - window
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(rates_t).where(and_(rates_t.c.metric == metric, rates_t.c.at < since)))
+            rows = (await conn.execute(select(rates_t.c.value).where(
+                and_(rates_t.c.metric == metric, rates_t.c.at >= since)).order_by(rates_t.c.at, rates_t.c.id))).all()
+        return [float(v) for (v,) in rows]
 
 
 @asynccontextmanager

@@ -194,6 +194,26 @@ class Monitoring(_Table):
     uptime_window_hours: float = Field(24 * 30, gt=0)
     stripe_window_minutes: float = Field(60, gt=0)
     sentry_window_minutes: float = Field(15, gt=0)
+    traffic_window_minutes: float = Field(
+        5, gt=0, description="unusual_traffic: window of Sentry's transaction count giving the request rate per minute")
+    traffic_baseline_hours: float = Field(
+        24, gt=0, description="unusual_traffic: history of per-cycle request rates the baseline (median) is taken from")
+    traffic_baseline_min_samples: int = Field(
+        30, ge=1, description="unusual_traffic: samples the baseline needs before the rate is judged")
+    traffic_anomaly_factor: float = Field(
+        3.0, gt=1, description="unusual_traffic: a rate above factor x or below 1/factor of the baseline is anomalous")
+    traffic_min_rate_per_minute: float = Field(
+        1.0, ge=0, description="unusual_traffic: baselines below this rate are raised to it (a quiet night is no "
+                               "baseline for a drop, and a few requests after it are no spike)")
+    auth_endpoint: str = Field(
+        "/api/auth/profile", description="security_event: the transaction name of the authentication endpoint")
+    auth_failure_statuses: list[int] = Field(
+        default_factory=lambda: [401, 403], description="security_event: statuses that count as failed logins")
+    auth_failure_window_minutes: float = Field(
+        1, gt=0, description="security_event: window of failed logins counted per cycle")
+    auth_failures_per_minute: float = Field(
+        30, ge=0, description="security_event: failed logins per minute above this are a brute-force pattern "
+                              "(the monitor's own auth probe adds one per cycle)")
 
 
 class Escalation(_Table):

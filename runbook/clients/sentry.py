@@ -1,7 +1,9 @@
 """Sentry: error count, request count and error rate over a window, and the error time series (Discover events API).
 
 The request count is the `transactions` dataset's count(), which exists only when the organisation has performance
-monitoring: a 4xx for that dataset means "request count unavailable" (None), not a failure.
+monitoring: a 4xx for that dataset means "request count unavailable" (None), not a failure. `traffic()` reads the
+request count and the failed logins (transactions of the auth endpoint answered 401/403, a Discover `query`); a
+vendor that rejects the query leaves that count None (unavailable), never an error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,30 @@ class ErrorRate(BaseModel):
     per_minute: float
     requests: int | None = None
     percent_of_requests: float | None = None
+
+
+class Traffic(BaseModel):
+    """Requests served (transactions) and failed logins over their windows; None when Sentry cannot count them."""
+
+    requests: int | None
+    window_s: int
+    auth_failures: int | None
+    auth_window_s: int
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        """Return the request rate per minute over the window."""
+        return None if self.requests is None else round(self.requests / (self.window_s / 60), 3)
+
+    @property
+    def auth_failures_per_minute(self) -> float | None:
+        """Return the failed logins per minute over the auth window."""
+        return None if self.auth_failures is None else round(self.auth_failures / (self.auth_window_s / 60), 3)
+
+
+def _search_value(value: str) -> str:
+    """Quote a Discover search value when it holds characters the search syntax treats specially."""
+    return f'"{value}"' if any(c in value for c in ' :"[],') else value
 
 
 class SeriesPoint(BaseModel):
@@ -89,14 +115,14 @@ class SentryClient(BaseClient):
         )
         return cls(http, settings.sentry_org or "", settings.sentry_project or "")
 
-    async def _count(self, dataset: str, window: timedelta | int | str, operation: str) -> int:
+    async def _count(self, dataset: str, window: timedelta | int | str, operation: str, query: str | None = None
+                     ) -> int:
         period, _ = stats_period(window)
+        params = {"dataset": dataset, "field": "count()", "project": self.project, "statsPeriod": period}
+        if query:
+            params["query"] = query
         body = await self.http.json(
-            "GET",
-            f"/api/0/organizations/{self.org}/events/",
-            operation=operation,
-            params={"dataset": dataset, "field": "count()", "project": self.project, "statsPeriod": period},
-        )
+            "GET", f"/api/0/organizations/{self.org}/events/", operation=operation, params=params)
         rows = body.get("data", []) if isinstance(body, dict) else []
         return int(rows[0].get("count()", 0) or 0) if rows and isinstance(rows[0], dict) else 0
 
@@ -110,6 +136,31 @@ class SentryClient(BaseClient):
             return await self._count("transactions", window, "count requests")
         except (AuthError, RequestRejected):  # no performance monitoring (or no access to it): no request count
             return None
+
+    async def auth_failure_count(self, window: timedelta | int | str = "1m", *, endpoint: str = "/api/auth/profile",
+                                 statuses: tuple[int, ...] | list[int] = (401, 403)) -> int | None:
+        """Return the transactions of the auth endpoint answered with one of `statuses`; None when unavailable.
+
+        A query Sentry rejects (no performance monitoring, a search it does not support, no access) is an
+        unavailable count, not a failure.
+        """
+        codes = ",".join(str(int(c)) for c in statuses)
+        query = f"transaction:{_search_value(endpoint)} http.status_code:[{codes}]"
+        try:
+            return await self._count("transactions", window, "count failed logins", query)
+        except (AuthError, RequestRejected):
+            return None
+
+    async def traffic(self, window: timedelta | int | str = "5m", *, auth_window: timedelta | int | str = "1m",
+                      endpoint: str = "/api/auth/profile",
+                      statuses: tuple[int, ...] | list[int] = (401, 403)) -> Traffic:
+        """Return the requests served over `window` and the failed logins over `auth_window`."""
+        _, seconds = stats_period(window)
+        _, auth_seconds = stats_period(auth_window)
+        requests, failures = await asyncio.gather(
+            self.request_count(window),
+            self.auth_failure_count(auth_window, endpoint=endpoint, statuses=statuses))
+        return Traffic(requests=requests, window_s=seconds, auth_failures=failures, auth_window_s=auth_seconds)
 
     async def error_rate(self, window: timedelta | int | str = "15m", *, requests: int | None = None) -> ErrorRate:
         """Return the error count, errors per minute and errors as % of requests (Sentry's request count if not given).

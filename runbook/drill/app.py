@@ -91,6 +91,7 @@ class PermitSchoolApp(StandIn):
                 dep = self.vercel.production()
                 self.sentry.capture_transaction(request.url.path, release=dep.meta.get("githubCommitSha"),
                                                 tags={"deployment": dep.id, "status_code": str(status),
+                                                      "http.status_code": str(status),
                                                       "http.method": request.method})
 
         return traced
@@ -113,7 +114,8 @@ class PermitSchoolApp(StandIn):
 
     def _report(self, dep: Deployment, request: Request, status: int, title: str) -> None:
         self.sentry.capture(title, release=dep.meta.get("githubCommitSha"), transaction=request.url.path,
-                            tags={"deployment": dep.id, "status_code": str(status), "runtime": "node"})
+                            tags={"deployment": dep.id, "status_code": str(status),
+                                                      "http.status_code": str(status), "runtime": "node"})
 
     def _fail(self, dep: Deployment, request: Request, status: int, title: str, body: dict[str, Any]) -> Response:
         self._report(dep, request, status, title)

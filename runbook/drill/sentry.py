@@ -5,6 +5,9 @@
     GET /api/0/organizations/{org}/events/?dataset=transactions&field=count()&project=<id>&statsPeriod=15m
         → the same shape, counting transactions (requests served); 400 when `performance` is off, like an
           organisation without performance monitoring
+    …&query=transaction:/api/auth/profile http.status_code:[401,403]
+        → only the events matching every `key:value` / `key:"quoted value"` / `key:[a,b]` term (a field or tag);
+          400 "Invalid query" for any other search syntax
     GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
         → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n}, …], "meta": {…}}]}
 """
@@ -25,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from runbook.drill.standin import StandIn, bearer, iso, json_response
 
 _PERIOD = re.compile(r"^(\d+)([smhdw])$")
+_TERM = re.compile(r'\s*([A-Za-z0-9_.\-]+):("(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s"\[\]]+)\s*')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -32,6 +36,27 @@ def parse_period(text: str) -> float | None:
     """Return a Sentry statsPeriod ('15m', '24h', '14d') in seconds, or None when malformed."""
     m = _PERIOD.match(text.strip())
     return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def parse_query(text: str) -> list[tuple[str, set[str]]] | None:
+    """Return a Discover search as (key, accepted values) terms, all of which must match; None when unsupported."""
+    terms: list[tuple[str, set[str]]] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TERM.match(text, pos)
+        if m is None or m.end() == pos:
+            return None
+        key, raw = m.group(1), m.group(2)
+        if raw.startswith("["):
+            values = {v.strip().strip('"') for v in raw[1:-1].split(",") if v.strip()}
+        elif raw.startswith('"'):
+            values = {raw[1:-1].replace('\\"', '"')}
+        else:
+            values = {raw}
+        terms.append((key, values))
+        pos = m.end()
+    return terms
 
 
 @dataclass
@@ -52,6 +77,16 @@ class SentryEvent:
         return {"title": self.title, "level": self.level, "release": self.release, "id": self.id,
                 "environment": self.environment, "transaction": self.transaction,
                 "timestamp": iso(self.timestamp)}.get(name, self.tags.get(name))
+
+    def matches(self, terms: list[tuple[str, set[str]]]) -> bool:
+        """Return True when every search term accepts this event's field or tag value."""
+        for key, values in terms:
+            value = self.field_value(key)
+            if value is None and key == "http.status_code":
+                value = self.tags.get("status_code")
+            if value is None or str(value) not in values:
+                return False
+        return True
 
 
 class SentryStandIn(StandIn):
@@ -137,10 +172,13 @@ class SentryStandIn(StandIn):
         if projects and not projects & {self.project_id, self.project_slug, "-1"}:
             return json_response({"detail": "You do not have permission to perform this action."}, 403)
         env = q.get("environment")
+        terms = parse_query(q.get("query", ""))
+        if terms is None:
+            return json_response({"detail": "Invalid query. Parse error: unsupported search syntax"}, 400)
         with self._lock:
             pool = self.transactions if dataset == "transactions" else self.events
             return [e for e in pool
-                    if start <= e.timestamp <= end and (env is None or e.environment == env)]
+                    if start <= e.timestamp <= end and (env is None or e.environment == env) and e.matches(terms)]
 
     def routes(self) -> list[BaseRoute]:
         """Return the Sentry routes."""

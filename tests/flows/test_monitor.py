@@ -219,3 +219,54 @@ async def test_uptime_counts_failed_cycles(drill_env: DrillStack, monkeypatch: p
     inject(drill_env, monkeypatch, "bad-deploy")
     result = await run()
     assert result.uptime_pct == 50.0 and result.uptime_samples == 2 and result.uptime_ok is False
+
+
+async def failed_logins(stack: DrillStack, attempts: int = 60) -> list[int]:
+    """Try to log in with a bad token again and again (a brute-force pattern); return the statuses."""
+    async with httpx.AsyncClient(base_url=stack.urls["app"], timeout=10) as http:
+        headers = {"Authorization": "Bearer not-a-valid-session-token"}
+        return [(await http.post("/api/auth/profile", headers=headers)).status_code for _ in range(attempts)]
+
+
+async def test_failed_login_burst_raises_a_security_event(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A burst of failed logins above the policy's per-minute threshold opens one P2 security_event incident."""
+    use_policy(tmp_path, monkeypatch, monitoring={"auth_failures_per_minute": 20})
+    assert set(await failed_logins(drill_env)) == {401}
+    result = await run(cycles=2)
+    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("security_event", "auth", "P2")]
+    (incident,) = await incidents()
+    assert incident.severity is Severity.P2 and incident.fingerprint == "monitor:security_event:auth"
+    rows = {(r["metric"], r["target"]): r for r in result.cycles[-1].rows}
+    assert float(rows[("security_events", "auth")]["value"]) >= 60 and rows[("auth_up", "auth")]["state"] == "ok"
+
+
+async def test_traffic_spike_after_a_baseline_raises_unusual_traffic(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Steady traffic teaches the baseline; a request rate far above it then opens one P2 unusual_traffic incident."""
+    use_policy(tmp_path, monkeypatch, monitoring={"traffic_window_minutes": 1, "traffic_baseline_min_samples": 3})
+    await traffic(drill_env, 40)
+    learning = await run(cycles=3)
+    assert learning.declared == [], [c.breaches for c in learning.cycles]
+    await traffic(drill_env, 400)
+    result = await run(cycles=2)
+    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("unusual_traffic", "app", "P2")]
+    (incident,) = await incidents()
+    assert incident.severity is Severity.P2 and incident.fingerprint == "monitor:unusual_traffic:app"
+
+
+async def test_outage_raises_no_traffic_or_security_incident(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An auth outage fails every login: that is authentication_failing alone, not a security event or a traffic one."""
+    use_policy(tmp_path, monkeypatch, monitoring={"auth_failures_per_minute": 5, "traffic_window_minutes": 1,
+                                                 "traffic_baseline_min_samples": 3})
+    await traffic(drill_env, 40)
+    await run(cycles=3)
+    inject(drill_env, monkeypatch, "auth-outage")
+    await failed_logins(drill_env, 30)
+    await traffic(drill_env, 400)
+    result = await run(cycles=2)
+    assert [d.rule for d in result.declared] == ["authentication_failing"]

@@ -12,7 +12,7 @@ import pytest
 from runbook.clients.app import AppHealth, AuthProbe
 from runbook.clients.health import VendorStatus
 from runbook.clients.openai import OpenAILiveness
-from runbook.clients.sentry import ErrorRate
+from runbook.clients.sentry import ErrorRate, Traffic
 from runbook.clients.stripe import FailedEvent
 from runbook.clients.supabase import DatabaseHealth, LongQuery, RowCount
 from runbook.errors import AuthError, NotConfigured, RequestRejected, TransientError
@@ -32,9 +32,10 @@ from runbook.monitoring import (
     measure,
     open_monitor_store,
     probe_failure,
+    traffic_anomaly,
     uptime_pct,
 )
-from runbook.policy import Policy, load_policy
+from runbook.policy import Monitoring, Policy, load_policy
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 CHECKS_OK = {name: {"status": "healthy", "latency_ms": 3.0} for name in ("database", "auth", "config", "openai")}
@@ -363,7 +364,7 @@ def test_gap_measurement_neither_breaches_nor_clears() -> None:
 
 def _run(states: list[str], n: int = 2) -> list[str]:
     state: BreachState | None = None
-    actions = []
+    actions: list[str] = []
     for s in states:
         step = advance(state, _finding(s), n, NOW)
         if step.action == "declare":
@@ -446,3 +447,94 @@ async def test_monitor_store_keeps_state_and_prunes_old_samples(tmp_path: Path) 
         counts = await store.uptime("app", timedelta(hours=1), NOW)
     assert list(states) == ["application_down:app"] and states["application_down:app"].consecutive == 2
     assert counts == (2, 2)
+
+
+# -- traffic and failed logins ----------------------------------------------------------------------------------
+
+MON = Monitoring(traffic_baseline_min_samples=3, traffic_anomaly_factor=3, traffic_min_rate_per_minute=1,
+                 auth_failures_per_minute=10)
+
+
+def _traffic(requests: int | None = 50, failures: int | None = 1) -> Traffic:
+    return Traffic(requests=requests, window_s=60, auth_failures=failures, auth_window_s=60)
+
+
+def _rules(*names: str) -> list[Any]:
+    return [r for r in Policy().alert_rules if r.name in names]
+
+
+def test_traffic_anomaly_needs_a_baseline_then_judges_both_ways() -> None:
+    """No judgement before the minimum samples; above factor x or below 1/factor of the median is anomalous."""
+    assert traffic_anomaly(500, [50, 50], MON)[0] is None
+    history = [40, 60, 50]  # median 50
+    assert traffic_anomaly(150, history, MON)[0] == 0.0
+    assert traffic_anomaly(151, history, MON)[0] == 1.0
+    assert traffic_anomaly(17, history, MON)[0] == 0.0
+    assert traffic_anomaly(16, history, MON)[0] == 1.0
+    # A quiet baseline is raised to the minimum rate: a few requests are no spike, no traffic is no drop.
+    assert traffic_anomaly(2, [0.1, 0.2, 0.1], MON)[0] == 0.0
+    assert traffic_anomaly(0, [0.1, 0.2, 0.1], MON)[0] == 0.0
+    assert traffic_anomaly(4, [0.1, 0.2, 0.1], MON)[0] == 1.0
+
+
+def test_traffic_spike_breaches_unusual_traffic() -> None:
+    """A request rate far above the learned baseline breaches unusual_traffic; a normal rate does not."""
+    rules = _rules("unusual_traffic")
+    spike = measure(_probes(traffic=_traffic(requests=300)), monitoring=MON, rate_history=[50, 45, 55])
+    normal = measure(_probes(traffic=_traffic(requests=60)), monitoring=MON, rate_history=[50, 45, 55])
+    assert [f.state for f in evaluate(rules, spike)] == ["breach"]
+    assert [f.state for f in evaluate(rules, normal)] == ["ok"]
+    learning = _by_key(measure(_probes(traffic=_traffic(requests=300)), monitoring=MON, rate_history=[50]))
+    assert learning["traffic_anomaly:app"].state == "unknown"
+    assert learning["request_rate_per_minute:app"].value == 300.0
+
+
+def test_failed_login_burst_breaches_security_event() -> None:
+    """Failed logins per minute above the policy's threshold set security_events to their count."""
+    rules = _rules("security_event")
+    burst = _by_key(measure(_probes(traffic=_traffic(failures=40)), monitoring=MON))
+    assert burst["security_events:auth"].value == 40.0
+    assert [f.state for f in evaluate(rules, burst.values())] == ["breach"]
+    quiet = measure(_probes(traffic=_traffic(failures=10)), monitoring=MON)
+    assert [f.state for f in evaluate(rules, quiet)] == ["ok"]
+
+
+def test_uncountable_traffic_is_a_gap_not_a_failure() -> None:
+    """A rejected query (None) or a failed probe is a gap of sentry, never a breach."""
+    m = measure(_probes(traffic=_traffic(requests=None, failures=None)), monitoring=MON, rate_history=[1, 2, 3])
+    findings = evaluate(_rules("unusual_traffic", "security_event"), m)
+    assert {f.state for f in findings} == {"gap"}
+    assert set(gap_sources(m)) == {"sentry"}
+    failed = measure(_probes(traffic=_fail("unreachable", "refused")), monitoring=MON)
+    assert {x.state for x in failed if x.metric in ("traffic_anomaly", "security_events")} == {"gap"}
+
+
+@pytest.mark.parametrize("over", [
+    {"health": _fail("unreachable")},
+    {"health": _health(503, database=_bad("database"))},
+    {"health": _health(503, auth=_bad("auth"))},
+])
+def test_outages_mask_traffic_and_security_events(over: dict[str, Any]) -> None:
+    """An app, database or auth outage changes the traffic and fails logins: both are masked, not declared."""
+    m = measure(_probes(traffic=_traffic(requests=1000, failures=500), **over), monitoring=MON,
+                rate_history=[50, 50, 50])
+    findings = evaluate(_rules("unusual_traffic", "security_event"), m)
+    assert {f.state for f in findings} == {"masked"}, [(f.rule, f.state, f.detail) for f in findings]
+
+
+def test_traffic_symptoms_are_attributed_to_a_breached_or_open_cause() -> None:
+    """unusual_traffic / security_event breaching beside a breached cause, or with its incident open, are masked."""
+    m = measure(_probes(traffic=_traffic(requests=1000, failures=500),
+                        stripe=[FailedEvent(id="evt_1", type="checkout.session.completed", created=NOW,
+                                            pending_webhooks=1)]),
+                monitoring=MON, rate_history=[50, 50, 50])
+    findings = evaluate(Policy().alert_rules, m)
+    states = {f.rule: f.state for f in findings}
+    assert states["payment_processing_failed"] == "breach"
+    assert states["unusual_traffic"] == states["security_event"] == "masked"
+    alone = evaluate(_rules("unusual_traffic", "security_event"),
+                     measure(_probes(traffic=_traffic(requests=1000, failures=500)), monitoring=MON,
+                             rate_history=[50, 50, 50]))
+    assert {f.state for f in alone} == {"breach"}
+    attribute_to_open(alone, ["monitor:database_unavailable:database"])
+    assert {f.state for f in alone} == {"masked"}

@@ -283,6 +283,29 @@ async def test_sentry_request_count_unavailable_is_none(drill: DrillStack, setti
     assert len([r for r in drill.sentry.requests if r.query.get("dataset") == "transactions"]) == 2
 
 
+async def test_sentry_traffic_counts_requests_and_failed_logins(drill: DrillStack, settings: Settings) -> None:
+    """traffic() counts the requests served and the 401/403 transactions of the auth endpoint (a Discover query)."""
+    drill.sentry.reset()
+    async with httpx.AsyncClient(base_url=drill.urls["app"]) as http:
+        for _ in range(5):
+            await http.get("/")
+        for _ in range(3):
+            await http.post("/api/auth/profile", headers={"Authorization": "Bearer wrong"})
+    async with SentryClient.from_settings(settings) as sentry:
+        traffic = await sentry.traffic("5m", auth_window="1m")
+    assert (traffic.requests, traffic.auth_failures) == (8, 3)
+    assert (traffic.requests_per_minute, traffic.auth_failures_per_minute) == (1.6, 3.0)
+
+
+async def test_sentry_traffic_rejected_query_is_unavailable(drill: DrillStack, settings: Settings) -> None:
+    """A vendor that rejects the transactions query leaves both counts None (a monitoring gap), never an error."""
+    drill.sentry.reset()
+    drill.sentry.performance = False
+    async with SentryClient.from_settings(settings) as sentry:
+        traffic = await sentry.traffic("5m", auth_window="1m")
+    assert (traffic.requests, traffic.auth_failures) == (None, None)
+
+
 async def test_statuspage_incident_lifecycle_and_component(drill: DrillStack, settings: Settings) -> None:
     """An incident is created (id kept), updated through the states, and a component is patched."""
     async with StatuspageClient.from_settings(settings) as page:

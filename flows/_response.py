@@ -17,9 +17,8 @@ from flows.verification import Verification, VerifyParams, verify_service
 from runbook.errors import IntegrationError
 from runbook.models import Diagnosis, EventKind, Incident, Severity, Status
 from runbook.policy import get_policy
-from runbook.store import open_store
 from tasks.health import check_app_health
-from tasks.incident import record, transition_status
+from tasks.incident import read_incident, record, transition_status
 from tasks.pagerduty import resolve_pages
 from tasks.sentry import read_error_rate
 from tasks.slack import post_slack_message
@@ -27,12 +26,6 @@ from tasks.statuspage import post_status_update
 from tasks.supabase import check_database_connectivity, check_database_health, check_project_health, check_rest_count
 
 VERIFY_SCENARIOS = {"database", "authentication", "payment", "performance", "configuration"}
-
-
-async def read_incident(incident_id: str) -> Incident:
-    """Return the current incident record."""
-    async with open_store() as store:
-        return await store.get(incident_id)
 
 
 async def _guarded(label: str, coro: Any) -> tuple[Any, str | None]:

@@ -24,7 +24,7 @@ from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
-from tasks.incident import record
+from tasks.incident import read_incident, record
 from tasks.pagerduty import acknowledge_pages, page_contact
 from tasks.slack import post_slack_message
 
@@ -53,11 +53,6 @@ class EscalationOutcome(BaseModel):
     via: str
     pages: list[str] = Field(default_factory=list)
     sla_missed: bool = False
-
-
-async def _read(incident_id: str) -> Incident:
-    async with open_store() as store:
-        return await store.get(incident_id)
 
 
 async def _resume_when_paused(run_id: str, current: Incident, resumed: asyncio.Event) -> None:
@@ -108,7 +103,7 @@ async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: 
                  resumed: asyncio.Event) -> bool:
     """Wait until `until` (None: until stopped); return True when acknowledged, closed or stopped meanwhile."""
     while not stop.is_set():
-        current = await _read(incident_id)
+        current = await read_incident(incident_id)
         if current.acknowledged_at is not None or not current.status.is_open:
             stop.set()
             if run_id:
@@ -129,7 +124,7 @@ def _run_name() -> str:
 @flow(name="escalate-incident", flow_run_name=_run_name)
 async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     """Page the escalation chain over time until someone acknowledges the incident."""
-    incident = await _read(params.incident_id)
+    incident = await read_incident(params.incident_id)
     outcome = EscalationOutcome(incident_id=incident.id, acknowledged_by=incident.acknowledged_by, via="store")
     if incident.acknowledged_at is not None:
         return outcome

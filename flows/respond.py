@@ -26,7 +26,6 @@ from flows._response import (
     mark_identified,
     mark_monitoring,
     monitor_until_stable,
-    read_incident,
     remediate,
     resolve,
     run_diagnosis,
@@ -37,6 +36,7 @@ from runbook.models import INCIDENT_ID_PATTERN, ActionItem, Diagnosis, Incident,
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import run_parameter
+from tasks.incident import read_incident
 from tasks.pagerduty import page_contact
 from tasks.slack import post_slack_message
 

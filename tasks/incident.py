@@ -29,6 +29,12 @@ async def record(
         )
 
 
+async def read_incident(incident_id: str) -> Incident:
+    """Return the current incident record (plain function: flows poll it without a task run each time)."""
+    async with open_store() as store:
+        return await store.get(incident_id)
+
+
 @task(name="record_event", retries=0, cache_policy=NO_CACHE)
 async def record_event(
     incident_id: str, kind: str, summary: str, details: dict[str, Any] | None = None, actor: str = "runbook"
@@ -54,8 +60,7 @@ async def store_invalid_alert(raw: dict[str, Any], error: str) -> int:
 @task(name="get_incident", retries=0, cache_policy=NO_CACHE)
 async def get_incident(incident_id: str) -> Incident:
     """Read the incident record."""
-    async with open_store() as store:
-        return await store.get(incident_id)
+    return await read_incident(incident_id)
 
 
 @task(name="transition_status", retries=0, cache_policy=NO_CACHE)

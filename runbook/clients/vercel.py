@@ -238,28 +238,21 @@ class VercelClient(BaseClient):
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
         """Roll production back to a deployment and wait for the alias job to finish (or raise on timeout)."""
-        _check_id(deployment_id)
-        await self.http.request(
-            "POST",
-            f"/v9/projects/{self.project_id}/rollback/{deployment_id}",
-            operation="rollback",
-            idempotent=True,
-            json={},
-        )
-        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval)
+        return await self._alias_change("rollback", f"/v9/projects/{self.project_id}/rollback", deployment_id,
+                                        timeout, poll_interval)
 
     async def promote(
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
         """Promote a deployment to production (201 started / 202 queued) and wait for the alias job."""
+        return await self._alias_change("promote", f"/v10/projects/{self.project_id}/promote", deployment_id,
+                                        timeout, poll_interval)
+
+    async def _alias_change(
+        self, operation: str, path: str, deployment_id: str, timeout: float, poll_interval: float | None
+    ) -> AliasJob:
         _check_id(deployment_id)
-        await self.http.request(
-            "POST",
-            f"/v10/projects/{self.project_id}/promote/{deployment_id}",
-            operation="promote",
-            idempotent=True,
-            json={},
-        )
+        await self.http.request("POST", f"{path}/{deployment_id}", operation=operation, idempotent=True, json={})
         return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval)
 
     async def wait_alias(

@@ -3,13 +3,14 @@ declare an incident when a breach holds for N consecutive cycles, note recoverie
 
 Each cycle probes concurrently (each probe bounded by the policy's probe timeout): /api/health, the auth endpoint,
 Supabase REST count, the database's health, Stripe's undelivered webhook events, Sentry's error rate (errors as %
-of its transactions), Sentry's request rate and failed logins (unusual_traffic against a baseline learned from
-earlier cycles' rates, security_event above the policy's failed logins per minute), OpenAI and the vendors' status
-pages. `runbook.monitoring` turns the results into
-measurements and findings and keeps the breach state between runs; this flow acts on it: a Prefect event per breach
-(`runbook.monitor.<rule>.<target>`), a declaration through declare-incident (fingerprint `monitor:<rule>:<target>`,
-so a continuing breach attaches to the open incident), RECOVERY_OBSERVED on the incident's timeline once the breach
-clears, and a table artifact `monitor-cycle` per cycle. A probe that fails is a monitoring gap: shown, warned about
+of its transactions), Sentry's request rate, requests per route and failed logins (unusual_traffic against a
+baseline learned from earlier cycles' rates, feature_usage_anomaly: each route's share against its usual share,
+security_event above the policy's failed logins per minute), OpenAI and the vendors' status pages.
+`runbook.monitoring` turns the results into measurements and findings and keeps the breach state between runs;
+this flow acts on it: a Prefect event per breach (`runbook.monitor.<rule>.<target>`), a declaration through
+declare-incident (fingerprint `monitor:<rule>:<target>`, so a continuing breach attaches to the open incident),
+RECOVERY_OBSERVED on the incident's timeline once the breach clears, and a table artifact `monitor-cycle` per
+cycle. A probe that fails is a monitoring gap: shown, warned about
 when it persists, never declared as an outage of the app.
 """
 
@@ -31,6 +32,8 @@ from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
     ERROR_RATE_CAUSES,
+    FEATURE_CAUSES,
+    FEATURE_SHARE,
     GAP_RULE,
     REQUEST_RATE,
     SYMPTOM_RULES,
@@ -43,6 +46,7 @@ from runbook.monitoring import (
     advance_gaps,
     attribute_to_open,
     available,
+    baseline_samples,
     cycle_rows,
     evaluate,
     gap_sources,
@@ -242,10 +246,12 @@ async def _act(steps: list[Step], params: MonitorParams, environment: str
 
 
 async def _attribute_symptoms(findings: list[Finding]) -> None:
-    """Mask a symptom breach (error rate, traffic, security) while a monitor incident of one of its causes is open."""
+    """Mask a symptom breach (error rate, traffic, security, feature usage) while a monitor incident of one of its
+    causes is open."""
     if not any(f.breached and f.rule in SYMPTOM_RULES for f in findings):
         return
-    candidates = {f"monitor:{f.rule}:{f.target}" for f in findings if f.rule in ERROR_RATE_CAUSES}
+    causes = set(ERROR_RATE_CAUSES) | set(FEATURE_CAUSES)
+    candidates = {f"monitor:{f.rule}:{f.target}" for f in findings if f.rule in causes}
     async with open_store() as store:
         still_open = [fp for fp in sorted(candidates) if await store.find_open(fp) is not None]
     attribute_to_open(findings, still_open)
@@ -258,8 +264,10 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     probes = await probe_all(policy)
     now = utcnow()
     mon = policy.monitoring
-    history = await mstore.rates(REQUEST_RATE, timedelta(hours=mon.traffic_baseline_hours), now)
-    measurements = measure(probes, monitoring=mon, rate_history=history)
+    baseline_window = timedelta(hours=mon.traffic_baseline_hours)
+    history = await mstore.rates(REQUEST_RATE, baseline_window, now)
+    route_history = await mstore.rates_by_prefix(FEATURE_SHARE, baseline_window, now)
+    measurements = measure(probes, monitoring=mon, rate_history=history, route_history=route_history)
     findings = evaluate(policy.alert_rules, measurements)
     await _attribute_symptoms(findings)
     gaps = gap_sources(measurements)
@@ -281,12 +289,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
         elif gs.gap_cycles:
             log.info("monitoring gap: %s (%d cycle(s)): %s", gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
 
-    # The request rate joins the baseline unless an outage masks it (an outage's traffic is no normal); a spike
-    # does join it, so that a lasting change becomes the new normal once it fills half the baseline window.
-    rate = next((m for m in measurements if m.metric == REQUEST_RATE and m.state == "measured"), None)
-    judged = next((f for f in findings if f.metric == "traffic_anomaly"), None)
-    if rate is not None and rate.value is not None and (judged is None or judged.state != "masked"):
-        await mstore.add_rate(REQUEST_RATE, rate.value, now)
+    await mstore.add_rates(baseline_samples(probes, measurements, findings, mon, route_history), now)
 
     up = available(probes)
     if up is not None:

@@ -25,6 +25,13 @@ Attribution (which rule a symptom belongs to), so that one cause opens one incid
   masked while the app, the database or auth is down or in maintenance (an outage changes the traffic and fails
   logins), while a cause rule breaches, and while such a cause's monitor incident is open; a request rate taken
   while masked is not kept for the baseline;
+- feature_usage_anomaly (feature_anomaly, target `features`): each busy route's share of the requests (Sentry's
+  transactions grouped by name) against the median of its earlier shares (`monitor_rates`, `feature_share:<route>`);
+  a route whose share rose above factor x or fell below 1/factor of its usual share counts, the value being how
+  many did. Judged from the policy's minimum of requests in the window and for routes with a usual share worth
+  judging; masked like the traffic rules, and also while unusual_traffic, security_event or high_error_rate
+  breaches or has its incident open (a flood on one route or users retrying a failing one shift the mix too).
+  Shares are proportions, so a change of the total traffic alone does not move them;
 - third_party_down per vendor from our own OpenAI liveness probe and the vendors' status pages (the app's own
   OpenAI check only when our probe cannot run).
 A probe that itself fails (NotConfigured, the monitor cannot reach Sentry / Stripe / a status page) is a GAP: the
@@ -34,14 +41,15 @@ State between runs (the monitor runs every minute as separate flow runs) lives i
 the incident store's engine (SQLite file by default, Postgres in production, so several workers share it):
 `monitor_breaches` (the breach state per rule and target), `monitor_samples` (availability per cycle, for uptime
 over the policy's rolling window; older samples are pruned) and `monitor_rates` (a measured value per cycle, such as
-the request rate the traffic baseline is learned from; pruned after the policy's baseline window).
+the request rate and the route shares the traffic baselines are learned from; pruned after the policy's baseline
+window).
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -66,7 +74,7 @@ from sqlalchemy import (
 from runbook.clients.app import AppHealth, AuthProbe
 from runbook.clients.health import VendorStatus
 from runbook.clients.openai import OpenAILiveness
-from runbook.clients.sentry import ErrorRate, Traffic
+from runbook.clients.sentry import ErrorRate, RouteCounts, Traffic
 from runbook.clients.stripe import FailedEvent
 from runbook.clients.supabase import DatabaseHealth, LongQuery, RowCount
 from runbook.errors import AuthError, IntegrationError, NotConfigured, RateLimited, RequestRejected
@@ -213,12 +221,13 @@ def _database(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> tuple[float 
     return _evidence(evidence)
 
 
-def measure(p: CycleProbes, *, monitoring: Monitoring | None = None, rate_history: Sequence[float] = ()
-            ) -> list[Measurement]:
+def measure(p: CycleProbes, *, monitoring: Monitoring | None = None, rate_history: Sequence[float] = (),
+            route_history: Mapping[str, Sequence[float]] | None = None) -> list[Measurement]:
     """Turn one cycle's probe results into measurements, attributing each symptom to one cause.
 
-    `rate_history` holds earlier cycles' request rates (the unusual-traffic baseline); `monitoring` the policy's
-    traffic and failed-login parameters (its defaults when None).
+    `rate_history` holds earlier cycles' request rates (the unusual-traffic baseline), `route_history` each
+    route's earlier shares of the requests (the feature-usage baselines); `monitoring` the policy's traffic,
+    feature and failed-login parameters (its defaults when None).
     """
     out: list[Measurement] = []
     health = p.health
@@ -341,6 +350,7 @@ def measure(p: CycleProbes, *, monitoring: Monitoring | None = None, rate_histor
     # traffic and failed logins (Sentry transactions)
     if p.traffic is not None:
         out.extend(traffic_measurements(p.traffic, monitoring or Monitoring(), rate_history, cause))
+        out.append(feature_measurement(p.traffic, monitoring or Monitoring(), route_history or {}, cause))
 
     # third parties
     out.extend(_third_parties(p, checks))
@@ -413,6 +423,113 @@ def traffic_measurements(traffic: Traffic | ProbeFailure, mon: Monitoring, histo
         else:
             value = float(traffic.auth_failures or 0) if failures > mon.auth_failures_per_minute else 0.0
             out.append(_m("security_events", "auth", value, source, detail, scenario="authentication"))
+    return out
+
+
+FEATURE_SHARE = "feature_share:"  # `monitor_rates` metric prefix: a route's share of the requests (%) per cycle
+FEATURE_METRIC = "feature_anomaly"
+FEATURE_TARGET = "features"
+MAX_ROUTE_NAME = 280  # longer transaction names are no route of ours (and would not fit the rates table's key)
+
+
+def feature_shares(routes: RouteCounts, mon: Monitoring, history: Mapping[str, Sequence[float]]
+                   ) -> tuple[dict[str, float], int]:
+    """Return each tracked route's share of the requests (%) this window, and the requests of all feature routes.
+
+    Tracked are the policy's `feature_max_routes` busiest routes, by their share now or their usual (median)
+    share, so a route that stopped being used stays tracked while its baseline lasts: when Sentry listed every
+    route, its share is 0; when the page was full, a route not on it is not known and not tracked this cycle.
+    Excluded routes (the probes') and over-long names are no feature.
+    """
+    excluded = set(mon.feature_exclude_routes)
+    counts = {r: n for r, n in routes.counts.items() if r not in excluded and len(r) <= MAX_ROUTE_NAME}
+    total = sum(counts.values())
+    if total <= 0:
+        return {}, 0
+    usual = {r: float(statistics.median(v)) for r, v in history.items() if v and r not in excluded}
+    candidates = set(counts) | (set(usual) if routes.complete else set())
+
+    def share(route: str) -> float:
+        return round(100.0 * counts.get(route, 0) / total, 3)
+
+    ranked = sorted(candidates, key=lambda r: (-max(share(r), usual.get(r, 0.0)), r))
+    return {r: share(r) for r in ranked[:mon.feature_max_routes]}, total
+
+
+def feature_anomaly(shares: Mapping[str, float], total: int, history: Mapping[str, Sequence[float]],
+                    mon: Monitoring) -> tuple[float | None, str]:
+    """Return (routes off their usual share / None not judged, detail) for this window's route mix.
+
+    Judged from `feature_min_requests` requests, per route once its baseline has the policy's minimum of samples
+    and a usual share of at least `feature_min_share_pct`: a share above factor x or below 1/factor of the usual
+    one is anomalous (the most deviating routes are named first).
+    """
+    if total < mon.feature_min_requests:
+        return None, f"{total} feature requests in the window; the mix is judged from {mon.feature_min_requests}"
+    k = mon.feature_anomaly_factor
+    judged, learning = 0, 0
+    found: list[tuple[float, str]] = []
+    for route, now in shares.items():
+        past = history.get(route, ())
+        if len(past) < mon.traffic_baseline_min_samples:
+            learning += 1
+            continue
+        usual = float(statistics.median(past))
+        if usual < mon.feature_min_share_pct or usual <= 0:
+            continue
+        judged += 1
+        text = f"{route} {now:.3g} % of requests (usually {usual:.3g} %)"
+        if now > k * usual:
+            found.append((now / usual, f"{text}: above {k:g}x"))
+        elif now < usual / k:
+            found.append((usual / max(now, usual / 1000), f"{text}: below 1/{k:g}"))
+    if not judged:
+        if learning:
+            return None, (f"learning the usual route mix ({learning} route(s) with fewer than "
+                          f"{mon.traffic_baseline_min_samples} samples)")
+        return 0.0, f"no route has a usual share of {mon.feature_min_share_pct:g} % or more of {total} requests"
+    if not found:
+        return 0.0, f"{judged} route(s) at their usual share of {total} requests"
+    found.sort(key=lambda item: -item[0])
+    return float(len(found)), (f"{len(found)} of {judged} route(s) off their usual share of {total} requests: "
+                               + "; ".join(text for _, text in found[:3]))
+
+
+def feature_measurement(traffic: Traffic | ProbeFailure, mon: Monitoring, history: Mapping[str, Sequence[float]],
+                        cause: str | None) -> Measurement:
+    """Return the feature_anomaly measurement: a gap when Sentry cannot group by route, masked while `cause` holds."""
+    if isinstance(traffic, ProbeFailure):
+        return _m(FEATURE_METRIC, FEATURE_TARGET, None, "sentry", traffic.message, state="gap")
+    if traffic.routes is None:
+        return _m(FEATURE_METRIC, FEATURE_TARGET, None, "sentry", "requests per route unavailable", state="gap")
+    shares, total = feature_shares(traffic.routes, mon, history)
+    value, detail = feature_anomaly(shares, total, history, mon)
+    if cause is not None:
+        return _m(FEATURE_METRIC, FEATURE_TARGET, None, "sentry", f"{detail} ({cause})", state="masked")
+    return _m(FEATURE_METRIC, FEATURE_TARGET, value, "sentry", detail,
+              state="measured" if value is not None else "unknown", scenario="performance")
+
+
+def baseline_samples(probes: CycleProbes, measurements: Iterable[Measurement], findings: Iterable[Finding],
+                     mon: Monitoring, route_history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Return the values this cycle adds to the traffic baselines (`monitor_rates` metric → value).
+
+    The request rate joins unless its judgement was masked (an outage's traffic is no normal); a spike does join,
+    so that a lasting change becomes the new normal once it fills half the baseline window. The route shares join
+    likewise, when their judgement was not masked and the window held enough requests to judge them.
+    """
+    masked = {f.metric for f in findings if f.state == "masked"}
+    out: dict[str, float] = {}
+    rate = next((m for m in measurements if m.metric == REQUEST_RATE and m.state == "measured"), None)
+    if rate is not None and rate.value is not None and "traffic_anomaly" not in masked:
+        out[REQUEST_RATE] = rate.value
+    traffic = probes.traffic
+    feature = next((m for m in measurements if m.metric == FEATURE_METRIC), None)
+    if (isinstance(traffic, Traffic) and traffic.routes is not None and feature is not None
+            and feature.state in ("measured", "unknown") and FEATURE_METRIC not in masked):
+        shares, total = feature_shares(traffic.routes, mon, route_history)
+        if total >= mon.feature_min_requests:
+            out.update({FEATURE_SHARE + route: value for route, value in shares.items()})
     return out
 
 
@@ -547,21 +664,31 @@ ERROR_RATE_CAUSES = ("application_down", "database_unavailable", "authentication
 # Symptoms of those causes too: an outage changes the traffic and fails logins (users retrying, sessions lost).
 TRAFFIC_RULES = ("unusual_traffic", "security_event", "feature_usage_anomaly")
 SYMPTOM_RULES = (ERROR_RATE_RULE, *TRAFFIC_RULES)
+FEATURE_RULE = "feature_usage_anomaly"
+# Symptoms of these as well: a flood on one route, failed logins, users retrying a failing feature shift the mix.
+FEATURE_CAUSES = ("unusual_traffic", "security_event", ERROR_RATE_RULE)
+
+
+def _causes_of(rule: str, active: Iterable[str]) -> list[str]:
+    """Return the active rules (breached or with an open incident) a symptom rule is attributed to, in order."""
+    causes = ERROR_RATE_CAUSES + (FEATURE_CAUSES if rule == FEATURE_RULE else ())
+    present = set(active)
+    return [c for c in causes if c in present] if rule in SYMPTOM_RULES else []
 
 
 def _attribute(findings: list[Finding]) -> None:
     """Mask symptoms of a breached cause: one cause, one incident.
 
     Slow responses while the database is degraded belong to database_degradation; a high error rate, unusual
-    traffic or a security event while any of `ERROR_RATE_CAUSES` breaches belongs to that cause.
+    traffic, a security event or a feature-usage anomaly while any of `ERROR_RATE_CAUSES` breaches belongs to that
+    cause, and a feature-usage anomaly while one of `FEATURE_CAUSES` breaches to that one.
     """
     breached = {f.rule for f in findings if f.breached}
-    causes = [r for r in ERROR_RATE_CAUSES if r in breached]
     for f in findings:
         if f.breached and f.rule == "slow_response_time" and "database_degradation" in breached:
             f.state = "masked"
             f.detail += " (attributed to database degradation)"
-        elif f.breached and f.rule in SYMPTOM_RULES and causes:
+        elif f.breached and (causes := _causes_of(f.rule, breached)):
             f.state = "masked"
             f.detail += f" (attributed to {causes[0]})"
 
@@ -571,14 +698,11 @@ def attribute_to_open(findings: Iterable[Finding], open_fingerprints: Iterable[s
 
     `open_fingerprints` are the fingerprints of the open incidents (`monitor:<rule>:<target>`).
     """
-    open_causes = sorted({fp.split(":")[1] for fp in open_fingerprints
-                          if fp.startswith("monitor:") and fp.count(":") >= 2} & set(ERROR_RATE_CAUSES))
-    if not open_causes:
-        return
+    open_rules = {fp.split(":")[1] for fp in open_fingerprints if fp.startswith("monitor:") and fp.count(":") >= 2}
     for f in findings:
-        if f.breached and f.rule in SYMPTOM_RULES:
+        if f.breached and (causes := _causes_of(f.rule, open_rules)):
             f.state = "masked"
-            f.detail += f" (attributed to the open {open_causes[0]} incident)"
+            f.detail += f" (attributed to the open {causes[0]} incident)"
 
 
 # -- consecutive breaches ---------------------------------------------------------------------------------------
@@ -779,7 +903,7 @@ rates_t = Table(
     "monitor_rates",
     monitor_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("metric", String(100), nullable=False, index=True),
+    Column("metric", String(300), nullable=False, index=True),  # FEATURE_SHARE + a route name
     Column("at", UTCDateTime, nullable=False, index=True),
     Column("value", Float, nullable=False),
 )
@@ -844,10 +968,28 @@ class MonitorStore:
             )).one()
         return int(row[1]), int(row[0])
 
-    async def add_rate(self, metric: str, value: float, at: datetime | None = None) -> None:
-        """Record one cycle's value of a metric (the request rate the traffic baseline is learned from)."""
+    async def add_rates(self, values: Mapping[str, float], at: datetime | None = None) -> None:
+        """Record one cycle's values of several metrics in one transaction."""
+        if not values:
+            return
+        at = at or utcnow()
         async with self.engine.begin() as conn:
-            await conn.execute(insert(rates_t).values(metric=metric, at=at or utcnow(), value=float(value)))
+            await conn.execute(insert(rates_t), [{"metric": m, "at": at, "value": float(v)} for m, v in values.items()])
+
+    async def rates_by_prefix(self, prefix: str, window: timedelta, now: datetime | None = None
+                              ) -> dict[str, list[float]]:
+        """Return the values in the window of every metric named `prefix…`, by the rest of the name, oldest first;
+        prune their values older than the window."""
+        since = (now or utcnow()) - window
+        named = rates_t.c.metric.startswith(prefix, autoescape=True)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(rates_t).where(and_(named, rates_t.c.at < since)))
+            rows = (await conn.execute(select(rates_t.c.metric, rates_t.c.value).where(
+                and_(named, rates_t.c.at >= since)).order_by(rates_t.c.at, rates_t.c.id))).all()
+        out: dict[str, list[float]] = {}
+        for metric, value in rows:
+            out.setdefault(metric[len(prefix):], []).append(float(value))
+        return out
 
     async def rates(self, metric: str, window: timedelta, now: datetime | None = None) -> list[float]:
         """Return a metric's values in the window, oldest first; prune values older than it."""

@@ -197,14 +197,28 @@ class Monitoring(_Table):
     traffic_window_minutes: float = Field(
         5, gt=0, description="unusual_traffic: window of Sentry's transaction count giving the request rate per minute")
     traffic_baseline_hours: float = Field(
-        24, gt=0, description="unusual_traffic: history of per-cycle request rates the baseline (median) is taken from")
+        24, gt=0, description="unusual_traffic, feature_usage_anomaly: history of per-cycle request rates and route "
+                              "shares the baselines (medians) are taken from")
     traffic_baseline_min_samples: int = Field(
-        30, ge=1, description="unusual_traffic: samples the baseline needs before the rate is judged")
+        30, ge=1, description="unusual_traffic, feature_usage_anomaly: samples a baseline needs before it is judged")
     traffic_anomaly_factor: float = Field(
         3.0, gt=1, description="unusual_traffic: a rate above factor x or below 1/factor of the baseline is anomalous")
     traffic_min_rate_per_minute: float = Field(
         1.0, ge=0, description="unusual_traffic: baselines below this rate are raised to it (a quiet night is no "
                                "baseline for a drop, and a few requests after it are no spike)")
+    feature_min_requests: int = Field(
+        50, ge=1, description="feature_usage_anomaly: requests in the traffic window before the route mix is judged")
+    feature_min_share_pct: float = Field(
+        5.0, ge=0, le=100, description="feature_usage_anomaly: routes whose baseline share of requests is below "
+                                       "this are too small to judge")
+    feature_anomaly_factor: float = Field(
+        3.0, gt=1, description="feature_usage_anomaly: a route's share of requests above factor x or below 1/factor "
+                               "of its baseline (median share) is anomalous")
+    feature_max_routes: int = Field(
+        25, ge=1, le=100, description="feature_usage_anomaly: the busiest routes whose share is tracked")
+    feature_exclude_routes: list[str] = Field(
+        default_factory=lambda: ["/api/health"],
+        description="feature_usage_anomaly: routes that are no feature (the monitor's and uptime checks' probes)")
     auth_endpoint: str = Field(
         "/api/auth/profile", description="security_event: the transaction name of the authentication endpoint")
     auth_failure_statuses: list[int] = Field(

@@ -2,8 +2,9 @@
 
 The request count is the `transactions` dataset's count(), which exists only when the organisation has performance
 monitoring: a 4xx for that dataset means "request count unavailable" (None), not a failure. `traffic()` reads the
-request count and the failed logins (transactions of the auth endpoint answered 401/403, a Discover `query`); a
-vendor that rejects the query leaves that count None (unavailable), never an error.
+request count, the requests per route (transactions grouped by `transaction`, the feature-usage mix) and the failed
+logins (transactions of the auth endpoint answered 401/403, a Discover `query`); a vendor that rejects a query
+leaves that count None (unavailable), never an error.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from runbook.clients._http import (
     DEFAULT_POLICY,
@@ -40,6 +41,16 @@ class ErrorRate(BaseModel):
     percent_of_requests: float | None = None
 
 
+ROUTE_PAGE = 100  # Discover's largest page: the busiest routes, enough for a usage mix
+
+
+class RouteCounts(BaseModel):
+    """Requests per route (Sentry transaction name) over a window, busiest first."""
+
+    counts: dict[str, int]
+    complete: bool = Field(description="False when the page was full: routes past it are not listed, not unused")
+
+
 class Traffic(BaseModel):
     """Requests served (transactions) and failed logins over their windows; None when Sentry cannot count them."""
 
@@ -47,6 +58,7 @@ class Traffic(BaseModel):
     window_s: int
     auth_failures: int | None
     auth_window_s: int
+    routes: RouteCounts | None = Field(default=None, description="Requests per route over `window_s`")
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -151,16 +163,36 @@ class SentryClient(BaseClient):
         except (AuthError, RequestRejected):
             return None
 
+    async def route_counts(self, window: timedelta | int | str = "5m") -> RouteCounts | None:
+        """Return the requests per route (transactions grouped by name, busiest first); None when unavailable."""
+        period, _ = stats_period(window)
+        params: dict[str, Any] = {"dataset": "transactions", "field": ["transaction", "count()"],
+                                  "project": self.project, "statsPeriod": period, "sort": "-count()",
+                                  "per_page": ROUTE_PAGE}
+        try:
+            body = await self.http.json(
+                "GET", f"/api/0/organizations/{self.org}/events/", operation="count requests per route", params=params)
+        except (AuthError, RequestRejected):
+            return None
+        rows = body.get("data", []) if isinstance(body, dict) else []
+        counts: dict[str, int] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and isinstance(row.get("transaction"), str):
+                counts[row["transaction"]] = counts.get(row["transaction"], 0) + int(row.get("count()") or 0)
+        return RouteCounts(counts=counts, complete=len(rows) < ROUTE_PAGE)
+
     async def traffic(self, window: timedelta | int | str = "5m", *, auth_window: timedelta | int | str = "1m",
                       endpoint: str = "/api/auth/profile",
                       statuses: tuple[int, ...] | list[int] = (401, 403)) -> Traffic:
-        """Return the requests served over `window` and the failed logins over `auth_window`."""
+        """Return the requests served and per route over `window`, and the failed logins over `auth_window`."""
         _, seconds = stats_period(window)
         _, auth_seconds = stats_period(auth_window)
-        requests, failures = await asyncio.gather(
+        requests, failures, routes = await asyncio.gather(
             self.request_count(window),
-            self.auth_failure_count(auth_window, endpoint=endpoint, statuses=statuses))
-        return Traffic(requests=requests, window_s=seconds, auth_failures=failures, auth_window_s=auth_seconds)
+            self.auth_failure_count(auth_window, endpoint=endpoint, statuses=statuses),
+            self.route_counts(window))
+        return Traffic(requests=requests, window_s=seconds, auth_failures=failures, auth_window_s=auth_seconds,
+                       routes=routes)
 
     async def error_rate(self, window: timedelta | int | str = "15m", *, requests: int | None = None) -> ErrorRate:
         """Return the error count, errors per minute and errors as % of requests (Sentry's request count if not given).

@@ -8,6 +8,8 @@
     …&query=transaction:/api/auth/profile http.status_code:[401,403]
         → only the events matching every `key:value` / `key:"quoted value"` / `key:[a,b]` term (a field or tag);
           400 "Invalid query" for any other search syntax
+    …&field=transaction&field=count()&sort=-count()&per_page=100
+        → one row per transaction name (route) with its count, busiest first, at most per_page rows (≤ 100)
     GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
         → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n}, …], "meta": {…}}]}
 """
@@ -124,6 +126,12 @@ class SentryStandIn(StandIn):
             self.transactions.append(event)
         return event
 
+    def age(self, seconds: float) -> None:
+        """Move every captured event and transaction `seconds` into the past (as if that much time went by)."""
+        with self._lock:
+            for event in (*self.events, *self.transactions):
+                event.timestamp -= seconds
+
     def count(self, seconds: float = 900) -> int:
         """Return how many events were captured in the last `seconds`."""
         since = time.time() - seconds
@@ -205,6 +213,11 @@ class SentryStandIn(StandIn):
             row["count()"] += 1
         data = list(rows.values()) if group else [{"count()": len(events)}]
         data.sort(key=lambda r: r["count()"], reverse=True)
+        try:
+            per_page = min(100, max(1, int(request.query_params.get("per_page", "50"))))
+        except ValueError:
+            return json_response({"detail": "per_page must be an integer"}, 400)
+        data = data[:per_page]
         for row in data:
             if "count()" not in fields:
                 row.pop("count()", None)

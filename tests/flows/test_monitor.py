@@ -257,6 +257,40 @@ async def test_traffic_spike_after_a_baseline_raises_unusual_traffic(
     assert incident.severity is Severity.P2 and incident.fingerprint == "monitor:unusual_traffic:app"
 
 
+async def usage(stack: DrillStack, home: int, profile: int) -> None:
+    """Students use two features: the home page, and their profile while signed in."""
+    headers = {"Authorization": f"Bearer {stack.user_token()}"}
+    async with httpx.AsyncClient(base_url=stack.urls["app"], timeout=10) as http:
+        for _ in range(home):
+            assert (await http.get("/")).status_code == 200
+        for _ in range(profile):
+            assert (await http.get("/api/auth/profile", headers=headers)).status_code == 200
+
+
+async def test_feature_that_stops_being_used_raises_feature_usage_anomaly(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The profile's share of the requests collapses while the total holds: one P3 feature_usage_anomaly, naming it."""
+    use_policy(tmp_path, monkeypatch, monitoring={"traffic_window_minutes": 1, "traffic_baseline_min_samples": 3,
+                                                 "feature_min_requests": 20})
+    await usage(drill_env, home=30, profile=20)
+    learning = await run(cycles=4)  # three cycles learn the usual mix, the fourth judges it
+    assert learning.declared == [], [c.breaches for c in learning.cycles]
+    states = [{(r["metric"], r["target"]): r for r in c.rows}[("feature_anomaly", "features")]["state"]
+              for c in learning.cycles]
+    assert states == ["n/a", "n/a", "n/a", "ok"], learning.cycles[-1].rows
+    drill_env.sentry.age(120)  # two minutes go by: the one-minute window holds only what follows
+    await usage(drill_env, home=50, profile=0)
+    result = await run(cycles=2)
+    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("feature_usage_anomaly", "features", "P3")]
+    (incident,) = await incidents()
+    assert incident.severity is Severity.P3 and incident.fingerprint == "monitor:feature_usage_anomaly:features"
+    rows = {(r["metric"], r["target"]): r for r in result.cycles[-1].rows}
+    assert rows[("request_rate_per_minute", "app")]["state"] == "ok"  # the total held: no unusual_traffic
+    assert rows[("feature_anomaly", "features")]["state"] == "breach"
+    assert "/api/auth/profile" in rows[("feature_anomaly", "features")]["detail"]
+
+
 async def test_outage_raises_no_traffic_or_security_incident(
     drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from runbook.clients.app import AppHealth, AuthProbe
 from runbook.clients.health import VendorStatus
 from runbook.clients.openai import OpenAILiveness
-from runbook.clients.sentry import ErrorRate, Traffic
+from runbook.clients.sentry import ErrorRate, RouteCounts, Traffic
 from runbook.clients.stripe import FailedEvent
 from runbook.clients.supabase import DatabaseHealth, LongQuery, RowCount
 from runbook.errors import AuthError, NotConfigured, RequestRejected, TransientError
@@ -26,8 +26,11 @@ from runbook.monitoring import (
     advance_gaps,
     attribute_to_open,
     available,
+    baseline_samples,
     cycle_rows,
     evaluate,
+    feature_anomaly,
+    feature_shares,
     gap_sources,
     measure,
     open_monitor_store,
@@ -538,3 +541,127 @@ def test_traffic_symptoms_are_attributed_to_a_breached_or_open_cause() -> None:
     assert {f.state for f in alone} == {"breach"}
     attribute_to_open(alone, ["monitor:database_unavailable:database"])
     assert {f.state for f in alone} == {"masked"}
+
+
+# -- feature usage ----------------------------------------------------------------------------------------------
+
+FMON = Monitoring(traffic_baseline_min_samples=3, feature_min_requests=50, feature_min_share_pct=5,
+                  feature_anomaly_factor=3, feature_max_routes=3)
+USUAL = {"/": [60.0, 60.0, 60.0], "/exam": [30.0, 30.0, 30.0], "/billing": [10.0, 10.0, 10.0]}
+
+
+def _routes(complete: bool = True, **counts: int) -> RouteCounts:
+    names = {"root": "/", "exam": "/exam", "billing": "/billing", "health": "/api/health", "blog": "/blog"}
+    return RouteCounts(counts={names[k]: v for k, v in counts.items()}, complete=complete)
+
+
+def _mix(history: dict[str, list[float]] | None = None, requests: int = 100, **counts: int) -> list[Measurement]:
+    traffic = Traffic(requests=requests, window_s=60, auth_failures=0, auth_window_s=60, routes=_routes(**counts))
+    return measure(_probes(traffic=traffic), monitoring=FMON, rate_history=[100, 100, 100],
+                   route_history=USUAL if history is None else history)
+
+
+def test_feature_shares_track_the_busiest_routes_and_a_dropped_one() -> None:
+    """Shares are % of the feature requests (probes excluded); a baseline route missing from a full list is 0."""
+    shares, total = feature_shares(_routes(root=70, exam=30, health=500), FMON, USUAL)
+    assert total == 100 and shares == {"/": 70.0, "/exam": 30.0, "/billing": 0.0}
+    # Sentry's page was full: a route not on it is unknown, not unused.
+    shares, _ = feature_shares(_routes(complete=False, root=70, exam=30), FMON, USUAL)
+    assert shares == {"/": 70.0, "/exam": 30.0}
+    # At most feature_max_routes, the busiest by their share now or their usual share.
+    shares, _ = feature_shares(_routes(root=50, exam=20, billing=10, blog=20), FMON, USUAL)
+    assert list(shares) == ["/", "/exam", "/blog"]
+    assert feature_shares(_routes(health=50), FMON, USUAL) == ({}, 0)
+
+
+def test_feature_anomaly_judges_each_route_against_its_usual_share() -> None:
+    """A share below 1/factor or above factor x its median is anomalous; small routes and learning ones are not."""
+    assert feature_anomaly({"/": 60, "/exam": 30, "/billing": 10}, 100, USUAL, FMON) == (
+        0.0, "3 route(s) at their usual share of 100 requests")
+    value, detail = feature_anomaly({"/": 90, "/exam": 9.9, "/billing": 0.1}, 100, USUAL, FMON)
+    assert value == 2.0 and detail.startswith("2 of 3 route(s) off their usual share")
+    assert detail.index("/billing") < detail.index("/exam")  # the most deviating first
+    assert feature_anomaly({"/": 60, "/exam": 10, "/billing": 30}, 100, USUAL, FMON)[0] == 0.0  # x3 is not above
+    assert feature_anomaly({"/": 60, "/exam": 9, "/billing": 31}, 100, USUAL, FMON)[0] == 2.0
+    # Too few requests to judge a mix; a baseline still learning; a route too small to judge.
+    assert feature_anomaly({"/": 100}, 49, USUAL, FMON)[0] is None
+    assert feature_anomaly({"/new": 100}, 100, {"/new": [50.0, 50.0]}, FMON)[0] is None
+    assert feature_anomaly({"/tiny": 0}, 100, {"/tiny": [4.0, 4.0, 4.0]}, FMON)[0] == 0.0
+
+
+def test_feature_usage_anomaly_breaches_as_p3_and_ignores_the_total() -> None:
+    """A feature that stopped being used breaches feature_usage_anomaly (P3); more traffic in the same mix does not."""
+    rules = _rules("feature_usage_anomaly")
+    (finding,) = evaluate(rules, _mix(root=100, exam=0, billing=10))
+    assert (finding.state, finding.severity, finding.target, finding.value) == ("breach", "P3", "features", 1.0)
+    assert "/exam 0 % of requests (usually 30 %): below 1/3" in finding.detail
+    (same_mix,) = evaluate(rules, _mix(requests=1000, root=600, exam=300, billing=100))
+    assert same_mix.state == "ok"
+    (learning,) = evaluate(rules, _mix(history={}, root=100, exam=0, billing=10))
+    assert learning.state == "unknown"
+
+
+def test_unavailable_route_counts_are_a_sentry_gap() -> None:
+    """Sentry that cannot group by route leaves feature_anomaly a gap of the sentry source, not a breach."""
+    traffic = Traffic(requests=100, window_s=60, auth_failures=0, auth_window_s=60, routes=None)
+    m = _by_key(measure(_probes(traffic=traffic), monitoring=FMON, route_history=USUAL))
+    assert m["feature_anomaly:features"].state == "gap" and m["feature_anomaly:features"].source == "sentry"
+
+
+def test_feature_anomaly_is_masked_by_outages_and_by_its_traffic_causes() -> None:
+    """An outage, a traffic flood, failed logins or a high error rate shift the mix: the anomaly is theirs."""
+    rules = _rules("feature_usage_anomaly", "unusual_traffic", "security_event")
+    down = measure(_probes(health=_fail("unreachable"), traffic=Traffic(
+        requests=100, window_s=60, auth_failures=0, auth_window_s=60, routes=_routes(root=100, exam=0, billing=0))),
+        monitoring=FMON, route_history=USUAL)
+    assert {f.state for f in evaluate(rules, down) if f.rule == "feature_usage_anomaly"} == {"masked"}
+    flood = evaluate(rules, _mix(requests=1000, root=100, exam=900, billing=0))
+    states = {f.rule: f.state for f in flood}
+    assert states == {"unusual_traffic": "breach", "security_event": "ok", "feature_usage_anomaly": "masked"}
+    assert "attributed to unusual_traffic" in next(f.detail for f in flood if f.rule == "feature_usage_anomaly")
+    alone = evaluate(rules, _mix(root=100, exam=0, billing=10))
+    assert {f.rule: f.state for f in alone}["feature_usage_anomaly"] == "breach"
+    attribute_to_open(alone, ["monitor:high_error_rate:app"])
+    assert {f.rule: f.state for f in alone}["feature_usage_anomaly"] == "masked"
+    # high_error_rate's own symptoms are not widened: an open unusual_traffic incident does not mask it.
+    errors = evaluate(_rules("high_error_rate"), measure(_probes(sentry=ErrorRate(
+        count=30, window_s=900, per_minute=2.0, requests=100, percent_of_requests=30.0)), monitoring=FMON))
+    attribute_to_open(errors, ["monitor:unusual_traffic:app"])
+    assert [f.state for f in errors] == ["breach"]
+
+
+def test_baseline_samples_keep_what_was_judged_not_what_was_masked() -> None:
+    """The request rate and route shares join the baselines; masked or too thin windows do not."""
+    def samples(probes: CycleProbes, history: dict[str, list[float]]) -> dict[str, float]:
+        m = measure(probes, monitoring=FMON, rate_history=[100, 100, 100], route_history=history)
+        return baseline_samples(probes, m, evaluate(Policy().alert_rules, m), FMON, history)
+
+    def traffic(requests: int = 100, **counts: int) -> Traffic:
+        return Traffic(requests=requests, window_s=60, auth_failures=0, auth_window_s=60, routes=_routes(**counts))
+
+    assert samples(_probes(traffic=traffic(root=60, exam=40)), USUAL) == {
+        "request_rate_per_minute": 100.0, "feature_share:/": 60.0, "feature_share:/exam": 40.0,
+        "feature_share:/billing": 0.0}
+    assert samples(_probes(traffic=traffic(root=60, exam=40)), {}) == {  # learning: kept
+        "request_rate_per_minute": 100.0, "feature_share:/": 60.0, "feature_share:/exam": 40.0}
+    assert samples(_probes(traffic=traffic(requests=20, root=10, exam=10)), USUAL) == {
+        "request_rate_per_minute": 20.0}  # too few requests for a mix (and a drop of the rate is kept)
+    assert samples(_probes(health=_fail("unreachable"), traffic=traffic(root=60, exam=40)), USUAL) == {}
+    assert samples(_probes(traffic=traffic(requests=1000, root=100, exam=900)), USUAL) == {
+        "request_rate_per_minute": 1000.0}  # a flood joins the rate baseline, its mix is not normal
+
+
+async def test_monitor_store_keeps_rates_by_prefix(tmp_path: Path) -> None:
+    """Route shares round-trip by prefix (route names with LIKE wildcards are literal) and old values are pruned."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'incidents.db'}"
+    async with open_monitor_store(url) as store:
+        await store.add_rates({"feature_share:/a_b": 10.0, "feature_share:/100%": 5.0, "request_rate_per_minute": 9.0},
+                              NOW - timedelta(hours=30))
+        await store.add_rates({"feature_share:/a_b": 20.0, "feature_shareX/c": 1.0}, NOW - timedelta(minutes=1))
+        await store.add_rates({"feature_share:/a_b": 30.0, "feature_share:/100%": 7.0}, NOW)
+        shares = await store.rates_by_prefix("feature_share:", timedelta(hours=24), NOW)
+        rates = await store.rates("request_rate_per_minute", timedelta(hours=48), NOW)
+        old = await store.rates_by_prefix("feature_share:", timedelta(hours=48), NOW)
+    assert shares == {"/a_b": [20.0, 30.0], "/100%": [7.0]}
+    assert rates == [9.0]  # another metric's values are not pruned by the prefix read
+    assert old == shares  # the 30-hour-old shares were pruned by the first read

@@ -295,6 +295,25 @@ async def test_sentry_traffic_counts_requests_and_failed_logins(drill: DrillStac
         traffic = await sentry.traffic("5m", auth_window="1m")
     assert (traffic.requests, traffic.auth_failures) == (8, 3)
     assert (traffic.requests_per_minute, traffic.auth_failures_per_minute) == (1.6, 3.0)
+    assert traffic.routes is not None and traffic.routes.complete
+    assert traffic.routes.counts == {"/": 5, "/api/auth/profile": 3}
+    assert list(traffic.routes.counts) == ["/", "/api/auth/profile"]  # busiest first
+
+
+async def test_sentry_route_counts_page_is_marked_incomplete(drill: DrillStack, settings: Settings) -> None:
+    """A full page of routes (Discover's 100) is marked incomplete: a route past it is unlisted, not unused."""
+    drill.sentry.reset()
+    for i in range(120):
+        for _ in range(1 + (i < 10)):
+            drill.sentry.capture_transaction(f"/api/courses/{i}")
+    async with SentryClient.from_settings(settings) as sentry:
+        routes = await sentry.route_counts("5m")
+    assert routes is not None and not routes.complete and len(routes.counts) == 100
+    assert all(routes.counts[f"/api/courses/{i}"] == 2 for i in range(10))
+    (request,) = [r for r in drill.sentry.requests if ("field", "transaction") in r.query_items]
+    assert ("field", "count()") in request.query_items
+    assert (request.query["sort"], request.query["per_page"], request.query["dataset"]) == (
+        "-count()", "100", "transactions")
 
 
 async def test_sentry_traffic_rejected_query_is_unavailable(drill: DrillStack, settings: Settings) -> None:
@@ -303,7 +322,7 @@ async def test_sentry_traffic_rejected_query_is_unavailable(drill: DrillStack, s
     drill.sentry.performance = False
     async with SentryClient.from_settings(settings) as sentry:
         traffic = await sentry.traffic("5m", auth_window="1m")
-    assert (traffic.requests, traffic.auth_failures) == (None, None)
+    assert (traffic.requests, traffic.auth_failures, traffic.routes) == (None, None, None)
 
 
 async def test_statuspage_incident_lifecycle_and_component(drill: DrillStack, settings: Settings) -> None:

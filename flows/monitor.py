@@ -10,8 +10,8 @@ security_event above the policy's failed logins per minute), OpenAI and the vend
 this flow acts on it: a Prefect event per breach (`runbook.monitor.<rule>.<target>`), a declaration through
 declare-incident (fingerprint `monitor:<rule>:<target>`, so a continuing breach attaches to the open incident),
 RECOVERY_OBSERVED on the incident's timeline once the breach clears, and a table artifact `monitor-cycle` per
-cycle. A probe that fails is a monitoring gap: shown, warned about
-when it persists, never declared as an outage of the app.
+cycle. A probe that fails is a monitoring gap: shown, warned about when it persists, never declared as an outage
+of the app.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     Float,
     Integer,
     MetaData,
@@ -976,29 +977,28 @@ class MonitorStore:
         async with self.engine.begin() as conn:
             await conn.execute(insert(rates_t), [{"metric": m, "at": at, "value": float(v)} for m, v in values.items()])
 
-    async def rates_by_prefix(self, prefix: str, window: timedelta, now: datetime | None = None
-                              ) -> dict[str, list[float]]:
-        """Return the values in the window of every metric named `prefix…`, by the rest of the name, oldest first;
-        prune their values older than the window."""
+    async def _values(self, named: ColumnElement[bool], window: timedelta, now: datetime | None
+                      ) -> list[tuple[str, float]]:
+        """Return (metric, value) of the metrics `named` selects in the window, oldest first; prune older ones."""
         since = (now or utcnow()) - window
-        named = rates_t.c.metric.startswith(prefix, autoescape=True)
         async with self.engine.begin() as conn:
             await conn.execute(delete(rates_t).where(and_(named, rates_t.c.at < since)))
             rows = (await conn.execute(select(rates_t.c.metric, rates_t.c.value).where(
                 and_(named, rates_t.c.at >= since)).order_by(rates_t.c.at, rates_t.c.id))).all()
+        return [(metric, float(value)) for metric, value in rows]
+
+    async def rates_by_prefix(self, prefix: str, window: timedelta, now: datetime | None = None
+                              ) -> dict[str, list[float]]:
+        """Return the values in the window of every metric named `prefix…`, by the rest of the name, oldest first;
+        prune their values older than the window."""
         out: dict[str, list[float]] = {}
-        for metric, value in rows:
-            out.setdefault(metric[len(prefix):], []).append(float(value))
+        for metric, value in await self._values(rates_t.c.metric.startswith(prefix, autoescape=True), window, now):
+            out.setdefault(metric[len(prefix):], []).append(value)
         return out
 
     async def rates(self, metric: str, window: timedelta, now: datetime | None = None) -> list[float]:
         """Return a metric's values in the window, oldest first; prune values older than it."""
-        since = (now or utcnow()) - window
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(rates_t).where(and_(rates_t.c.metric == metric, rates_t.c.at < since)))
-            rows = (await conn.execute(select(rates_t.c.value).where(
-                and_(rates_t.c.metric == metric, rates_t.c.at >= since)).order_by(rates_t.c.at, rates_t.c.id))).all()
-        return [float(v) for (v,) in rows]
+        return [value for _, value in await self._values(rates_t.c.metric == metric, window, now)]
 
 
 @asynccontextmanager

@@ -289,7 +289,7 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
         elif gs.gap_cycles:
             log.info("monitoring gap: %s (%d cycle(s)): %s", gs.target, gs.gap_cycles, gaps.get(gs.target, ""))
 
-    await mstore.add_rates(baseline_samples(probes, measurements, findings, mon, route_history), now)
+    await mstore.add_rates(baseline_samples(measurements, findings), now)
 
     up = available(probes)
     if up is not None:

@@ -160,6 +160,8 @@ class Measurement(BaseModel):
     source: str
     detail: str = ""
     scenario: str | None = Field(default=None, description="Scenario hint when the evidence knows better than the rule")
+    samples: dict[str, float] = Field(
+        default_factory=dict, description="Values this cycle may add to a baseline (`monitor_rates` metric → value)")
 
     @property
     def key(self) -> str:
@@ -507,30 +509,28 @@ def feature_measurement(traffic: Traffic | ProbeFailure, mon: Monitoring, histor
     value, detail = feature_anomaly(shares, total, history, mon)
     if cause is not None:
         return _m(FEATURE_METRIC, FEATURE_TARGET, None, "sentry", f"{detail} ({cause})", state="masked")
-    return _m(FEATURE_METRIC, FEATURE_TARGET, value, "sentry", detail,
-              state="measured" if value is not None else "unknown", scenario="performance")
+    m = _m(FEATURE_METRIC, FEATURE_TARGET, value, "sentry", detail,
+           state="measured" if value is not None else "unknown", scenario="performance")
+    if total >= mon.feature_min_requests:  # a thin window's mix is noise, not a baseline
+        m.samples = {FEATURE_SHARE + route: share for route, share in shares.items()}
+    return m
 
 
-def baseline_samples(probes: CycleProbes, measurements: Iterable[Measurement], findings: Iterable[Finding],
-                     mon: Monitoring, route_history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+def baseline_samples(measurements: Iterable[Measurement], findings: Iterable[Finding]) -> dict[str, float]:
     """Return the values this cycle adds to the traffic baselines (`monitor_rates` metric → value).
 
     The request rate joins unless its judgement was masked (an outage's traffic is no normal); a spike does join,
-    so that a lasting change becomes the new normal once it fills half the baseline window. The route shares join
-    likewise, when their judgement was not masked and the window held enough requests to judge them.
+    so that a lasting change becomes the new normal once it fills half the baseline window. The route shares
+    (the feature measurement's samples) join likewise, when their judgement was not masked.
     """
     masked = {f.metric for f in findings if f.state == "masked"}
     out: dict[str, float] = {}
-    rate = next((m for m in measurements if m.metric == REQUEST_RATE and m.state == "measured"), None)
-    if rate is not None and rate.value is not None and "traffic_anomaly" not in masked:
-        out[REQUEST_RATE] = rate.value
-    traffic = probes.traffic
-    feature = next((m for m in measurements if m.metric == FEATURE_METRIC), None)
-    if (isinstance(traffic, Traffic) and traffic.routes is not None and feature is not None
-            and feature.state in ("measured", "unknown") and FEATURE_METRIC not in masked):
-        shares, total = feature_shares(traffic.routes, mon, route_history)
-        if total >= mon.feature_min_requests:
-            out.update({FEATURE_SHARE + route: value for route, value in shares.items()})
+    for m in measurements:
+        if m.metric == REQUEST_RATE and m.state == "measured" and m.value is not None and (
+                "traffic_anomaly" not in masked):
+            out[REQUEST_RATE] = m.value
+        elif m.metric == FEATURE_METRIC and m.state in ("measured", "unknown") and FEATURE_METRIC not in masked:
+            out.update(m.samples)
     return out
 
 

@@ -127,15 +127,20 @@ class SentryClient(BaseClient):
         )
         return cls(http, settings.sentry_org or "", settings.sentry_project or "")
 
-    async def _count(self, dataset: str, window: timedelta | int | str, operation: str, query: str | None = None
-                     ) -> int:
+    async def _discover(self, dataset: str, window: timedelta | int | str, operation: str, *,
+                        fields: tuple[str, ...] = ("count()",), **extra: Any) -> list[Any]:
+        """Return the rows of one Discover events query (`extra`: query, sort, per_page)."""
         period, _ = stats_period(window)
-        params = {"dataset": dataset, "field": "count()", "project": self.project, "statsPeriod": period}
-        if query:
-            params["query"] = query
+        params: dict[str, Any] = {"dataset": dataset, "field": list(fields), "project": self.project,
+                                  "statsPeriod": period, **{k: v for k, v in extra.items() if v}}
         body = await self.http.json(
             "GET", f"/api/0/organizations/{self.org}/events/", operation=operation, params=params)
         rows = body.get("data", []) if isinstance(body, dict) else []
+        return rows if isinstance(rows, list) else []
+
+    async def _count(self, dataset: str, window: timedelta | int | str, operation: str, query: str | None = None
+                     ) -> int:
+        rows = await self._discover(dataset, window, operation, query=query)
         return int(rows[0].get("count()", 0) or 0) if rows and isinstance(rows[0], dict) else 0
 
     async def error_count(self, window: timedelta | int | str = "15m") -> int:
@@ -165,18 +170,13 @@ class SentryClient(BaseClient):
 
     async def route_counts(self, window: timedelta | int | str = "5m") -> RouteCounts | None:
         """Return the requests per route (transactions grouped by name, busiest first); None when unavailable."""
-        period, _ = stats_period(window)
-        params: dict[str, Any] = {"dataset": "transactions", "field": ["transaction", "count()"],
-                                  "project": self.project, "statsPeriod": period, "sort": "-count()",
-                                  "per_page": ROUTE_PAGE}
         try:
-            body = await self.http.json(
-                "GET", f"/api/0/organizations/{self.org}/events/", operation="count requests per route", params=params)
+            rows = await self._discover("transactions", window, "count requests per route",
+                                        fields=("transaction", "count()"), sort="-count()", per_page=ROUTE_PAGE)
         except (AuthError, RequestRejected):
             return None
-        rows = body.get("data", []) if isinstance(body, dict) else []
         counts: dict[str, int] = {}
-        for row in rows if isinstance(rows, list) else []:
+        for row in rows:
             if isinstance(row, dict) and isinstance(row.get("transaction"), str):
                 counts[row["transaction"]] = counts.get(row["transaction"], 0) + int(row.get("count()") or 0)
         return RouteCounts(counts=counts, complete=len(rows) < ROUTE_PAGE)

@@ -634,7 +634,7 @@ def test_baseline_samples_keep_what_was_judged_not_what_was_masked() -> None:
     """The request rate and route shares join the baselines; masked or too thin windows do not."""
     def samples(probes: CycleProbes, history: dict[str, list[float]]) -> dict[str, float]:
         m = measure(probes, monitoring=FMON, rate_history=[100, 100, 100], route_history=history)
-        return baseline_samples(probes, m, evaluate(Policy().alert_rules, m), FMON, history)
+        return baseline_samples(m, evaluate(Policy().alert_rules, m))
 
     def traffic(requests: int = 100, **counts: int) -> Traffic:
         return Traffic(requests=requests, window_s=60, auth_failures=0, auth_window_s=60, routes=_routes(**counts))

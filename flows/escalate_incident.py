@@ -4,6 +4,9 @@ The run pauses for an `Acknowledge` input (the UI's Resume form: who). Meanwhile
 chain from the policy: on-call, then the engineering lead, then the CTO. An acknowledgement from anywhere stops it:
 the UI (resume this run), the CLI (`runbook ack ID --by NAME` writes the store; the clock sees it and resumes this
 run), or other automation (either way). A response time that passes without acknowledgement is recorded.
+
+"Is it time for the next step?" is asked of `runbook.clock` (the system clock; a manual one in tests), re-read on
+every poll, so a step fires because its time has come, not because the machine was slow to deliver an ack.
 """
 
 
@@ -19,8 +22,9 @@ from prefect.flow_runs import apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
+from runbook import clock
 from runbook.escalation import escalation_schedule, wait_limit
-from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, utcnow
+from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
@@ -109,7 +113,7 @@ async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: 
             if run_id:
                 await _resume_when_paused(run_id, current, resumed)
             return True
-        wait = poll if until is None else min(poll, (until - utcnow()).total_seconds())
+        wait = poll if until is None else min(poll, (until - clock.now()).total_seconds())
         if wait <= 0:
             return False
         with contextlib.suppress(TimeoutError):
@@ -131,7 +135,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     policy = get_policy()
     stop, resumed = asyncio.Event(), asyncio.Event()
     run_id = flow_run_id()
-    clock = asyncio.create_task(_clock(incident, run_id, stop, resumed, outcome))
+    pager = asyncio.create_task(_clock(incident, run_id, stop, resumed, outcome))
     description = (f"## Acknowledge {incident.severity} {incident.id}\n\n**{incident.title}**\n\n"
                    f"Response due by {incident.response_due:%Y-%m-%d %H:%M} UTC. Acknowledging stops the "
                    "escalation (engineering lead, then CTO) and makes you the owner of the response.")
@@ -148,7 +152,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     finally:
         resumed.set()
         stop.set()
-        await clock
+        await pager
     if ack is not None and ack.note == RESOLVED_FIRST:
         outcome.via = "resolved"
     elif ack is not None:

@@ -3,39 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from flows.escalate_incident import EscalateParams, escalate_incident
 from runbook.cli import main as cli_main
+from runbook.clock import ManualClock, use_clock
 from runbook.drill import DrillStack
 from runbook.drill.approver import pause_form, resume, wait_for_pause
 from runbook.models import Incident, Severity
 from runbook.store import open_store
 from tests.conftest import write_policy
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-# The runbook's 0 / 15 / 30 minutes, scaled down to 0 / 1.5 / 3 seconds; SLA after 2.4 s.
-FAST_POLICY = """
-severities:
-  P0: {response_minutes: 0.04}
-escalation:
-  - {role: On-Call Engineer, name: Ana, after_minutes: 0}
-  - {role: Engineering Lead, name: Ben, after_minutes: 0.025}
-  - {role: CTO, name: Chen, after_minutes: 0.05}
+# The runbook's own chain (on-call at 0, engineering lead at 15, CTO at 30 minutes; P0 response time 15 minutes),
+# driven by a manual clock: a step fires when the test advances the clock past it, never because the machine was
+# slow. Only the store poll is fast.
+POLICY = """
 response: {ack_poll_seconds: 0.2}
 """
+LEAD_AT, CTO_AT = timedelta(minutes=15), timedelta(minutes=30)
 
 
 @pytest.fixture
 async def incident(drill_env: DrillStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Incident:
-    """Declare a P0 with the fast escalation policy in force."""
-    write_policy(tmp_path, monkeypatch, FAST_POLICY)
+    """Declare a P0 with the runbook's escalation chain in force."""
+    write_policy(tmp_path, monkeypatch, POLICY)
     async with open_store() as store:
         inc, _ = await store.declare(Incident(title="Site completely down", severity=Severity.P0, fingerprint="esc"))
     return inc
+
+
+@pytest.fixture
+def manual(incident: Incident) -> Iterator[ManualClock]:
+    """Stop the escalation's clock at the moment the incident was declared."""
+    with use_clock(ManualClock(incident.created_at)) as fixed:
+        assert isinstance(fixed, ManualClock)
+        yield fixed
 
 
 def _paged_roles(stack: DrillStack) -> list[str]:
@@ -43,51 +52,68 @@ def _paged_roles(stack: DrillStack) -> list[str]:
             if r.path.endswith("/enqueue") and r.body.get("event_action") == "trigger"]
 
 
-async def test_no_ack_pages_lead_then_cto_in_order(incident: Incident, drill_env: DrillStack) -> None:
-    """Without an acknowledgement, on-call, the engineering lead and the CTO are paged in that order."""
+async def _paged(stack: DrillStack, count: int) -> list[str]:
+    return await eventually(lambda: len(_paged_roles(stack)) >= count and _paged_roles(stack), f"{count} page(s)")
+
+
+async def test_no_ack_pages_lead_then_cto_in_order(incident: Incident, drill_env: DrillStack,
+                                                   manual: ManualClock) -> None:
+    """Without an acknowledgement, on-call, the engineering lead and the CTO are paged in that order, each on time."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
-    paused = await wait_for_pause(["escalate-incident"])
-    await asyncio.sleep(3.6)
-    assert _paged_roles(drill_env) == ["On-Call Engineer", "Engineering Lead", "CTO"]
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
+    assert await _paged(drill_env, 1) == ["On-Call Engineer"]
+    manual.advance_to(incident.created_at + LEAD_AT)
+    assert await _paged(drill_env, 2) == ["On-Call Engineer", "Engineering Lead"]
+    manual.advance_to(incident.created_at + CTO_AT)
+    assert await _paged(drill_env, 3) == ["On-Call Engineer", "Engineering Lead", "CTO"]
     await resume(paused, {"by": "chen"})
     outcome = await run
     assert outcome.acknowledged_by == "chen" and outcome.sla_missed
+    assert outcome.pages == ["On-Call Engineer", "Engineering Lead", "CTO"]
     async with open_store() as store:
         kinds = [e.kind for e in await store.timeline(incident.id)]
     assert kinds.count("escalated") == 2 and "sla_missed" in kinds and "acknowledged" in kinds
 
 
-async def test_ack_from_the_ui_after_first_page_stops_escalation(incident: Incident, drill_env: DrillStack) -> None:
+async def test_ack_from_the_ui_after_first_page_stops_escalation(incident: Incident, drill_env: DrillStack,
+                                                                  manual: ManualClock) -> None:
     """An acknowledgement given through Prefect's API after the first page means nobody else is paged."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
-    paused = await wait_for_pause(["escalate-incident"])
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
     schema, description = await pause_form(paused)
     assert "by" in schema["properties"] and incident.id in description
+    await _paged(drill_env, 1)
     await resume(paused, {"by": "ana", "note": "on it"})
     outcome = await run
-    await asyncio.sleep(2.0)  # past the lead's 1.5 s
+    manual.advance(CTO_AT * 2)  # long past the lead's and the CTO's steps: the run has ended, nobody is paged
     assert _paged_roles(drill_env) == ["On-Call Engineer"]
     assert outcome.acknowledged_by == "ana" and outcome.via == "ui" and not outcome.sla_missed
+    assert outcome.pages == ["On-Call Engineer"]
     assert drill_env.pagerduty.alert(incident.id)["status"] == "acknowledged"
 
 
-async def test_ack_from_the_cli_stops_escalation(incident: Incident, drill_env: DrillStack) -> None:
+async def test_ack_from_the_cli_stops_escalation(incident: Incident, drill_env: DrillStack,
+                                                 manual: ManualClock) -> None:
     """`runbook ack` writes the store; the waiting run notices, resumes itself and pages nobody else."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
-    await wait_for_pause(["escalate-incident"])
+    await wait_for_pause(["escalate-incident"], timeout=120)
+    await _paged(drill_env, 1)
     code = await asyncio.get_running_loop().run_in_executor(None, cli_main, ["ack", incident.id, "--by", "ana"])
     assert code == 0
-    outcome = await asyncio.wait_for(run, timeout=10)
-    await asyncio.sleep(1.5)
+    outcome = await asyncio.wait_for(run, timeout=120)
+    manual.advance(CTO_AT * 2)
     assert outcome.acknowledged_by == "ana" and outcome.via == "store"
-    assert _paged_roles(drill_env) == ["On-Call Engineer"]
+    assert outcome.pages == ["On-Call Engineer"] and _paged_roles(drill_env) == ["On-Call Engineer"]
 
 
-async def test_rerun_does_not_page_twice(incident: Incident, drill_env: DrillStack) -> None:
+async def test_rerun_does_not_page_twice(incident: Incident, drill_env: DrillStack, manual: ManualClock) -> None:
     """Running the escalation again for an acknowledged incident pages nobody (dedup by incident id)."""
     first = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
-    await resume(await wait_for_pause(["escalate-incident"]), {"by": "ana"})
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
+    await _paged(drill_env, 1)
+    await resume(paused, {"by": "ana"})
     await first
+    manual.advance(CTO_AT * 2)
     again = await escalate_incident(EscalateParams(incident_id=incident.id))
     assert again.acknowledged_by == "ana" and again.pages == []
     assert _paged_roles(drill_env) == ["On-Call Engineer"]

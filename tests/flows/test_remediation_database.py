@@ -1,11 +1,11 @@
 """database-rollback against the drill's real Postgres: revert, two-person rule, bad versions, resume, refusals."""
 
-import asyncio
 
 import asyncpg
 import pytest
 from pydantic import ValidationError
 
+from flows._remediation import RemediationResult
 from flows.database_rollback import DatabaseRollbackParams, database_rollback
 from runbook.drill import DrillStack
 from runbook.errors import UnsafeOperation
@@ -166,10 +166,13 @@ async def test_concurrent_rollback_is_refused(drill: DrillStack) -> None:
     """While one remediation waits for approval, a second one for the environment is refused."""
     drill.inject("database-migration")
     incident = await new_incident()
-    first = asyncio.ensure_future(database_rollback(DatabaseRollbackParams(
-        incident_id=incident, requested_by="alice", approval_timeout_minutes=4 / 60)))
-    await asyncio.sleep(2)
-    second = await database_rollback(DatabaseRollbackParams(requested_by="carol"))
-    assert second.outcome == "refused" and "held by" in second.detail
-    assert (await first).outcome == "timed_out"
+    seconds: list[RemediationResult] = []
+
+    async def second_rollback() -> None:  # runs while the first is paused, waiting for approval
+        seconds.append(await database_rollback(DatabaseRollbackParams(requested_by="carol")))
+
+    first = await decide(database_rollback(DatabaseRollbackParams(incident_id=incident, requested_by="alice")),
+                         incident, decision="reject", meanwhile=second_rollback, timeout=120)
+    assert seconds and seconds[0].outcome == "refused" and "held by" in seconds[0].detail
+    assert first.outcome == "rejected"
     assert injected_version(drill) in applied(drill)

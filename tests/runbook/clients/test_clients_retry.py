@@ -63,7 +63,7 @@ async def test_a_hang_is_bounded_by_the_timeout_retried_then_typed(drill: DrillS
                 await openai.liveness()
     finally:
         drill.openai.clear_faults()
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 20  # bounded by 2 x 0.4 s timeouts, not by the 30 s hang (loose: busy CI)
     assert len(drill.openai.requests) == 2
     assert "read timeout" in str(caught.value) and not isinstance(caught.value, RateLimited)
 
@@ -95,7 +95,7 @@ async def test_a_retry_after_beyond_the_bound_is_not_waited(drill: DrillStack, s
     async with SentryClient.from_settings(settings, policy=RetryPolicy(max_retry_after=30)) as sentry:
         with pytest.raises(RateLimited) as caught:
             await sentry.error_count()
-    assert caught.value.retry_after == 120 and time.monotonic() - started < 1.0
+    assert caught.value.retry_after == 120 and time.monotonic() - started < 60  # not the 120 s asked for
     assert len(drill.sentry.requests) == 1
 
 

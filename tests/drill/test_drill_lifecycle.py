@@ -18,7 +18,7 @@ import pytest
 from runbook.drill import DrillStack
 
 
-def _gone(pid: int, timeout: float = 10.0) -> bool:
+def _gone(pid: int, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -60,7 +60,7 @@ def test_ten_starts_and_stops_leave_nothing_behind() -> None:
         assert pid is not None and _gone(pid)
         assert all(_refused(port) for port in ports)
         assert _processes_using(workdir) == []
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while _drill_threads() > threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _drill_threads() == threads_before

@@ -66,17 +66,22 @@ def test_rollback_goes_pending_in_progress_succeeded(stack: DrillStack, vercel: 
     """A rollback's lastAliasRequest moves pending → in-progress → succeeded, then production switches."""
     target = stack.vercel.rollback_candidates()[0].id
     pid = stack.vercel.project_id
+    posted = time.monotonic()
     assert vercel.post(f"/v9/projects/{pid}/rollback/{target}", json={}).status_code == 201
-    statuses = []
-    deadline = time.monotonic() + 5
+    statuses, first_read = [], None
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         info = vercel.get(f"/v9/projects/{pid}", params={"rollbackInfo": "true"}).json()["lastAliasRequest"]
+        first_read = first_read or time.monotonic()
         if not statuses or statuses[-1] != info["jobStatus"]:
             statuses.append(info["jobStatus"])
         if info["jobStatus"] == "succeeded":
             break
         time.sleep(0.02)
-    assert statuses == ["pending", "in-progress", "succeeded"]
+    order = ["pending", "in-progress", "succeeded"]  # a busy machine may poll past a short phase: order, not each
+    assert statuses[-1] == "succeeded" and statuses == sorted(statuses, key=order.index)
+    # the job is asynchronous: seen unfinished, unless our first read came after the whole delay had passed
+    assert statuses[0] != "succeeded" or first_read - posted >= stack.vercel.alias_delay
     assert info["toDeploymentId"] == target and info["type"] == "rollback"
     assert stack.vercel.production().id == target
 

@@ -7,6 +7,11 @@ performance    → /api/health 200 within the runbook's response-time target (cu
 configuration  → /api/health (the runbook's "Verify configuration" curl)
 Every verification also requires /api/health to answer 200. Remediations call this after acting; the response
 flows call it before resolving ("resolved" only after a verification passed).
+
+A check that did not finish within its task timeout is *inconclusive*, not a measured failure: the client's own
+timeouts (shorter) are what says the service is slow; a task timeout means our side (a busy machine, a slow
+worker) did not get the answer in time. Inconclusive checks are re-run within the window like failing ones, never
+pass a verification, and are named as such in the record.
 """
 
 
@@ -35,11 +40,23 @@ class Verification(BaseModel):
     passed: bool
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     attempts: int = 1
+    inconclusive_attempts: int = Field(0, description="Attempts in which a check did not finish (machine busy)")
+
+    @property
+    def inconclusive(self) -> bool:
+        """True when it did not pass only because checks did not finish (nothing measured as failing)."""
+        failing = [v for v in self.checks.values() if not v.get("ok")]
+        return not self.passed and bool(failing) and all(v.get("inconclusive") for v in failing)
 
     def summary(self) -> str:
         """Return one line naming the failing checks, if any."""
-        failing = [k for k, v in self.checks.items() if not v.get("ok")]
-        return "all checks passed" if self.passed else f"failing: {', '.join(failing)}"
+        if self.passed:
+            return "all checks passed"
+        failing = [k for k, v in self.checks.items() if not v.get("ok") and not v.get("inconclusive")]
+        unfinished = [k for k, v in self.checks.items() if v.get("inconclusive")]
+        parts = ([f"failing: {', '.join(failing)}"] if failing else []) + (
+            [f"inconclusive (did not finish in time): {', '.join(unfinished)}"] if unfinished else [])
+        return "; ".join(parts) or "no checks ran"
 
 
 class VerifyParams(BaseModel):
@@ -49,6 +66,8 @@ class VerifyParams(BaseModel):
     incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description="Record on this incident")
     within_seconds: float = Field(60, ge=0, le=3600, description="Keep re-checking up to this long before failing")
     interval_seconds: float = Field(2, gt=0, le=300, description="Pause between attempts")
+    check_timeout_seconds: float = Field(60, gt=0, le=600,
+                                         description="Give each check this long to finish (past it: inconclusive)")
 
 
 def _dependency_ok(body: dict[str, Any] | None, name: str) -> bool | None:
@@ -59,42 +78,49 @@ def _dependency_ok(body: dict[str, Any] | None, name: str) -> bool | None:
     return str(dep.get("status", "")).lower() in HEALTHY
 
 
-async def _once(scenario: str) -> dict[str, dict[str, Any]]:
+async def _once(scenario: str, limit: float) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
+    health_check, auth_check, rest_check, webhook_check, timing_check = (
+        t.with_options(timeout_seconds=limit)
+        for t in (check_app_health, check_auth_endpoint, check_rest_count, probe_webhook, probe_health_timing))
 
     async def guard(name: str, coro: Any) -> Any:
         try:
             return await coro
-        except IntegrationError as exc:
+        except IntegrationError as exc:  # the service answered badly or not within the client's timeouts
             checks[name] = {"ok": False, "error": str(exc)}
             return None
+        except TimeoutError:  # the task's own timeout: the check did not finish, nothing was measured
+            checks[name] = {"ok": False, "inconclusive": True,
+                            "error": "the check did not finish within its task timeout (is this machine busy?)"}
+            return None
 
-    health = await guard("app_health", check_app_health(None, purpose="verification"))
+    health = await guard("app_health", health_check(None, purpose="verification"))
     if health is not None:
         # Strict: "degraded" (a dependency such as OpenAI down) is not restored service.
         checks["app_health"] = {"ok": health.ok, "status_code": health.status_code, "status": health.status,
                                 "latency_ms": health.latency_ms}
     if scenario == "database":
-        count = await guard("rest_count", check_rest_count(None))
+        count = await guard("rest_count", rest_check(None))
         if count is not None:
             checks["rest_count"] = {"ok": True, "count": count.count}
         dep = _dependency_ok(health.body if health else None, "database")
         if dep is not None:
             checks["database_dependency"] = {"ok": dep}
     elif scenario == "authentication":
-        auth = await guard("auth_endpoint", check_auth_endpoint())
+        auth = await guard("auth_endpoint", auth_check())
         if auth is not None:
             checks["auth_endpoint"] = {"ok": auth.alive, "status_code": auth.status_code, "detail": auth.detail}
         dep = _dependency_ok(health.body if health else None, "auth")
         if dep is not None:
             checks["auth_dependency"] = {"ok": dep}
     elif scenario == "payment":
-        probe = await guard("webhook_probe", probe_webhook())
+        probe = await guard("webhook_probe", webhook_check())
         if probe is not None:
             checks["webhook_probe"] = {"ok": probe.ok, "unsigned_status": probe.unsigned_status,
                                        "signed_status": probe.signed_status, "detail": probe.detail}
     elif scenario == "performance":
-        timing = await guard("response_time", probe_health_timing())
+        timing = await guard("response_time", timing_check())
         if timing is not None:
             target = get_policy().key_metrics.response_time_s
             checks["response_time"] = {"ok": timing.ok and timing.total_s < target, "total_s": timing.total_s,
@@ -109,18 +135,22 @@ async def _once(scenario: str) -> dict[str, dict[str, Any]]:
 @flow(name="verify-service", flow_run_name="verify {params.scenario} {params.incident_id}")
 async def verify_service(params: VerifyParams) -> Verification:
     """Run the scenario's verification, re-checking within a bounded window; record the outcome."""
-    attempts = 0
+    attempts = unfinished = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + params.within_seconds
     while True:
         attempts += 1
-        checks = await _once(params.scenario)
+        checks = await _once(params.scenario, params.check_timeout_seconds)
         passed = bool(checks) and all(c.get("ok") for c in checks.values())
+        unfinished += any(c.get("inconclusive") for c in checks.values())
         if passed or loop.time() >= deadline:
             break
         await asyncio.sleep(params.interval_seconds)
-    result = Verification(scenario=params.scenario, passed=passed, checks=checks, attempts=attempts)
+    result = Verification(scenario=params.scenario, passed=passed, checks=checks, attempts=attempts,
+                          inconclusive_attempts=unfinished)
+    verdict = "passed" if passed else "INCONCLUSIVE" if result.inconclusive else "FAILED"
     await record(params.incident_id, EventKind.VERIFICATION,
-                 f"Verification ({params.scenario}) {'passed' if passed else 'FAILED'}: {result.summary()}",
-                 {"passed": passed, "scenario": params.scenario, "checks": checks, "attempts": attempts})
+                 f"Verification ({params.scenario}) {verdict}: {result.summary()}",
+                 {"passed": passed, "inconclusive": result.inconclusive, "scenario": params.scenario,
+                  "checks": checks, "attempts": attempts, "inconclusive_attempts": unfinished})
     return result

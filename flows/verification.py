@@ -80,9 +80,11 @@ def _dependency_ok(body: dict[str, Any] | None, name: str) -> bool | None:
 
 async def _once(scenario: str, limit: float) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
-    health_check, auth_check, rest_check, webhook_check, timing_check = (
-        t.with_options(timeout_seconds=limit)
-        for t in (check_app_health, check_auth_endpoint, check_rest_count, probe_webhook, probe_health_timing))
+    health_check = check_app_health.with_options(timeout_seconds=limit)
+    auth_check = check_auth_endpoint.with_options(timeout_seconds=limit)
+    rest_check = check_rest_count.with_options(timeout_seconds=limit)
+    webhook_check = probe_webhook.with_options(timeout_seconds=limit)
+    timing_check = probe_health_timing.with_options(timeout_seconds=limit)
 
     async def guard(name: str, coro: Any) -> Any:
         try:

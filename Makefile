@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install test drill up bench lint clean
+.PHONY: install test test-stress drill drill-stress up bench lint clean
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
+
+# The suite and every drill scenario with two CPU-burning processes beside them (must pass on a loaded machine).
+test-stress: install
+	$(BIN)/python -m bench.stress --burners 2 -- $(BIN)/python -m pytest -q -n 2
+
+drill-stress: install
+	$(BIN)/python -m bench.stress --burners 2 -- $(BIN)/runbook drill --all
 
 drill: install
 	$(BIN)/runbook drill database-migration

@@ -72,6 +72,16 @@ class LocalPrefectServer:
         """Return the API URL (what PREFECT_API_URL must be)."""
         return f"{self.url}/api"
 
+    def ui_env(self) -> dict[str, str]:
+        """Return the settings that make the server's UI talk to this server's API.
+
+        `prefect server start --port N` binds to N, but the UI's `/ui-settings` takes its `api_url` from the
+        PREFECT_SERVER_API_HOST/PORT settings (default 127.0.0.1:4200): without these the UI printed for port N
+        shows "Can't connect to Server API", or silently another server that listens on 4200.
+        """
+        return {"PREFECT_SERVER_API_HOST": self.host, "PREFECT_SERVER_API_PORT": str(self.port),
+                "PREFECT_SERVER_UI_API_URL": self.api_url}
+
     def env(self, **extra: str) -> dict[str, str]:
         """Return an environment for Prefect CLI subprocesses talking to this server."""
         return prefect_env(self.home, self.api_url, **extra)
@@ -84,7 +94,7 @@ class LocalPrefectServer:
         began = time.monotonic()
         self.process = subprocess.Popen(
             [*prefect_command(), "server", "start", "--host", self.host, "--port", str(self.port)],
-            env=prefect_env(self.home, **self.server_env), stdin=subprocess.DEVNULL, stdout=self._log,
+            env=prefect_env(self.home, **self.ui_env(), **self.server_env), stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

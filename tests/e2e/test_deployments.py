@@ -168,6 +168,20 @@ def api(server: LocalPrefectServer, path: str, body: dict[str, Any] | None = Non
 
 
 @pytest.mark.slow
+def test_the_printed_ui_talks_to_its_own_server(deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
+    """The UI at the server's own (non-default) port is configured with that server's API, not 127.0.0.1:4200."""
+    server, _ = deployed
+    assert server.port != 4200
+    settings = httpx.get(f"{server.url}/ui-settings", timeout=10).json()
+    assert settings["api_url"] == server.api_url
+    page = httpx.get(f"{server.url}/", timeout=10, follow_redirects=True, headers={"accept": "text/html"})
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    # what the UI lists is what this server holds
+    names = {d["name"] for d in httpx.post(f"{settings['api_url']}/deployments/filter", json={}, timeout=10).json()}
+    assert names == set(BY_NAME)
+
+
+@pytest.mark.slow
 def test_prefect_deploy_all_registers_every_deployment(deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
     """`prefect deploy --all` creates every deployment on runbook-pool with its schedules, in the project directory."""
     server, _ = deployed

@@ -280,14 +280,13 @@ def _inject_slow_db(stack: DrillStack, *, delay: float = 6.0, threshold: float =
                     limit: float = 600.0) -> dict[str, str]:
     sql = RUNAWAY_SQL.replace("{delay}", f"{float(delay)}").replace("{limit}", f"{float(limit)}")
     pid = stack.open_session(sql, "nightly-progress-rollup")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if stack.query("select 1 from pg_locks where pid = $1 and mode = 'AccessExclusiveLock' and granted", pid):
+    deadline = time.monotonic() + 60  # bounds a hang only: a busy machine may take a while to start the session
+    while time.monotonic() < deadline:  # locked and long-running (> 1 s), as the diagnosis queries look for it
+        if any(row["pid"] == pid for row in stack.query(BLOCKERS_SQL)):
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     else:
         raise DrillError("the runaway session did not take its lock")
-    time.sleep(1.05)  # so it counts as long-running (> 1 s) for the diagnosis queries
     _state(stack, "slow-database").update(pid=pid, delay=delay, threshold=threshold)
     return {}
 

@@ -38,8 +38,9 @@ from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, Runbo
 from runbook.models import INCIDENT_ID_PATTERN, Approval, EventKind, utcnow
 from runbook.settings import get_settings
 from runbook.store import open_store
-from tasks.common import flow_run_id
+from tasks.common import flow_run_id, flow_run_url
 from tasks.incident import record
+from tasks.slack import post_slack_message
 
 Outcome = Literal[
     "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
@@ -141,6 +142,18 @@ async def request_approval(
                      f"Approval requested for {plan.action}: {plan.summary}",
                      {"plan_hash": plan.hash, "action": plan.action, "steps": plan.steps,
                       "requested_by": requested_by, "two_person": two_person}, actor=requested_by or "runbook")
+    link = flow_run_url(run_id)
+    waiting = f"waiting for approval of {plan.action}: {plan.summary} (plan {plan.hash}): {link or 'this run'}"
+    get_run_logger().info(waiting)  # the run log says what it waits for and where to decide, at INFO
+    if not already:
+        try:
+            await post_slack_message(
+                "#incidents", f"Approval needed: {plan.action}: {plan.summary} (plan {plan.hash}). "
+                f"Decide in Prefect: {link or 'the paused run of ' + plan.action}", incident_id=incident_id,
+                summary=f"Slack: approval needed for {plan.action} (plan {plan.hash})",
+                details={"plan_hash": plan.hash, "action": plan.action, "url": link})
+        except Exception as exc:  # Slack down must not stop the request: the run still waits and says so
+            get_run_logger().warning("could not post the approval request to Slack: %s", exc)
     description = plan.markdown()
     if two_person:
         description += f"\n\n**Two-person rule:** the approver must not be the requester ({requested_by})."

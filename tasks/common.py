@@ -32,6 +32,20 @@ def flow_run_id() -> str | None:
         return None
 
 
+def flow_run_url(run_id: str | None = None) -> str | None:
+    """Return the Prefect UI address of a flow run (default: ours), as the engine's "View at" line forms it."""
+    run_id = run_id or flow_run_id()
+    if not run_id:
+        return None
+    try:
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+        base = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    except Exception:
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base else None
+
+
 def flow_run_name() -> str | None:
     """Return the name of the flow run we are in, if any."""
     try:

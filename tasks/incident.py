@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from runbook.models import Alert, Incident, Status, TimelineEvent
 from runbook.store import open_store
@@ -19,14 +20,28 @@ async def record(
     details: dict[str, Any] | None = None,
     actor: str = "runbook",
 ) -> TimelineEvent | None:
-    """Append one event to the incident's timeline with the current flow-run id (nothing without an incident)."""
+    """Append one event to the incident's timeline with the current flow-run id (nothing without an incident).
+
+    Inside a run the event's summary also goes to that run's log at INFO, so the run page in the Prefect UI tells
+    what the run did (backup, each down script, each check) and not only the incident timeline.
+    """
     if not incident_id:
         return None
     async with open_store() as store:
-        return await store.append_event(
+        event = await store.append_event(
             incident_id,
             TimelineEvent(kind=kind, actor=actor, summary=summary, details=details or {}, flow_run_id=flow_run_id()),
         )
+    _log_in_run(f"[{incident_id}] {kind}: {summary}")
+    return event
+
+
+def _log_in_run(line: str) -> None:
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # a plain call outside any flow or task run: the timeline is the record
+        return
+    logger.info(line)
 
 
 async def read_incident(incident_id: str) -> Incident:

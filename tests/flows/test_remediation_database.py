@@ -3,6 +3,8 @@
 
 import asyncpg
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from pydantic import ValidationError
 
 from flows._remediation import RemediationResult
@@ -11,7 +13,14 @@ from runbook.drill import DrillStack
 from runbook.errors import UnsafeOperation
 from runbook.models import EventKind
 from runbook.settings import get_settings
-from tests.flows.remediation_support import decide, drill_fixture, event_details, new_incident  # noqa: F401 - a fixture
+from tests.flows.remediation_support import (  # noqa: F401 - a fixture
+    decide,
+    drill_fixture,
+    event_details,
+    new_incident,
+    timeline,
+)
+from tests.waiting import eventually
 
 
 def applied(stack: DrillStack) -> list[str]:
@@ -176,3 +185,29 @@ async def test_concurrent_rollback_is_refused(drill: DrillStack) -> None:
     assert seconds and seconds[0].outcome == "refused" and "held by" in seconds[0].detail
     assert first.outcome == "rejected"
     assert injected_version(drill) in applied(drill)
+
+
+async def test_the_approval_request_is_loud_and_every_step_is_in_the_run_log(drill: DrillStack) -> None:
+    """#incidents is told what waits for approval with a link to the run; the run's own log names the plan and
+    each step it takes (backup, down script, verification), not only the incident timeline."""
+    drill.inject("database-migration")
+    incident = await new_incident()
+    result = await decide(database_rollback(DatabaseRollbackParams(incident_id=incident, requested_by="alice",
+                                                                   verify_within_seconds=20)), incident)
+    assert result.outcome == "verified", result.detail
+    [requested] = await timeline(incident, kind=EventKind.APPROVAL_REQUESTED)
+    run_id, plan_hash = requested.flow_run_id, requested.details["plan_hash"]
+    assert run_id
+    [notice] = [m for m in drill.slack.messages() if "Approval needed" in str(m)]
+    assert plan_hash in str(notice) and f"/runs/flow-run/{run_id}" in str(notice)
+
+    async def run_log() -> str:
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        text = "\n".join(log.message for log in logs)
+        return text if "Remediation checks passed" in text else ""  # the run's last step
+
+    text = await eventually(run_log, "the run's log to reach the server")
+    assert "waiting for approval of database-rollback" in text and f"(plan {plan_hash})" in text
+    assert ".dump" in text  # the backup file is named in the run log
+    assert "remediation_applied" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -223,6 +224,12 @@ def cmd_check(args: argparse.Namespace, settings: Settings | None = None) -> int
         print(json.dumps(payload, indent=2))
     else:
         print(format_table(results))
+    if results and all(r.state == "unconfigured" for r in results):
+        print("runbook check: nothing is configured, so nothing can be checked (and an incident could not be "
+              "handled). Set the RUNBOOK_* settings of your integrations, e.g. RUNBOOK_APP_URL, "
+              "RUNBOOK_PAGERDUTY_ROUTING_KEY, RUNBOOK_SLACK_WEBHOOK_INCIDENTS, RUNBOOK_STATUSPAGE_API_KEY, in the "
+              "environment or a .env file; `runbook config` lists every setting.", file=sys.stderr)
+        return 2
     return 1 if failed(results) else 0
 
 

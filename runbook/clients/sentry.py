@@ -1,15 +1,20 @@
 """Sentry: error count, request count and error rate over a window, and the error time series (Discover events API).
 
-The request count is the `transactions` dataset's count(), which exists only when the organisation has performance
-monitoring: a 4xx for that dataset means "request count unavailable" (None), not a failure. `traffic()` reads the
-request count, the requests per route (transactions grouped by `transaction`, the feature-usage mix) and the failed
-logins (transactions of the auth endpoint answered 401/403, a Discover `query`); a vendor that rejects a query
-leaves that count None (unavailable), never an error.
+Requests served are the `spans` dataset's segment spans (`is_transaction:true`, one per request the SDK traces):
+the dataset the events endpoint documents for spans and transactions (`transactions` is no longer among its
+datasets; see tests/contracts/specs/sentry.json). `traffic()` reads the request count, the requests per route
+(segment spans grouped by `transaction`, the feature-usage mix) and the failed logins (segment spans of the auth
+endpoint with `span.status_code` 401/403; https://docs.sentry.io/concepts/search/searchable-properties/spans).
+
+A reading Sentry refuses (a 4xx: the query or dataset rejected, no access, no tracing) is a named gap, never an
+error and never silent: the count is None, `gaps` names the reading with Sentry's own message, and a warning is
+logged once per reading and message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +34,9 @@ from runbook.errors import AuthError, InputError, RequestRejected
 from runbook.settings import Settings
 
 VENDOR = "sentry"
+SPANS = "spans"
+SEGMENTS = "is_transaction:true"  # segment spans: one per request served (what `transactions` used to count)
+log = logging.getLogger("runbook.clients.sentry")
 
 
 class ErrorRate(BaseModel):
@@ -39,6 +47,7 @@ class ErrorRate(BaseModel):
     per_minute: float
     requests: int | None = None
     percent_of_requests: float | None = None
+    requests_gap: str | None = Field(default=None, description="Why the request count is unavailable, if it is")
 
 
 ROUTE_PAGE = 100  # Discover's largest page: the busiest routes, enough for a usage mix
@@ -59,6 +68,8 @@ class Traffic(BaseModel):
     auth_failures: int | None
     auth_window_s: int
     routes: RouteCounts | None = Field(default=None, description="Requests per route over `window_s`")
+    gaps: dict[str, str] = Field(default_factory=dict, description="Reading (requests, auth_failures, routes) → "
+                                 "why Sentry could not count it; empty when every reading was counted")
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -110,6 +121,17 @@ class SentryClient(BaseClient):
         super().__init__(http)
         self.org = org
         self.project = project
+        self.gaps: dict[str, str] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    def _gap(self, reading: str, exc: AuthError | RequestRejected) -> None:
+        """Record (and log, once per reading and message) that Sentry refused a reading."""
+        status = f"HTTP {exc.status}" if exc.status else "refused"
+        reason = f"Sentry refused the {reading} query ({status}: {exc.detail or 'no detail'})"
+        self.gaps[reading] = reason
+        if (reading, reason) not in self._warned:
+            self._warned.add((reading, reason))
+            log.warning("sentry %s is a gap: %s", reading, reason)
 
     @classmethod
     def from_settings(
@@ -148,32 +170,34 @@ class SentryClient(BaseClient):
         return await self._count("errors", window, "count errors")
 
     async def request_count(self, window: timedelta | int | str = "15m") -> int | None:
-        """Return the number of transactions (requests served) in the last `window`; None when unavailable."""
+        """Return the requests served (segment spans) in the last `window`; None (a named gap) when refused."""
+        self.gaps.pop("requests", None)
         try:
-            return await self._count("transactions", window, "count requests")
-        except (AuthError, RequestRejected):  # no performance monitoring (or no access to it): no request count
+            return await self._count(SPANS, window, "count requests", SEGMENTS)
+        except (AuthError, RequestRejected) as exc:
+            self._gap("requests", exc)
             return None
 
     async def auth_failure_count(self, window: timedelta | int | str = "1m", *, endpoint: str = "/api/auth/profile",
                                  statuses: tuple[int, ...] | list[int] = (401, 403)) -> int | None:
-        """Return the transactions of the auth endpoint answered with one of `statuses`; None when unavailable.
-
-        A query Sentry rejects (no performance monitoring, a search it does not support, no access) is an
-        unavailable count, not a failure.
-        """
+        """Return the requests to the auth endpoint answered with one of `statuses`; None (a named gap) if refused."""
         codes = ",".join(str(int(c)) for c in statuses)
-        query = f"transaction:{_search_value(endpoint)} http.status_code:[{codes}]"
+        query = f"{SEGMENTS} transaction:{_search_value(endpoint)} span.status_code:[{codes}]"
+        self.gaps.pop("auth_failures", None)
         try:
-            return await self._count("transactions", window, "count failed logins", query)
-        except (AuthError, RequestRejected):
+            return await self._count(SPANS, window, "count failed logins", query)
+        except (AuthError, RequestRejected) as exc:
+            self._gap("auth_failures", exc)
             return None
 
     async def route_counts(self, window: timedelta | int | str = "5m") -> RouteCounts | None:
-        """Return the requests per route (transactions grouped by name, busiest first); None when unavailable."""
+        """Return the requests per route (segment spans grouped by name, busiest first); None (a gap) if refused."""
+        self.gaps.pop("routes", None)
         try:
-            rows = await self._discover("transactions", window, "count requests per route",
-                                        fields=("transaction", "count()"), sort="-count()", per_page=ROUTE_PAGE)
-        except (AuthError, RequestRejected):
+            rows = await self._discover(SPANS, window, "count requests per route", fields=("transaction", "count()"),
+                                        query=SEGMENTS, sort="-count()", per_page=ROUTE_PAGE)
+        except (AuthError, RequestRejected) as exc:
+            self._gap("routes", exc)
             return None
         counts: dict[str, int] = {}
         for row in rows:
@@ -191,8 +215,9 @@ class SentryClient(BaseClient):
             self.request_count(window),
             self.auth_failure_count(auth_window, endpoint=endpoint, statuses=statuses),
             self.route_counts(window))
+        gaps = {k: v for k, v in self.gaps.items() if k in ("requests", "auth_failures", "routes")}
         return Traffic(requests=requests, window_s=seconds, auth_failures=failures, auth_window_s=auth_seconds,
-                       routes=routes)
+                       routes=routes, gaps=gaps)
 
     async def error_rate(self, window: timedelta | int | str = "15m", *, requests: int | None = None) -> ErrorRate:
         """Return the error count, errors per minute and errors as % of requests (Sentry's request count if not given).
@@ -202,8 +227,10 @@ class SentryClient(BaseClient):
         """
         _, seconds = stats_period(window)
         count = await self.error_count(window)
+        gap = None
         if requests is None:
             requests = await self.request_count(window)
+            gap = self.gaps.get("requests") if requests is None else None
         percent = min(100.0, round(100.0 * count / requests, 3)) if requests else None
         return ErrorRate(
             count=count,
@@ -211,6 +238,7 @@ class SentryClient(BaseClient):
             per_minute=round(count / (seconds / 60), 3),
             requests=requests,
             percent_of_requests=percent,
+            requests_gap=gap,
         )
 
     async def error_series(self, window: timedelta | int | str = "30m", interval: int = 60) -> list[SeriesPoint]:

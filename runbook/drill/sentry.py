@@ -1,17 +1,23 @@
 """Sentry stand-in: the app reports its 5xx and every request it serves here; the runbook reads counts and series.
 
+It answers the Discover endpoints as Sentry's published OpenAPI document describes them
+(tests/contracts/specs/sentry.json):
+
     GET /api/0/organizations/{org}/events/?dataset=errors&field=count()&project=<id>&statsPeriod=15m
         → {"data": [{"count()": N}], "meta": {...}}   (other fields, e.g. field=release, group the rows)
-    GET /api/0/organizations/{org}/events/?dataset=transactions&field=count()&project=<id>&statsPeriod=15m
-        → the same shape, counting transactions (requests served); 400 when `performance` is off, like an
-          organisation without performance monitoring
-    …&query=transaction:/api/auth/profile http.status_code:[401,403]
+    GET /api/0/organizations/{org}/events/?dataset=spans&field=count()&query=is_transaction:true&…
+        → the same shape, counting spans; each request served is one segment span (`is_transaction:true`) with
+          child spans (a database span), so a count without `is_transaction:true` counts more than requests.
+          400 when `performance` is off (an organisation whose spans cannot be queried)
+    dataset=transactions (or any dataset the document does not list) → 400 {"detail": "Invalid dataset …"}
+    …&query=is_transaction:true transaction:/api/auth/profile span.status_code:[401,403]
         → only the events matching every `key:value` / `key:"quoted value"` / `key:[a,b]` term (a field or tag);
           400 "Invalid query" for any other search syntax
     …&field=transaction&field=count()&sort=-count()&per_page=100
         → one row per transaction name (route) with its count, busiest first, at most per_page rows (≤ 100)
     GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
-        → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n}, …], "meta": {…}}]}
+        → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n, "incomplete": b}, …],
+          "meta": {…}}], "meta": {"dataset", "start", "end"}}   (interval in seconds, like the document says)
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from runbook.drill.standin import StandIn, bearer, iso, json_response
 _PERIOD = re.compile(r"^(\d+)([smhdw])$")
 _TERM = re.compile(r'\s*([A-Za-z0-9_.\-]+):("(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s"\[\]]+)\s*')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The datasets the events endpoints document (tests/contracts/specs/sentry.json): `transactions` is not one.
+DATASETS = ("errors", "logs", "profile_functions", "spans", "tracemetrics", "uptime_results")
 
 
 def parse_period(text: str) -> float | None:
@@ -74,17 +82,20 @@ class SentryEvent:
     tags: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    is_transaction: bool = False
+
     def field_value(self, name: str) -> Any:
         """Return the value of a Discover field for grouping."""
         return {"title": self.title, "level": self.level, "release": self.release, "id": self.id,
                 "environment": self.environment, "transaction": self.transaction,
+                "is_transaction": "true" if self.is_transaction else "false",
                 "timestamp": iso(self.timestamp)}.get(name, self.tags.get(name))
 
     def matches(self, terms: list[tuple[str, set[str]]]) -> bool:
         """Return True when every search term accepts this event's field or tag value."""
         for key, values in terms:
             value = self.field_value(key)
-            if value is None and key == "http.status_code":
+            if value is None and key in ("http.status_code", "span.status_code"):
                 value = self.tags.get("status_code")
             if value is None or str(value) not in values:
                 return False
@@ -102,7 +113,8 @@ class SentryStandIn(StandIn):
         self.project_id = project_id
         self.project_slug = project_slug
         self.events: list[SentryEvent] = []
-        self.transactions: list[SentryEvent] = []
+        self.transactions: list[SentryEvent] = []  # segment spans: one per request served
+        self.child_spans: list[SentryEvent] = []
         self.performance = True
         super().__init__()
 
@@ -110,6 +122,7 @@ class SentryStandIn(StandIn):
         """Forget every captured event and transaction; performance monitoring on again."""
         self.events = []
         self.transactions = []
+        self.child_spans = []
         self.performance = True
 
     def capture(self, title: str, **fields: Any) -> SentryEvent:
@@ -119,17 +132,21 @@ class SentryStandIn(StandIn):
             self.events.append(event)
         return event
 
-    def capture_transaction(self, name: str, **fields: Any) -> SentryEvent:
-        """Record a transaction, one request served (what the SDK's performance monitoring sends)."""
-        event = SentryEvent(title=name, level="info", transaction=name, **fields)
+    def capture_transaction(self, name: str, *, child_spans: int = 1, **fields: Any) -> SentryEvent:
+        """Record one request served: its segment span and `child_spans` spans under it (what the SDK sends)."""
+        event = SentryEvent(title=name, level="info", transaction=name, is_transaction=True, **fields)
+        children = [SentryEvent(title="db", level="info", transaction=name, timestamp=event.timestamp,
+                                release=event.release, environment=event.environment, tags=dict(event.tags))
+                    for _ in range(child_spans)]
         with self._lock:
             self.transactions.append(event)
+            self.child_spans.extend(children)
         return event
 
     def age(self, seconds: float) -> None:
         """Move every captured event and transaction `seconds` into the past (as if that much time went by)."""
         with self._lock:
-            for event in (*self.events, *self.transactions):
+            for event in (*self.events, *self.transactions, *self.child_spans):
                 event.timestamp -= seconds
 
     def count(self, seconds: float = 900) -> int:
@@ -170,12 +187,12 @@ class SentryStandIn(StandIn):
 
     def _selected(self, request: Request, start: float, end: float) -> list[SentryEvent] | Response:
         q = request.query_params
-        dataset = q.get("dataset", "errors")
-        if dataset == "transactions" and not self.performance:
-            return json_response({"detail": "Performance monitoring is not enabled for this organization"}, 400)
-        if dataset not in ("errors", "discover", "transactions"):
-            return json_response({"detail": f"dataset must be errors, transactions or discover, not {dataset}"},
+        dataset = q.get("dataset")
+        if dataset not in DATASETS:
+            return json_response({"detail": f"Invalid dataset: {dataset!r}; must be one of {', '.join(DATASETS)}"},
                                  400)
+        if dataset == "spans" and not self.performance:
+            return json_response({"detail": "Tracing is not enabled for this organization"}, 400)
         projects = set(q.getlist("project"))
         if projects and not projects & {self.project_id, self.project_slug, "-1"}:
             return json_response({"detail": "You do not have permission to perform this action."}, 403)
@@ -184,7 +201,8 @@ class SentryStandIn(StandIn):
         if terms is None:
             return json_response({"detail": "Invalid query. Parse error: unsupported search syntax"}, 400)
         with self._lock:
-            pool = self.transactions if dataset == "transactions" else self.events
+            pool = ([*self.transactions, *self.child_spans] if dataset == "spans"
+                    else self.events if dataset == "errors" else [])
             return [e for e in pool
                     if start <= e.timestamp <= end and (env is None or e.environment == env) and e.matches(terms)]
 
@@ -223,7 +241,7 @@ class SentryStandIn(StandIn):
                 row.pop("count()", None)
         meta = {"fields": {f: "integer" if f == "count()" else "string" for f in fields},
                 "units": {f: None for f in fields}, "isMetricsData": False, "tips": {},
-                "datasetReason": "unchanged", "dataset": request.query_params.get("dataset", "errors")}
+                "datasetReason": "unchanged", "dataset": request.query_params.get("dataset")}
         return json_response({"data": data, "meta": meta})
 
     async def _timeseries(self, request: Request) -> Response:
@@ -251,4 +269,5 @@ class SentryStandIn(StandIn):
                   for ts, n in sorted(buckets.items())]
         series = {"yAxis": y_axis, "values": values,
                   "meta": {"valueType": "integer", "valueUnit": None, "interval": interval * 1000}}
-        return json_response({"timeSeries": [series]})
+        meta = {"dataset": request.query_params.get("dataset"), "start": start * 1000, "end": end * 1000}
+        return json_response({"timeSeries": [series], "meta": meta})

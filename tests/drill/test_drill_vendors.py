@@ -134,20 +134,27 @@ def test_sentry_timeseries_buckets_events(stack: DrillStack, http: httpx.Client)
     assert len(series["values"]) in (30, 31)
 
 
-def test_sentry_counts_transactions_like_errors(stack: DrillStack, http: httpx.Client) -> None:
-    """dataset=transactions counts the transactions in the window in the errors dataset's shape."""
+def test_sentry_counts_segment_spans_like_errors(stack: DrillStack, http: httpx.Client) -> None:
+    """dataset=spans with is_transaction:true counts the requests served in the errors dataset's shape."""
     for _ in range(5):
         stack.sentry.capture_transaction("/")
     stack.sentry.capture("TypeError: boom")
-    resp = _sentry(stack, http, "events", dataset="transactions", field="count()", statsPeriod="15m")
+    resp = _sentry(stack, http, "events", dataset="spans", field="count()", statsPeriod="15m",
+                   query="is_transaction:true")
     assert resp.json()["data"] == [{"count()": 5}]
 
 
-def test_sentry_transactions_without_performance_is_400(stack: DrillStack, http: httpx.Client) -> None:
-    """With performance monitoring off, dataset=transactions answers 400 {"detail"}."""
+def test_sentry_spans_without_tracing_is_400(stack: DrillStack, http: httpx.Client) -> None:
+    """With tracing off, dataset=spans answers 400 {"detail"}."""
     stack.sentry.performance = False
-    resp = _sentry(stack, http, "events", dataset="transactions", field="count()", statsPeriod="15m")
+    resp = _sentry(stack, http, "events", dataset="spans", field="count()", statsPeriod="15m")
     assert resp.status_code == 400 and "detail" in resp.json()
+
+
+def test_sentry_has_no_transactions_dataset(stack: DrillStack, http: httpx.Client) -> None:
+    """dataset=transactions is not among the documented datasets: 400 {"detail"}."""
+    resp = _sentry(stack, http, "events", dataset="transactions", field="count()", statsPeriod="15m")
+    assert resp.status_code == 400 and "Invalid dataset" in resp.json()["detail"]
 
 
 def test_sentry_wrong_token_is_401(stack: DrillStack, http: httpx.Client) -> None:

@@ -259,7 +259,7 @@ async def test_sentry_error_rate_and_series(drill: DrillStack, settings: Setting
 
 
 async def test_sentry_error_rate_uses_the_request_count(drill: DrillStack, settings: Settings) -> None:
-    """Without a request count given, the rate is errors as % of Sentry's transactions (the app's requests)."""
+    """Without a request count given, the rate is errors as % of Sentry's segment spans (the app's requests)."""
     drill.sentry.reset()  # tests without the `drill` fixture leave the app's transactions behind
     drill.app.fail_fraction = 0.25
     async with httpx.AsyncClient(base_url=drill.urls["app"]) as http:
@@ -280,11 +280,12 @@ async def test_sentry_request_count_unavailable_is_none(drill: DrillStack, setti
         requests = await sentry.request_count("15m")
         rate = await sentry.error_rate("15m")
     assert requests is None and (rate.count, rate.requests, rate.percent_of_requests) == (1, None, None)
-    assert len([r for r in drill.sentry.requests if r.query.get("dataset") == "transactions"]) == 2
+    assert len([r for r in drill.sentry.requests if r.query.get("dataset") == "spans"]) == 2
+    assert rate.requests_gap is not None and "HTTP 400" in rate.requests_gap
 
 
 async def test_sentry_traffic_counts_requests_and_failed_logins(drill: DrillStack, settings: Settings) -> None:
-    """traffic() counts the requests served and the 401/403 transactions of the auth endpoint (a Discover query)."""
+    """traffic() counts the requests served and the auth endpoint's 401/403 segment spans (a Discover query)."""
     drill.sentry.reset()
     async with httpx.AsyncClient(base_url=drill.urls["app"]) as http:
         for _ in range(5):
@@ -313,16 +314,18 @@ async def test_sentry_route_counts_page_is_marked_incomplete(drill: DrillStack, 
     (request,) = [r for r in drill.sentry.requests if ("field", "transaction") in r.query_items]
     assert ("field", "count()") in request.query_items
     assert (request.query["sort"], request.query["per_page"], request.query["dataset"]) == (
-        "-count()", "100", "transactions")
+        "-count()", "100", "spans")
+    assert request.query["query"] == "is_transaction:true"
 
 
 async def test_sentry_traffic_rejected_query_is_unavailable(drill: DrillStack, settings: Settings) -> None:
-    """A vendor that rejects the transactions query leaves both counts None (a monitoring gap), never an error."""
+    """A vendor that rejects the spans queries leaves every count None and names each gap, never an error."""
     drill.sentry.reset()
     drill.sentry.performance = False
     async with SentryClient.from_settings(settings) as sentry:
         traffic = await sentry.traffic("5m", auth_window="1m")
     assert (traffic.requests, traffic.auth_failures, traffic.routes) == (None, None, None)
+    assert set(traffic.gaps) == {"requests", "auth_failures", "routes"}
 
 
 async def test_statuspage_incident_lifecycle_and_component(drill: DrillStack, settings: Settings) -> None:

@@ -67,6 +67,14 @@ class DrillResult(BaseModel):
         return self.health_restored and bool(self.report_path) and Path(str(self.report_path)).is_file()
 
 
+_BEGAN = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (stdout stays the summary / the JSON): elapsed seconds and the stage."""
+    print(f"[{time.monotonic() - _BEGAN:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def prefect_server() -> Iterator[str]:
     """Use the configured Prefect API, or run a temporary local Prefect server on an embedded PostgreSQL.
@@ -85,9 +93,11 @@ def prefect_server() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
         return
     home = Path(tempfile.mkdtemp(prefix="runbook-drill-prefect-"))
+    progress("starting a temporary Prefect server on an embedded PostgreSQL (about 15 s)…")
     try:
         # No scheduler: the drill registers the deployments (schedules included) only to schedule follow-ups.
         with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
+            progress(f"Prefect server ready at {server.url} ({server.startup_seconds:.0f} s)")
             with temporary_settings(updates={PREFECT_API_URL: server.api_url,
                                              PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 yield server.api_url
@@ -103,8 +113,14 @@ async def register_deployments() -> None:
 
     project_file = Path(__file__).resolve().parent.parent / "prefect.yaml"
     # Built in a worker thread: Prefect's sync/async dispatch returns coroutines inside a running loop.
-    for deployment in await asyncio.to_thread(load_deployments, project_file):
-        await deployment.aapply()
+    deployments = await asyncio.to_thread(load_deployments, project_file)
+    limit = asyncio.Semaphore(6)  # a few at a time: one by one took 18 s on a loaded machine
+
+    async def apply(deployment: Any) -> None:
+        async with limit:
+            await deployment.aapply()
+
+    await asyncio.gather(*(apply(d) for d in deployments))
 
 
 async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]]) -> None:
@@ -188,6 +204,8 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
         async with open_store() as store:
             incident = await store.get(result.incident_id)
         result.severity = incident.severity.value
+        progress(f"drill {scenario}: {incident.severity} {incident.id} declared after {result.detected_after_cycles} "
+                 "cycle(s); responding (page, status page, diagnosis, remediation, verification)…")
         answered: list[dict[str, Any]] = []
         stop = asyncio.Event()
         approver = auto_approver({incident.id}, stop, answered) if approve == "auto" else asyncio.sleep(0)
@@ -260,10 +278,15 @@ async def run_drills(scenarios: list[str], approve: str, state_root: Path) -> li
     from runbook.drill import DrillStack
 
     results = []
+    progress("starting the drill stack (PostgreSQL, the app, the vendors' stand-ins)…")
     with DrillStack() as stack:
+        progress("registering the deployments of prefect.yaml…")
         await register_deployments()
         for scenario in scenarios:
+            progress(f"drill {scenario}: injecting the fault; the monitor is watching")
             results.append(await run_one(stack, scenario, approve, state_root))
+            last = results[-1]
+            progress(f"drill {scenario}: {'passed' if last.ok else 'FAILED'} in {last.duration_s:.0f} s")
     return results
 
 

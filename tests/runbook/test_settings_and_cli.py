@@ -90,3 +90,13 @@ async def test_incidents_list_show_and_ack(state_dir: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "declared" in out and "acknowledged" in out
     assert await run(["incidents", "show", "inc-nope"]) == 1
+
+
+def test_the_readme_links_nothing_outside_the_repository() -> None:
+    """A clone has only what is in it: no `../` paths and no web links in the README."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "../" not in text
+    assert not re.search(r"https?://(?!127\.0\.0\.1|localhost)", text)

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -264,12 +265,53 @@ async def retry_call(
             number += 1
 
 
+class Pacer:
+    """Space requests at least `interval` seconds apart (a vendor's per-key rate limit), across tasks and threads.
+
+    Each request reserves the next free slot under a thread lock and sleeps until it: no asyncio lock, so one
+    pacer can be shared by clients living in different event loops (Prefect runs tasks in worker threads).
+    """
+
+    def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take the next slot and return the seconds to wait for it (0 when the slot is now)."""
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+            return slot - now
+
+    def delay(self, seconds: float) -> None:
+        """Push the next free slot `seconds` into the future (the vendor said Retry-After)."""
+        with self._lock:
+            self._next = max(self._next, self.clock() + seconds)
+
+
+_PACERS: dict[str, Pacer] = {}
+_PACERS_LOCK = threading.Lock()
+
+
+def shared_pacer(key: str, interval: float) -> Pacer:
+    """Return the process-wide pacer of one credential (by its fingerprint), creating it with `interval`."""
+    with _PACERS_LOCK:
+        pacer = _PACERS.get(key)
+        if pacer is None:
+            pacer = _PACERS[key] = Pacer(interval)
+        return pacer
+
+
 @dataclass
 class CallStats:
     """What the last call through a client did: attempts and seconds waited between them."""
 
     attempts: int = 0
     waited: float = 0.0
+    paced: float = 0.0
     statuses: list[int | None] = field(default_factory=list)
 
 
@@ -287,11 +329,13 @@ class HttpClient:
         secrets: Iterable[str | SecretStr | None] = (),
         sleep: Sleeper = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.vendor = vendor
         self.policy = policy
         self.redact = Redactor(secrets)
         self.sleep = sleep
+        self.pacer = pacer
         self.last = CallStats()
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -328,6 +372,9 @@ class HttpClient:
 
         async def once() -> httpx.Response:
             stats.attempts += 1
+            if self.pacer is not None and (wait := self.pacer.reserve()) > 0:
+                stats.paced += wait
+                await self.sleep(wait)
             try:
                 response = await self._client.request(method, url, **kwargs)
             except httpx.TransportError as exc:
@@ -336,7 +383,10 @@ class HttpClient:
             stats.statuses.append(response.status_code)
             if response.is_success or response.status_code in accepted:
                 return response
-            raise error_for_status(self.vendor, operation, response, self.redact)
+            error = error_for_status(self.vendor, operation, response, self.redact)
+            if self.pacer is not None and isinstance(error, RateLimited):
+                self.pacer.delay(error.retry_after if error.retry_after is not None else self.pacer.interval)
+            raise error
 
         async def sleep(delay: float) -> None:
             stats.waited += delay

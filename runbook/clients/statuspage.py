@@ -1,4 +1,10 @@
-"""Atlassian Statuspage: incidents (the runbook's four states), impact, body, component statuses."""
+"""Atlassian Statuspage: incidents (the runbook's four states), impact, body, component statuses.
+
+Statuspage allows "1 request / second as measured on a 60 second rolling window" per API token and answers 420 or
+429 past it. Every request of every client holding the same token goes through one shared `Pacer` (one slot per
+`PACE` seconds), so a burst (incident + components + update) is spaced instead of throttled; a 420/429 that still
+comes is retried after its Retry-After, and pushes the shared pacer back by as much. Errors are `{"message": …}`.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,19 @@ from runbook.clients._http import (
     DEFAULT_POLICY,
     BaseClient,
     HttpClient,
+    Pacer,
     RetryPolicy,
     Sleeper,
     require,
     secret_value,
     settings_secrets,
+    shared_pacer,
 )
 from runbook.errors import InputError
-from runbook.settings import Settings
+from runbook.settings import Settings, fingerprint
 
 VENDOR = "statuspage"
+PACE = 1.0  # seconds between two requests with one API token (the documented 1 request / second)
 IncidentStatus = Literal["investigating", "identified", "monitoring", "resolved"]
 Impact = Literal["none", "minor", "major", "critical"]
 ComponentStatus = Literal["operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage"]
@@ -57,17 +66,25 @@ class StatuspageClient(BaseClient):
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY, sleep: Sleeper = asyncio.sleep
+        cls,
+        settings: Settings,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        sleep: Sleeper = asyncio.sleep,
+        pacer: Pacer | None = None,
     ) -> StatuspageClient:
-        """Build from settings; NotConfigured names RUNBOOK_STATUSPAGE_API_KEY / _PAGE_ID when unset."""
+        """Build from settings (paced by the token's shared pacer unless one is given); NotConfigured names
+        RUNBOOK_STATUSPAGE_API_KEY / _PAGE_ID when unset."""
         require(VENDOR, settings, "statuspage_api_key", "statuspage_page_id")
+        key = secret_value(settings.statuspage_api_key)
         http = HttpClient(
             VENDOR,
             settings.statuspage_api_url.rstrip("/"),
-            headers={"Authorization": f"OAuth {secret_value(settings.statuspage_api_key)}"},
+            headers={"Authorization": f"OAuth {key}"},
             policy=policy,
             secrets=settings_secrets(settings),
             sleep=sleep,
+            pacer=pacer if pacer is not None else _pacer(key, sleep),
         )
         return cls(http, settings.statuspage_page_id or "", settings.statuspage_components)
 
@@ -178,6 +195,13 @@ class StatuspageClient(BaseClient):
             "GET", f"/pages/{self.page_id}/incidents/unresolved", operation="list unresolved incidents"
         )
         return [_incident(i) for i in data or [] if isinstance(i, dict)]
+
+
+def _pacer(key: str, sleep: Sleeper) -> Pacer:
+    """Return the token's process-wide pacer; a client with its own sleep (a test's) gets a pacer of its own."""
+    if sleep is asyncio.sleep:
+        return shared_pacer(f"{VENDOR}:{fingerprint(key)}", PACE)
+    return Pacer(PACE)
 
 
 def _incident(data: Any) -> StatusIncident:

@@ -1,13 +1,18 @@
 """Atlassian Statuspage stand-in: incidents (investigating → identified → monitoring → resolved) and components.
 
 `Authorization: OAuth <key>`. A PATCH with a `body` (or a new status) appends an entry to `incident_updates`;
-`components: {"<id>": "<status>"}` on an incident also sets those components' status.
+`components: {"<id>": "<status>"}` on an incident also sets those components' status. Errors are the document's
+ErrorEntity `{"message": …}`. The rate limit is the documented one, "1 request / second as measured on a 60 second
+rolling window" (`rate_limit = (60, 60.0)`): past it a request gets 429 with `Retry-After`; a test can tighten it
+(e.g. `(1, 2.0)`) to model a stricter enforcement.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections import deque
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +24,7 @@ from runbook.drill.standin import StandIn, iso, json_response, rand_id
 INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
 IMPACTS = ("none", "minor", "major", "critical")
 COMPONENT_STATUSES = ("operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage")
+RATE_LIMIT = (60, 60.0)  # requests per rolling window (seconds) per API key
 COMPONENTS = {"app": "Web App", "database": "Database", "auth": "Authentication", "payments": "Payments"}
 
 
@@ -33,6 +39,8 @@ class StatuspageStandIn(StandIn):
         self.component_ids = {logical: rand_id("", 12, lower=True) for logical in COMPONENTS}
         self.components: dict[str, dict[str, Any]] = {}
         self.incidents: list[dict[str, Any]] = []
+        self.rate_limit: tuple[int, float] = RATE_LIMIT
+        self._recent: deque[float] = deque()
         super().__init__()
         self.reset_state()
 
@@ -46,6 +54,8 @@ class StatuspageStandIn(StandIn):
             for n, (logical, cid) in enumerate(self.component_ids.items())
         }
         self.incidents = []
+        self.rate_limit = RATE_LIMIT
+        self._recent = deque()
 
     # -- Python API -------------------------------------------------------------------------------------------
     def component_status(self, logical: str) -> str:
@@ -61,16 +71,31 @@ class StatuspageStandIn(StandIn):
 
     # -- HTTP -------------------------------------------------------------------------------------------------
     def error_body(self, status: int, message: str) -> Any:
-        """Return Statuspage's `{"error": …}`."""
-        return {"error": message}
+        """Return Statuspage's ErrorEntity `{"message": …}`."""
+        return {"message": message}
 
     def _guard(self, request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
         key = auth[6:].strip() if auth.lower().startswith("oauth ") else request.query_params.get("api_key")
         if key != self.api_key:
-            return json_response({"error": "Could not authenticate"}, 401)
+            return json_response({"message": "Could not authenticate"}, 401)
+        if (limited := self._throttle()) is not None:
+            return limited
         if request.path_params.get("page") != self.page_id:
-            return json_response({"error": "The requested resource could not be found."}, 404)
+            return json_response({"message": "The requested resource could not be found."}, 404)
+        return None
+
+    def _throttle(self) -> Response | None:
+        """Count the request in the rolling window; 429 with Retry-After when the window is full."""
+        limit, window = self.rate_limit
+        now = time.monotonic()
+        with self._lock:
+            while self._recent and self._recent[0] <= now - window:
+                self._recent.popleft()
+            if len(self._recent) >= limit:
+                wait = max(1, math.ceil(self._recent[0] + window - now))
+                return json_response({"message": "Rate limit exceeded"}, 429, {"Retry-After": str(wait)})
+            self._recent.append(now)
         return None
 
     def routes(self) -> list[BaseRoute]:
@@ -133,12 +158,14 @@ class StatuspageStandIn(StandIn):
         if status == "resolved" and not incident.get("resolved_at"):
             incident["resolved_at"] = iso(now)
         if fields.get("body") or status != old_status:
-            incident["incident_updates"].insert(0, {
+            update = {
                 "id": rand_id("", 12, lower=True), "incident_id": incident["id"], "status": status,
                 "body": fields.get("body") or "", "created_at": iso(now), "updated_at": iso(now),
-                "display_at": iso(now), "affected_components": affected or None,
-                "deliver_notifications": fields.get("deliver_notifications", True),
-            })
+                "display_at": iso(now), "deliver_notifications": fields.get("deliver_notifications", True),
+            }
+            if affected:
+                update["affected_components"] = affected
+            incident["incident_updates"].insert(0, update)
         incident["updated_at"] = iso(now)
 
     async def _list_incidents(self, request: Request) -> Response:
@@ -157,10 +184,10 @@ class StatuspageStandIn(StandIn):
         try:
             body = await request.json()
         except ValueError:
-            return json_response({"error": "Invalid JSON"}, 400)
+            return json_response({"message": "Invalid JSON"}, 400)
         fields = body.get("incident") if isinstance(body, dict) else None
         if not isinstance(fields, dict):
-            return json_response({"error": "incident is missing"}, 400)
+            return json_response({"message": "incident is missing"}, 400)
         return fields
 
     async def _create_incident(self, request: Request) -> Response:
@@ -172,13 +199,13 @@ class StatuspageStandIn(StandIn):
         fields.setdefault("status", "investigating")
         with self._lock:
             if (problem := self._validate(fields, creating=True)) is not None:
-                return json_response({"error": problem}, 422)
+                return json_response({"message": problem}, 422)
             incident_id = rand_id("", 12, lower=True)
             now = iso(time.time())
             incident: dict[str, Any] = {
                 "id": incident_id, "page_id": self.page_id, "name": "", "status": None, "impact": "none",
                 "impact_override": None, "shortlink": f"https://stspg.io/{rand_id('', 6)}",
-                "created_at": now, "updated_at": now, "started_at": now, "monitoring_at": None,
+                "created_at": now, "updated_at": now, "monitoring_at": None,
                 "resolved_at": None, "incident_updates": [], "components": [], "postmortem_body": None,
             }
             self._apply(incident, fields)
@@ -194,7 +221,7 @@ class StatuspageStandIn(StandIn):
         with self._lock:
             incident = self._find(request.path_params["incident_id"])
             if incident is None:
-                return json_response({"error": "The requested resource could not be found."}, 404)
+                return json_response({"message": "The requested resource could not be found."}, 404)
             return json_response(copy.deepcopy(incident))
 
     async def _update_incident(self, request: Request) -> Response:
@@ -206,9 +233,9 @@ class StatuspageStandIn(StandIn):
         with self._lock:
             incident = self._find(request.path_params["incident_id"])
             if incident is None:
-                return json_response({"error": "The requested resource could not be found."}, 404)
+                return json_response({"message": "The requested resource could not be found."}, 404)
             if (problem := self._validate(fields, creating=False)) is not None:
-                return json_response({"error": problem}, 422)
+                return json_response({"message": problem}, 422)
             self._apply(incident, fields)
             return json_response(copy.deepcopy(incident))
 
@@ -224,7 +251,7 @@ class StatuspageStandIn(StandIn):
         with self._lock:
             comp = self.components.get(request.path_params["component_id"])
             if comp is None:
-                return json_response({"error": "The requested resource could not be found."}, 404)
+                return json_response({"message": "The requested resource could not be found."}, 404)
             return json_response(copy.deepcopy(comp))
 
     async def _update_component(self, request: Request) -> Response:
@@ -233,16 +260,16 @@ class StatuspageStandIn(StandIn):
         try:
             body = await request.json()
         except ValueError:
-            return json_response({"error": "Invalid JSON"}, 400)
+            return json_response({"message": "Invalid JSON"}, 400)
         fields = body.get("component") if isinstance(body, dict) else None
         if not isinstance(fields, dict):
-            return json_response({"error": "component is missing"}, 400)
+            return json_response({"message": "component is missing"}, 400)
         with self._lock:
             comp = self.components.get(request.path_params["component_id"])
             if comp is None:
-                return json_response({"error": "The requested resource could not be found."}, 404)
+                return json_response({"message": "The requested resource could not be found."}, 404)
             if "status" in fields and fields["status"] not in COMPONENT_STATUSES:
-                return json_response({"error": f"Status {fields['status']} is not valid"}, 422)
+                return json_response({"message": f"Status {fields['status']} is not valid"}, 422)
             for key in ("status", "name", "description"):
                 if key in fields:
                     comp[key] = fields[key]

@@ -8,7 +8,8 @@ documents that has no entry here, and on an entry no recorded exchange needed.
 
 kinds: operation (an undocumented endpoint; schema: auth, query, request, statuses, response), query, status,
 request-field, response-field (dotted, '[]' = items, '*' = any key), error-body (schema of an error body the
-document leaves unspecified), auth (a security scheme the document names but does not define).
+document leaves unspecified), auth (a security scheme the document names but does not define), nullable (a
+response field, by name, that the API answers null although the document gives it a type only).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["operation", "query", "status", "request-field", "response-field", "error-body", "auth"]
+Kind = Literal["operation", "query", "status", "request-field", "response-field", "error-body", "auth", "nullable"]
 
 
 @dataclass(frozen=True, eq=True)
@@ -119,6 +120,13 @@ ALLOWED: list[Allowed] = [
             "a placeholder property `component_id`, so real ids look undeclared.",
         source="Statuspage API document (developer.statuspage.io) postPagesPageIdIncidents: 'Map of status "
                "changes to apply to affected components'"),
+    *[Allowed(
+        "statuspage", "nullable", "*", "*", name,
+        why="The document marks no field nullable, but an unset description, group, timestamp or postmortem is "
+            "null in Statuspage's answers (the client treats every field it reads as optional).",
+        source="Statuspage's own API documentation, sample responses (https://doers.statuspage.io/api/v1/incidents/"
+               ": \"impact_override\": null, \"twitter_updated_at\": null)")
+      for name in ("description", "group_id", "monitoring_at", "resolved_at", "postmortem_body", "impact_override")],
     Allowed(
         "statuspage", "error-body", "*", "*", "*",
         why="Errors the document leaves without a body (PATCH incident documents only 200; 420/429) use the "

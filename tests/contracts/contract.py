@@ -177,10 +177,18 @@ class Spec:
         root = {"components": to_json_schema(self.doc.get("components", {})), "allOf": [to_json_schema(schema)]}
         return jsonschema.Draft202012Validator(root)
 
-    def errors(self, value: Any, schema: Any, what: str) -> list[str]:
-        """Return schema violations of `value`, one line each."""
-        found = sorted(self.validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
-        return [f"{what}: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:200]}" for e in found[:8]]
+    def errors(self, value: Any, schema: Any, what: str, *, nullable: tuple[str, str] | None = None) -> list[str]:
+        """Return schema violations of `value`, one line each; `nullable` (method, template): a null where the
+        document says a type is forgiven for the fields allow-listed as `nullable` for that operation."""
+        found = sorted(self.validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+        out = []
+        for e in found:
+            key = str(e.absolute_path[-1]) if e.absolute_path else ""
+            if (nullable is not None and e.validator == "type" and e.instance is None
+                    and self.allowed("nullable", nullable[0], nullable[1], key) is not None):
+                continue
+            out.append(f"{what}: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:200]}")
+        return out[:12]
 
     def declared(self, schema: Any) -> tuple[set[str], bool]:
         """Return the property names a schema declares and whether it admits other names (explicitly)."""
@@ -409,7 +417,7 @@ class Spec:
             body = ex.response_json()
         except ValueError:
             return [f"{label}: response body is not JSON"]
-        problems = self.errors(body, schema, f"{label} response")
+        problems = self.errors(body, schema, f"{label} response", nullable=(op.method, op.template))
         for path in self.undeclared(body, schema):
             if self.allowed("response-field", op.method, op.template, path) is None:
                 problems.append(f"{label}: response field {path!r} is not documented")
@@ -550,3 +558,11 @@ READS: dict[tuple[str, str, str], list[str]] = {
     ("statuspage", "PATCH", "/pages/{page_id}/components/{component_id}"): ["id", "name", "status"],
     ("supabase", "GET", "/v1/projects/{ref}/health"): ["[].name", "[].status", "[].error"],
 }
+
+
+def assert_conforms(vendor: str, exchanges: Iterable[Exchange]) -> None:
+    """Fail with every problem listed, one per line, when any exchange departs from the vendor's document."""
+    exchanges = list(exchanges)
+    assert exchanges, "no exchange was recorded"
+    problems = check_all(vendor, exchanges)
+    assert not problems, f"{len(problems)} departure(s) from the {vendor} document:\n" + "\n".join(problems)

@@ -10,7 +10,7 @@ from runbook.clients.pagerduty import PagerDutyClient
 from runbook.drill import DrillStack
 from runbook.drill.faults import Fault
 from runbook.errors import RequestRejected
-from tests.contracts.contract import Recorder, check_all
+from tests.contracts.contract import Recorder, assert_conforms
 
 VENDOR = "pagerduty-events"
 
@@ -23,7 +23,7 @@ async def test_trigger_acknowledge_resolve_conform(drill: DrillStack, recorder: 
         await pd.acknowledge("inc-contract-1")
         await pd.resolve("inc-contract-1")
     assert [e.status for e in recorder.exchanges] == [202, 202, 202]
-    assert check_all(VENDOR, recorder.exchanges) == []
+    assert_conforms(VENDOR, recorder.exchanges)
 
 
 async def test_rejected_and_throttled_answers_conform(drill: DrillStack, recorder: Recorder,
@@ -41,4 +41,4 @@ async def test_rejected_and_throttled_answers_conform(drill: DrillStack, recorde
         with pytest.raises(RequestRejected):
             await pd.trigger("inc-contract-3", "Wrong key")
     assert [e.status for e in recorder.exchanges] == [429, 503, 202, 400]
-    assert check_all(VENDOR, recorder.exchanges) == []
+    assert_conforms(VENDOR, recorder.exchanges)

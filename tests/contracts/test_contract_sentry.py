@@ -11,7 +11,7 @@ from runbook.clients._http import RetryPolicy
 from runbook.clients.sentry import SentryClient
 from runbook.drill import DrillStack
 from runbook.drill.faults import Fault
-from tests.contracts.contract import Recorder, check_all
+from tests.contracts.contract import Recorder, assert_conforms
 
 VENDOR = "sentry"
 
@@ -37,7 +37,7 @@ async def test_every_sentry_reading_conforms(drill: DrillStack, recorder: Record
     assert (traffic.requests, traffic.auth_failures, traffic.gaps) == (6, 2, {})
     assert rate.requests == 6 and rate.requests_gap is None
     assert {e.url.params["dataset"] for e in recorder.exchanges} == {"spans", "errors"}
-    assert check_all(VENDOR, recorder.exchanges) == []
+    assert_conforms(VENDOR, recorder.exchanges)
 
 
 async def test_request_count_counts_segment_spans_not_every_span(drill: DrillStack) -> None:
@@ -74,7 +74,7 @@ async def test_a_refused_query_is_a_loud_named_gap(drill: DrillStack, recorder: 
     assert rate.requests is None and rate.requests_gap == traffic.gaps["requests"]
     assert {r.getMessage().split(" is a gap")[0] for r in caplog.records} >= {
         "sentry requests", "sentry auth_failures", "sentry routes"}
-    assert check_all(VENDOR, recorder.exchanges) == []
+    assert_conforms(VENDOR, recorder.exchanges)
 
 
 async def test_throttled_and_unauthorised_answers_conform(drill: DrillStack, recorder: Recorder,
@@ -90,4 +90,4 @@ async def test_throttled_and_unauthorised_answers_conform(drill: DrillStack, rec
         recorder.watch(sentry.http)
         assert await sentry.request_count("15m") is None
     assert [e.status for e in recorder.exchanges] == [429, 200, 401]
-    assert check_all(VENDOR, recorder.exchanges) == []
+    assert_conforms(VENDOR, recorder.exchanges)

@@ -116,12 +116,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                 ui_url = PREFECT_UI_URL.value() or api_url.removesuffix("/api")
                 print(f"Prefect server: {api_url} (from PREFECT_API_URL)", flush=True)
             else:
-                from deployments.local_server import LocalPrefectServer
+                from deployments.local_server import prefect_on_postgres
 
-                server = LocalPrefectServer(state_dir / "prefect", port=args.port or None,
-                                            log_file=state_dir / "prefect-server.log")
-                print(f"starting a local Prefect server (PREFECT_HOME={server.home}) ...", flush=True)
-                stack.enter_context(server)
+                home = state_dir / "prefect"
+                print(f"starting a local Prefect server on an embedded PostgreSQL (PREFECT_HOME={home}) ...",
+                      flush=True)
+                # Postgres, kept in the state dir: the UI's history survives restarts, and concurrent runs do not
+                # meet SQLite's "database is locked".
+                server = stack.enter_context(prefect_on_postgres(home, keep=True, port=args.port or None,
+                                                                 log_file=state_dir / "prefect-server.log"))
                 api_url, ui_url = server.api_url, server.url
                 print(f"Prefect server ready in {server.startup_seconds:.0f} s", flush=True)
             env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

@@ -269,3 +269,6 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{ui[1]}/api/health", timeout=2)
     assert processes_mentioning(str(state)) == [] and processes_mentioning(drill[1]) == []
+    # the server ran on its own PostgreSQL, kept in the state dir for the next start (not SQLite)
+    assert (state / "prefect" / "postgres" / "PG_VERSION").is_file()
+    assert not list((state / "prefect").glob("*.db"))

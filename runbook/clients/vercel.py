@@ -1,9 +1,24 @@
-"""Vercel REST API: production deployments, rollback/promote with alias-job polling, env vars, redeploy."""
+"""Vercel REST API: production deployments, rollback/promote with alias-job polling, env vars, redeploy.
+
+Every endpoint is in Vercel's OpenAPI document (tests/contracts/specs/vercel.json) except two, kept on purpose:
+- `POST /v9/projects/{id}/rollback/{deployment}` (what `vercel rollback` calls): the documented promote would also
+  re-point production, but only a rollback leaves the project rolled back, so the next git push does not undo the
+  remediation. Promote uses the documented `POST /v10/projects/{id}/promote/{deployment}`.
+- `?rollbackInfo=true` on the documented `GET /v9/projects/{id}`: it makes the project carry `lastAliasRequest`
+  (documented field), the job both commands poll (vercel/vercel packages/cli/src/util/{rollback,promote}/status.ts).
+
+A rollback/promote is one alias job. The job we wait for is ours only when it targets our deployment, is newer than
+the job the project showed before we asked, and was not requested before our request (allowing `CLOCK_SKEW_MS`): an
+older job, even a succeeded one to the same deployment, is not our answer. A 409 to our request (it was retried
+after a read timeout while the first one runs, or the deployment is already production) is "in progress" when the
+project's job is ours, and we poll it; any other 409 (another job running) is refused with Vercel's message.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +38,9 @@ from runbook.errors import InputError, RequestRejected, TransientError
 from runbook.settings import Settings
 
 VENDOR = "vercel"
+# A job requested before our request is not ours; this much clock difference between us and Vercel is allowed.
+# (The CLI's bound is looser: it treats jobs requested more than 3 minutes ago as stale.)
+CLOCK_SKEW_MS = 60 * 1000
 AliasJobStatus = Literal["pending", "in-progress", "succeeded", "failed", "skipped", "unknown"]
 TERMINAL_JOB = {"succeeded", "failed", "skipped"}
 TERMINAL_DEPLOY = {"READY", "ERROR", "CANCELED"}
@@ -68,6 +86,7 @@ class AliasJob(BaseModel):
     type: str | None = None
     from_deployment_id: str | None = None
     to_deployment_id: str | None = None
+    requested_at: int | None = Field(None, description="When the job was requested, ms since the epoch")
 
     @property
     def done(self) -> bool:
@@ -126,10 +145,13 @@ class VercelClient(BaseClient):
 
     vendor = VENDOR
 
-    def __init__(self, http: HttpClient, project_id: str, poll_interval: float = 2.0) -> None:
+    def __init__(self, http: HttpClient, project_id: str, poll_interval: float = 2.0, *,
+                 clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] | None = None) -> None:
         super().__init__(http)
         self.project_id = project_id
         self.poll_interval = poll_interval
+        self.clock = clock
+        self.wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._project_name: str | None = None
 
     @classmethod
@@ -237,39 +259,75 @@ class VercelClient(BaseClient):
     async def rollback(
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
-        """Roll production back to a deployment and wait for the alias job to finish (or raise on timeout)."""
+        """Roll production back to a deployment and wait for our alias job to finish (TransientError on timeout)."""
         return await self._alias_change("rollback", f"/v9/projects/{self.project_id}/rollback", deployment_id,
-                                        timeout, poll_interval)
+                                        timeout, poll_interval, body={})
 
     async def promote(
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
-        """Promote a deployment to production (201 started / 202 queued) and wait for the alias job."""
+        """Promote a deployment to production (201 started / 202 queued) and wait for our alias job."""
         return await self._alias_change("promote", f"/v10/projects/{self.project_id}/promote", deployment_id,
-                                        timeout, poll_interval)
+                                        timeout, poll_interval, body=None)
 
     async def _alias_change(
-        self, operation: str, path: str, deployment_id: str, timeout: float, poll_interval: float | None
+        self, operation: str, path: str, deployment_id: str, timeout: float, poll_interval: float | None,
+        *, body: dict[str, Any] | None,
     ) -> AliasJob:
         _check_id(deployment_id)
-        await self.http.request("POST", f"{path}/{deployment_id}", operation=operation, idempotent=True, json={})
-        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval)
+        before = (await self.project()).last_alias_request
+        asked_ms = self.wall_ms()
+        extra: dict[str, Any] = {} if body is None else {"json": body}
+        try:
+            await self.http.request("POST", f"{path}/{deployment_id}", operation=operation, idempotent=True,
+                                    **extra)
+        except RequestRejected as exc:
+            if exc.status != 409:
+                raise
+            job = (await self.project()).last_alias_request
+            if not self._ours(job, deployment_id, before, asked_ms):
+                raise  # another rollback/promote is running, or Vercel refused for another reason
+            # Our earlier attempt (timed out, then retried) is the job running: wait for it.
+        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval, after=before,
+                                     asked_ms=asked_ms)
+
+    def _ours(self, job: AliasJob | None, deployment_id: str, before: AliasJob | None, asked_ms: int) -> bool:
+        """Say whether a job is the one our request started: to our deployment, newer than `before`, not older
+        than our request."""
+        if job is None or job.to_deployment_id != deployment_id or job.requested_at is None:
+            return False
+        if job.requested_at < asked_ms - CLOCK_SKEW_MS:
+            return False
+        if before is not None and before.requested_at is not None and job.requested_at <= before.requested_at:
+            return False
+        return True
 
     async def wait_alias(
-        self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
+        self,
+        deployment_id: str,
+        *,
+        timeout: float = 120.0,
+        poll_interval: float | None = None,
+        after: AliasJob | None = None,
+        asked_ms: int | None = None,
     ) -> AliasJob:
-        """Poll `lastAliasRequest` until the job to `deployment_id` ends; TransientError on timeout."""
+        """Poll `lastAliasRequest` until our job to `deployment_id` ends; TransientError on timeout.
+
+        `after` is the job the project showed before we asked and `asked_ms` when we asked: older jobs are ignored.
+        """
         interval = self.poll_interval if poll_interval is None else poll_interval
-        deadline = time.monotonic() + timeout
+        asked = self.wall_ms() if asked_ms is None else asked_ms
+        deadline = self.clock() + timeout
         job: AliasJob | None = None
         while True:
             job = (await self.project()).last_alias_request
-            if job and job.to_deployment_id in (None, deployment_id) and job.done:
+            if self._ours(job, deployment_id, after, asked) and job is not None and job.done:
                 return job
-            if time.monotonic() + interval > deadline:
-                status = job.job_status if job else "no alias request"
-                raise TransientError(VENDOR, "wait for alias", f"still {status} after {timeout:g}s")
-            await asyncio.sleep(interval)
+            if self.clock() + interval > deadline:
+                status = job.job_status if self._ours(job, deployment_id, after, asked) and job else "not started"
+                raise TransientError(VENDOR, f"wait for alias to {deployment_id}",
+                                     f"our job is still {status} after {timeout:g}s")
+            await self.http.sleep(interval)
 
     async def redeploy(
         self,
@@ -299,14 +357,14 @@ class VercelClient(BaseClient):
     ) -> Deployment:
         """Poll a deployment until READY, ERROR or CANCELED; TransientError on timeout."""
         interval = self.poll_interval if poll_interval is None else poll_interval
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         while True:
             deployment = await self.get_deployment(deployment_id)
             if (deployment.state or "").upper() in TERMINAL_DEPLOY:
                 return deployment
-            if time.monotonic() + interval > deadline:
+            if self.clock() + interval > deadline:
                 raise TransientError(VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:g}s")
-            await asyncio.sleep(interval)
+            await self.http.sleep(interval)
 
     # Environment variables
 
@@ -374,6 +432,7 @@ def _alias_job(raw: dict[str, Any]) -> AliasJob:
         type=raw.get("type"),
         from_deployment_id=raw.get("fromDeploymentId"),
         to_deployment_id=raw.get("toDeploymentId"),
+        requested_at=int(raw["requestedAt"]) if isinstance(raw.get("requestedAt"), int | float) else None,
     )
 
 

@@ -5,10 +5,18 @@ app serves whatever deployment is production here. Env changes reach only NEW de
 like Vercel. State changes that take time on Vercel (a build, an alias job) are computed from timestamps on every
 read: BUILDING → READY after `build_delay`; an alias job is pending, then in-progress, then succeeded after
 `alias_delay`, at which moment production switches.
+
+Answers have the shapes of Vercel's OpenAPI document (tests/contracts/specs/vercel.json; the contract tests check
+them). Like Vercel, a rollback or promote while another alias job is running is refused with 409, and so is one to
+the deployment production already serves. Two knobs model what a retried request meets on the real service:
+`answer_delays` holds back the answer of the next rollback/promote requests while their job runs (a client that
+times out and retries gets 409), and `job_visible_after` keeps a new job out of `lastAliasRequest` for a moment (a
+poll that does not check `requestedAt` mistakes the previous, older job for its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -101,6 +109,9 @@ class VercelStandIn(StandIn):
         self._deployments: list[Deployment] = []
         self.production_id: str | None = None
         self.alias_job: AliasJob | None = None
+        self.previous_alias_job: AliasJob | None = None
+        self.job_visible_after = 0.0  # seconds before a new alias job shows in lastAliasRequest
+        self.answer_delays: list[float] = []  # per rollback/promote request: seconds its answer is held back
         self._baseline: Any = None
         super().__init__()
 
@@ -134,6 +145,9 @@ class VercelStandIn(StandIn):
         if self._baseline is not None:
             self.env_vars, self._deployments, self.production_id = copy.deepcopy(self._baseline)
         self.alias_job = None
+        self.previous_alias_job = None
+        self.job_visible_after = 0.0
+        self.answer_delays = []
 
     # -- model ------------------------------------------------------------------------------------------------
     def _env_snapshot(self, target: str) -> dict[str, str]:
@@ -260,7 +274,7 @@ class VercelStandIn(StandIn):
         with self._lock:
             self._advance()
             job = AliasJob(kind, self.production_id, deployment_id, time.time(), self.alias_delay)
-            self.alias_job = job
+            self.previous_alias_job, self.alias_job = self.alias_job, job
             if self.alias_delay <= 0:
                 self._advance()
             return job
@@ -333,15 +347,18 @@ class VercelStandIn(StandIn):
             return self._err(404, "not_found", "Project not found")
         return None
 
+    def _creator(self) -> dict[str, Any]:
+        return {"uid": "usr_permitci", "username": "permit-ci", "email": "ci@permit.school"}
+
     def _deployment_v6(self, d: Deployment) -> dict[str, Any]:
-        return {
+        """Return a `GET /v6/deployments` item (getDeployments' documented shape)."""
+        out: dict[str, Any] = {
             "uid": d.id,
             "name": self.project_name,
             "url": d.url,
             "created": d.created,
             "createdAt": d.created,
             "buildingAt": d.building_at,
-            "ready": int(d.ready_at * 1000) if d.ready_at and d.state == "READY" else None,
             "state": d.state,
             "readyState": d.state,
             "type": "LAMBDAS",
@@ -349,33 +366,63 @@ class VercelStandIn(StandIn):
             "projectId": self.project_id,
             "source": d.source,
             "meta": d.meta,
-            "creator": {"uid": "usr_permitci", "username": "permit-ci"},
+            "creator": self._creator(),
             "inspectorUrl": f"https://vercel.com/permit/{self.project_name}/{d.id[4:]}",
             "isRollbackCandidate": self._is_rollback_candidate(d),
         }
+        if d.ready_at and d.state == "READY":
+            out["ready"] = int(d.ready_at * 1000)
+        return out
 
     def _deployment_v13(self, d: Deployment) -> dict[str, Any]:
+        """Return a deployment as `GET /v13/deployments/{id}` and `POST /v13/deployments` answer it (with the
+        private information: the token belongs to the team)."""
         is_prod = d.id == self.production_id
-        return {
+        out: dict[str, Any] = {
             "id": d.id,
             "name": self.project_name,
             "url": d.url,
             "createdAt": d.created,
             "buildingAt": d.building_at,
-            "ready": int(d.ready_at * 1000) if d.ready_at and d.state == "READY" else None,
+            "bootedAt": d.building_at,
+            "buildSkipped": False,
             "readyState": d.state,
             "status": d.state,
+            "type": "LAMBDAS",
             "target": d.target,
             "projectId": self.project_id,
             "ownerId": self.team_id,
             "source": d.source,
             "meta": d.meta,
             "alias": ["permit.school", f"{self.project_name}.vercel.app"] if is_prod else [],
-            "aliasAssigned": d.alias_assigned_at if is_prod else None,
-            "isRollbackCandidate": self._is_rollback_candidate(d),
+            "aliasAssigned": is_prod and d.alias_assigned_at is not None,
+            "regions": ["iad1"],
             "version": 2,
             "public": False,
+            "plan": "pro",
+            "createdIn": "iad1",
             "creator": {"uid": "usr_permitci", "username": "permit-ci"},
+            "inspectorUrl": f"https://vercel.com/permit/{self.project_name}/{d.id[4:]}",
+            "isInConcurrentBuildsQueue": False,
+            "isInSystemBuildsQueue": False,
+            "build": {"env": sorted(d.env)},
+            "env": sorted(d.env),
+            "projectSettings": {"framework": "nextjs"},
+            "routes": None,
+        }
+        if d.ready_at and d.state == "READY":
+            out["ready"] = int(d.ready_at * 1000)
+        return out
+
+    def _target(self, d: Deployment) -> dict[str, Any]:
+        """Return the project's `targets.production` (a deployment summary, getProject's documented shape)."""
+        return {
+            "id": d.id, "name": self.project_name, "url": d.url, "createdAt": d.created, "createdIn": "iad1",
+            "creator": self._creator(), "deploymentHostname": d.url.removesuffix(".vercel.app"), "plan": "pro",
+            "private": True, "readyState": d.state, "type": "LAMBDAS", "userId": "usr_permitci",
+            "target": d.target, "meta": d.meta,
+            "alias": ["permit.school", f"{self.project_name}.vercel.app"],
+            "aliasAssigned": d.alias_assigned_at,
         }
 
     def _env_json(self, e: EnvVar, *, decrypted: bool) -> dict[str, Any]:
@@ -386,6 +433,8 @@ class VercelStandIn(StandIn):
         }
         if e.type == "sensitive":
             out["decrypted"] = False
+            if not decrypted:
+                out["value"] = _opaque(e.value)  # the list carries an opaque value for every type
         elif decrypted:
             out["value"], out["decrypted"] = e.value, True
         else:
@@ -488,13 +537,16 @@ class VercelStandIn(StandIn):
                 "accountId": self.team_id,
                 "framework": "nextjs",
                 "nodeVersion": "20.x",
-                "targets": {"production": self._deployment_v13(prod) if prod else None},
+                "directoryListing": False,
+                "resourceConfig": {"functionDefaultRegions": ["iad1"]},
+                "defaultResourceConfig": {"functionDefaultRegions": ["iad1"]},
+                "targets": {"production": self._target(prod) if prod else None},
                 "live": False,
             }
             if request.query_params.get("rollbackInfo") == "true":
-                job = self.alias_job
+                job = self._visible_job(time.time())
                 body["lastAliasRequest"] = None if job is None else {
-                    "fromDeploymentId": job.from_id,
+                    "fromDeploymentId": job.from_id or "",
                     "toDeploymentId": job.to_id,
                     "jobStatus": job.status(time.time()),
                     "requestedAt": int(job.requested_at * 1000),
@@ -503,7 +555,14 @@ class VercelStandIn(StandIn):
                 body["lastRollbackTarget"] = None
             return json_response(body)
 
-    def _alias_request(self, request: Request, kind: str) -> Response:
+    def _visible_job(self, now: float) -> AliasJob | None:
+        """Return the job `lastAliasRequest` shows: a new job only after `job_visible_after` (Vercel queues it)."""
+        job = self.alias_job
+        if job is not None and now < job.requested_at + self.job_visible_after:
+            return self.previous_alias_job
+        return job
+
+    async def _alias_request(self, request: Request, kind: str) -> Response:
         with self._lock:
             self._advance()
             dep = self._find(request.path_params["deployment"])
@@ -518,17 +577,20 @@ class VercelStandIn(StandIn):
             if kind == "rollback" and not self._is_rollback_candidate(dep):
                 return self._err(400, "bad_request", "The deployment is not a rollback candidate.")
             self.start_alias_job(kind, dep.id)
+            delay = self.answer_delays.pop(0) if self.answer_delays else 0.0
+        if delay > 0:  # the job runs; only the answer is late (a client may time out and retry)
+            await asyncio.sleep(delay)
         return json_response({}, 201)
 
     async def _rollback(self, request: Request) -> Response:
         if (denied := self._guard(request, request.path_params["project"])) is not None:
             return denied
-        return self._alias_request(request, "rollback")
+        return await self._alias_request(request, "rollback")
 
     async def _promote(self, request: Request) -> Response:
         if (denied := self._guard(request, request.path_params["project"])) is not None:
             return denied
-        return self._alias_request(request, "promote")
+        return await self._alias_request(request, "promote")
 
     async def _list_env(self, request: Request) -> Response:
         if (denied := self._guard(request, request.path_params["project"])) is not None:

@@ -34,6 +34,17 @@ class Allowed:
     schema: Any = field(default=None, compare=False, hash=False)
 
 
+# vendor → how its document is read where JSON Schema's reading would misjudge it: reading → (why, source).
+READINGS: dict[str, dict[str, tuple[str, str]]] = {
+    "vercel": {
+        "oneOf-as-anyOf": (
+            "Vercel's document writes unions as `oneOf` with overlapping branches (an env var matches several), "
+            "which strict oneOf rejects; Vercel's own SDK, generated from this document, parses them as unions "
+            "(the first branch that fits).",
+            "vercel/sdk src/models/filterprojectenvsop.ts @ 29b9d74a (z.union([...]) for every oneOf)"),
+    },
+}
+
 VERCEL_ERROR = {
     "type": "object", "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["code", "message"],

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from runbook.errors import InputError
 from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
@@ -20,6 +20,11 @@ from tasks.common import flow_run_id, run_parameter
 from tasks.incident import declare_record, store_invalid_alert
 
 ScenarioHint = Literal["database", "authentication", "payment", "performance", "configuration"]
+# Closed sets with an explicit "not given" choice, not `X | None`: the Prefect UI renders a union as type tabs
+# (`Severity | None`) that must be clicked before the dropdown can be used; a plain enum is one dropdown.
+SeverityChoice = Literal["auto", "P0", "P1", "P2", "P3"]
+ImpactChoice = Literal["unknown", "high", "medium", "low"]
+ScenarioChoice = Literal["auto", ScenarioHint]
 RESPONSE_DEPLOYMENTS = {
     Severity.P0: "respond-p0/respond-p0",
     Severity.P1: "respond-p1/respond-p1",
@@ -41,10 +46,14 @@ class DeclareParams(BaseModel):
     """Declare an incident from an alert or by hand (a form in the Prefect UI)."""
 
     title: str | None = Field(None, max_length=200, description="What is wrong (manual declaration)")
-    severity: Severity | None = Field(None, description="Leave empty to classify from impact, rule or words")
-    user_impact: ImpactLevel | None = Field(None, description="High: users cannot access core functionality")
-    business_impact: ImpactLevel | None = Field(None, description="High: revenue loss, compliance violations")
-    scenario: ScenarioHint | None = Field(None, description="Runbook scenario, if known")
+    severity: SeverityChoice = Field("auto", title="Severity",
+                                     description="auto: classify from the impact, the alert's rule or the words")
+    user_impact: ImpactChoice = Field("unknown", title="User impact",
+                                      description="High: users cannot access core functionality")
+    business_impact: ImpactChoice = Field("unknown", title="Business impact",
+                                          description="High: revenue loss, compliance violations")
+    scenario: ScenarioChoice = Field("auto", title="Scenario",
+                                     description="Runbook scenario, if known; auto: from the alert or the diagnosis")
     summary: str = Field("", max_length=2000, description="Details for responders")
     declared_by: str = Field("runbook", min_length=1, max_length=100, description="Who declares")
     alert: Alert | None = Field(None, description="A validated alert (monitor, other automation)")
@@ -52,6 +61,16 @@ class DeclareParams(BaseModel):
     respond: Literal["deployment", "inline", "none"] = Field(
         "deployment", description="Start the severity's procedure as its own deployment run, in this run, or not")
     drill: bool | None = Field(None, description="Mark as a drill (default: the settings' drill flag)")
+
+    @field_validator("severity", "scenario", mode="before")
+    @classmethod
+    def _none_is_auto(cls, value: Any) -> Any:  # other automation may still send null for "not given"
+        return "auto" if value is None else value
+
+    @field_validator("user_impact", "business_impact", mode="before")
+    @classmethod
+    def _none_is_unknown(cls, value: Any) -> Any:
+        return "unknown" if value is None else value
 
     @model_validator(mode="after")
     def _something_to_declare(self) -> "DeclareParams":
@@ -87,11 +106,13 @@ def build_incident(params: DeclareParams, alert: Alert | None) -> tuple[Incident
     """Return the incident to record and the reason for its severity."""
     policy = get_policy()
     settings = get_settings()
-    if params.severity is not None:
-        severity, reason = params.severity, f"severity set by {params.declared_by}"
-    elif params.user_impact and params.business_impact:
-        severity = policy.classify_impact(params.user_impact, params.business_impact)
-        reason = f"impact user {params.user_impact} × business {params.business_impact}"
+    user_impact = None if params.user_impact == "unknown" else ImpactLevel(params.user_impact)
+    business_impact = None if params.business_impact == "unknown" else ImpactLevel(params.business_impact)
+    if params.severity != "auto":
+        severity, reason = Severity(params.severity), f"severity set by {params.declared_by}"
+    elif user_impact and business_impact:
+        severity = policy.classify_impact(user_impact, business_impact)
+        reason = f"impact user {user_impact} × business {business_impact}"
     elif alert is not None:
         severity, reason = policy.classify_alert(alert)
     else:
@@ -99,8 +120,8 @@ def build_incident(params: DeclareParams, alert: Alert | None) -> tuple[Incident
         severity, reason = (by_text, "matched the runbook's severity examples") if by_text else (
             Severity.P2, "no severity given; default P2 until assessed")
     default_user, default_business = DEFAULT_IMPACT[severity]
-    impact = Impact(user=params.user_impact or default_user, business=params.business_impact or default_business)
-    scenario = params.scenario or (alert.scenario if alert else None)
+    impact = Impact(user=user_impact or default_user, business=business_impact or default_business)
+    scenario = (None if params.scenario == "auto" else params.scenario) or (alert.scenario if alert else None)
     if scenario is None and alert and alert.rule:
         scenario = policy.rule(alert.rule).scenario
     incident = Incident(

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from prefect import flow, get_run_logger
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from runbook.clients._http import Redactor, settings_secrets
 from runbook.clients.app import AppHealth
@@ -31,7 +31,6 @@ T = TypeVar("T")
 INCIDENT_ID_DESCRIPTION = "Record the diagnosis on this incident (timeline event + artifact key)"
 Scenario = Literal["database", "authentication", "payment", "performance", "configuration"]
 SCENARIOS: tuple[str, ...] = get_args(Scenario)
-IncidentId = Annotated[str | None, Field(pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)]
 
 HEALTHY = {"healthy", "ok", "up", "pass"}
 # Which scenario explains a failing /api/health check. A merely slow (degraded) database is a performance incident;
@@ -299,17 +298,18 @@ def _dispatch_run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    return f"diagnose {params.get('scenario') or 'any'} {params.get('incident_id') or 'ad hoc'}"
+    hint = params.get("scenario")
+    return f"diagnose {'any' if hint in (None, 'auto') else hint} {params.get('incident_id') or 'ad hoc'}"
 
 
 @flow(name="diagnose", flow_run_name=_dispatch_run_name)
 async def diagnose(
-    scenario: Annotated[Scenario | None, Field(description="Runbook scenario; empty: try each, most likely first")]
-    = None,
-    incident_id: IncidentId = None,
+    scenario: Annotated[Literal["auto", Scenario], BeforeValidator(lambda v: "auto" if v is None else v)] = Field(
+        "auto", title="Scenario", description="Runbook scenario; auto: try each, most likely first"),
+    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION),
 ) -> Diagnosis:
     """Run the scenario's diagnostic, or each in turn (failing health checks first) until one finds a cause."""
-    if scenario is not None:
+    if scenario != "auto":
         return await run_diagnostic(scenario, incident_id)
     try:
         health: AppHealth | None = await check_app_health(None, purpose="diagnosis order")

@@ -321,8 +321,29 @@ def print_table(results: list[DrillResult]) -> None:
               f"{_fmt_s(r.mtta_s):>7} {_fmt_s(r.mttr_s):>7} {r.duration_s:>6.1f}s  {r.remediation or '-'}")
 
 
-def quiet_console() -> None:
-    """Show only warnings of Prefect's run logs on the terminal (the runs still log everything to the API)."""
+class _OneLine:
+    """A console-handler filter: a record with a traceback is shown as its one line; the traceback goes to the log."""
+
+    def __init__(self, handler: Any, log_file: Path) -> None:
+        self.handler, self.log_file = handler, log_file
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        message = record.getMessage()
+        if record.name == "prefect.task_runs" and message.startswith(("Finished in state", "Task run exceeded")):
+            return False  # the engine repeats the failure it has just logged: one line per failure is enough
+        if not (record.exc_info or record.exc_text):
+            return True
+        line = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        line.msg, line.args = f"{record.getMessage()} (traceback in {self.log_file})", None
+        self.handler.handle(line)
+        return False
+
+
+def quiet_console(log_file: Path | None = None) -> None:
+    """Show only warnings of Prefect's run logs on the terminal, one line each (the runs still log everything to
+    the API); with log_file, every log line at INFO and above, tracebacks included, goes to that file too."""
     import logging
 
     from prefect.logging.configuration import setup_logging
@@ -334,6 +355,15 @@ def quiet_console() -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, APILogHandler):
                 handler.setLevel(logging.WARNING)
+                if log_file is not None:
+                    handler.addFilter(_OneLine(handler, log_file))
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file)
+        to_file.setLevel(logging.INFO)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+        for name in ("prefect", "runbook", "flows", "tasks"):
+            logging.getLogger(name).addHandler(to_file)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -354,9 +384,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
               "address it prints", file=sys.stderr)
         return 2
     state_root = Path(args.state_dir or os.environ.get("RUNBOOK_STATE_DIR") or ".runbook") / "drills"
+    log_file = (state_root / f"drill-{datetime.now():%Y%m%d-%H%M%S}.log").resolve()
+    if not args.verbose:
+        quiet_console(log_file)
+        progress(f"details and tracebacks: {log_file}")
     with prefect_server():
-        if not args.verbose:
-            quiet_console()
         results = asyncio.run(run_drills(scenarios, args.approve, state_root))
     if args.json:
         payload = [r.model_dump(mode="json") | {"ok": r.ok} for r in results]

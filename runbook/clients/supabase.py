@@ -52,7 +52,10 @@ VENDOR = "supabase"
 T = TypeVar("T")
 
 VERSION = re.compile(r"^[0-9]{1,20}$")
-MIGRATION_FILE = re.compile(r"^(?P<version>[0-9]{1,20})_(?P<name>[A-Za-z0-9_\-.]+)\.sql$")
+# Migration files are matched like the Supabase CLI does (apps/cli-go/pkg/migration/file.go: `^([0-9]+)_(.*)\.sql$`).
+MIGRATION_FILE = re.compile(r"^(?P<version>[0-9]+)_(?P<name>.*)\.sql$")
+# A project ref is 20 lowercase letters (the CLI's ProjectRefPattern, apps/cli-go/internal/utils/misc.go).
+PROJECT_REF = re.compile(r"^[a-z]{20}$")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 ServiceStatus = Literal["COMING_UP", "ACTIVE_HEALTHY", "UNHEALTHY", "UNKNOWN"]
 
@@ -570,6 +573,8 @@ class SupabaseManagement(BaseClient):
         self, services: tuple[str, ...] = ("auth", "db", "rest"), timeout_ms: int = 2000
     ) -> ProjectHealth:
         """Return the health of the project's services."""
+        if not PROJECT_REF.match(self.project_ref):
+            raise InputError(f"not a Supabase project ref (20 lowercase letters): {self.project_ref[:24]!r}")
         started = time.perf_counter()
         params = [("services", s) for s in services] + [("timeout_ms", str(timeout_ms))]
         body = await self.http.json(

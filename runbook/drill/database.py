@@ -30,7 +30,8 @@ import asyncpg
 
 from runbook.errors import DrillError
 
-MIGRATION_FILE = re.compile(r"^(?P<version>\d{14})_(?P<name>[A-Za-z0-9_\-]+)\.sql$")
+# Like `supabase db push` (apps/cli-go/pkg/migration/file.go: `^([0-9]+)_(.*)\.sql$`).
+MIGRATION_FILE = re.compile(r"^(?P<version>[0-9]+)_(?P<name>.*)\.sql$")
 
 PLATFORM_SQL = """
 create schema if not exists auth;

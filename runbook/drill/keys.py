@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,9 @@ def token(prefix: str, nbytes: int = 24) -> str:
 class SupabaseProject:
     """The Supabase project of the drill: ref, JWT secret, anon and service-role keys, Management API token."""
 
-    ref: str = field(default_factory=lambda: "drill" + secrets.token_hex(8))
+    # A project ref is 20 lowercase letters (the CLI's ProjectRefPattern `^[a-z]{20}$`, the Management API's
+    # `ref` parameter pattern).
+    ref: str = field(default_factory=lambda: "".join(secrets.choice(string.ascii_lowercase) for _ in range(20)))
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     access_token: str = field(default_factory=lambda: token("sbp_", 20))
 

@@ -304,8 +304,9 @@ class Spec:
                 return [f"{label}: not a documented operation and not allow-listed"]
             self.used.add(entry)
             return self._check_allowed_operation(ex, entry, label)
-        op, _ = matched
-        problems = self._check_auth(ex, op, label)
+        op, path_params = matched
+        problems = self._check_path(op, path_params, label)
+        problems += self._check_auth(ex, op, label)
         problems += self._check_query(ex, op, label)
         problems += self._check_body(ex, op, label)
         problems += self._check_response(ex, op, label)
@@ -332,6 +333,16 @@ class Spec:
             problems += self.errors(ex.response_json(), shape["response"], f"{label} response")
         elif ex.status >= 400:
             problems += self._check_error_body(ex, entry.method, entry.path, label)
+        return problems
+
+    def _check_path(self, op: Operation, values: dict[str, str], label: str) -> list[str]:
+        problems: list[str] = []
+        for param in op.parameters:
+            if param.get("in") == "path":
+                value = values.get(param["name"].replace("-", "_"))
+                if value is not None:
+                    problems += self.errors(_scalar(value, param.get("schema", {})), param.get("schema", {}),
+                                            f"{label} path {param['name']}")
         return problems
 
     def _check_auth(self, ex: Exchange, op: Operation, label: str) -> list[str]:

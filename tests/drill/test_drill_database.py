@@ -81,10 +81,12 @@ def test_split_statements_respects_quotes_and_dollar_bodies() -> None:
 
 
 def test_list_migrations_ignores_down_scripts_and_other_files(tmp_path) -> None:
-    """Only top-level <14 digits>_<name>.sql files are migrations."""
+    """Only top-level <digits>_<name>.sql files are migrations, like the Supabase CLI's `^([0-9]+)_(.*)\\.sql$`."""
     (tmp_path / "down").mkdir()
     (tmp_path / "20250101000000_a.sql").write_text("select 1;")
     (tmp_path / "down" / "20250101000000_a.down.sql").write_text("select 1;")
     (tmp_path / "seed.sql").write_text("select 1;")
-    (tmp_path / "2025_bad.sql").write_text("select 1;")
-    assert [(m.version, m.name) for m in list_migrations(tmp_path)] == [("20250101000000", "a")]
+    (tmp_path / "v2025_bad.sql").write_text("select 1;")
+    (tmp_path / "2025_short version.sql").write_text("select 1;")
+    assert [(m.version, m.name) for m in list_migrations(tmp_path)] == [
+        ("20250101000000", "a"), ("2025", "short version")]

@@ -60,3 +60,27 @@ async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack,
         assert [a["decision"] for a in result.approvals] == ["approve"]
     if result.severity in {"P0", "P1"}:
         assert result.pages_sent >= 1 and result.mtta_s is not None
+
+
+@pytest.mark.slow
+def test_runbook_drill_from_a_terminal_is_clean(tmp_path: Path) -> None:
+    """`runbook drill` as a person runs it (no PREFECT_API_URL: its own Prefect server on an embedded PostgreSQL):
+    it passes, shows its stages while it starts, prints no traceback, and names the log that has the details."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOK_"))}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("runbook")), "drill", "database-migration", "--json",
+         "--state-dir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # stdout is the JSON alone; progress went to stderr
+    assert result["scenario"] == "database-migration" and result["health_restored"] and result["ok"]
+    for stage in ("starting a temporary Prefect server on an embedded PostgreSQL", "Prefect server ready",
+                  "injecting the fault", "declared after", "passed in"):
+        assert stage in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    logs = list((tmp_path / "drills").glob("drill-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in done.stderr and logs[0].stat().st_size > 0

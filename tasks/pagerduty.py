@@ -1,4 +1,11 @@
-"""PagerDuty tasks: page a contact of the escalation chain, acknowledge and resolve, idempotently."""
+"""PagerDuty tasks: page a contact of the escalation chain, acknowledge and resolve, idempotently.
+
+A page is durable: before it is sent the timeline records it as pending (`details.page_pending`, with everything
+needed to send it again); while PagerDuty throttles or fails, the client retries for minutes and the timeline says
+the page is still pending; the `paged`/`escalated` event closes it. A page still pending after a crash (or after
+the retries gave up) is found by `pending_pages` and sent again by `resend_pending_pages` (same dedup_key: PagerDuty
+does not page twice).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from runbook.clients._http import RetryHook
 from runbook.clients.pagerduty import PagerDutyClient
+from runbook.errors import IntegrationError
 from runbook.models import EventKind, Incident, Severity
 from runbook.policy import Contact
 from runbook.store import open_store
@@ -32,29 +41,83 @@ async def _already_paged(incident_id: str, key: str) -> bool:
                for e in events)
 
 
-@task(name="page_contact", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def pending_pages(incident_id: str) -> list[dict[str, Any]]:
+    """Return the pages recorded as pending and never confirmed sent (each with what is needed to resend it)."""
+    async with open_store() as store:
+        events = await store.timeline(incident_id)
+    sent = {e.details.get("dedup_key") for e in events if e.kind in {EventKind.PAGED, EventKind.ESCALATED}}
+    pending: dict[str, dict[str, Any]] = {}
+    for e in events:
+        key = e.details.get("dedup_key")
+        if e.kind == EventKind.NOTE and e.details.get("page_pending") and key not in sent and key not in pending:
+            pending[str(key)] = dict(e.details)
+    return list(pending.values())
+
+
+def _retry_note(incident_id: str, key: str, who: str) -> RetryHook:
+    """Return the client's on_retry hook: the timeline says the page is still pending (first retry, then every 5th)."""
+
+    async def on_retry(attempt: int, error: IntegrationError, delay: float) -> None:
+        if attempt == 1 or attempt % 5 == 0:
+            await record(incident_id, EventKind.NOTE,
+                         f"Page to {who} still pending: {error}; retrying in {delay:.0f}s (attempt {attempt})",
+                         {"dedup_key": key, "page_retry": attempt, "status": error.status}, actor="pagerduty")
+
+    return on_retry
+
+
+async def _send_page(incident_id: str, page: dict[str, Any], first: bool, reason: str) -> dict[str, Any]:
+    """Send one pending page (retried for minutes) and record it sent; a final failure is recorded, then raised."""
+    key, who = str(page["dedup_key"]), str(page["who"])
+    try:
+        async with open_client(PagerDutyClient) as pd:
+            result = await pd.trigger(key, page["summary"], severity=page["severity"],
+                                      custom_details=page.get("custom_details") or {},
+                                      on_retry=_retry_note(incident_id, key, who))
+    except IntegrationError as exc:
+        await record(incident_id, EventKind.NOTE, f"Page to {who} NOT delivered, still pending: {exc}",
+                     {"dedup_key": key, "page_failed": True, "status": exc.status}, actor="pagerduty")
+        raise
+    await record(
+        incident_id,
+        EventKind.PAGED if first else EventKind.ESCALATED,
+        f"Paged {who}" + (f": {reason}" if reason else ""),
+        {"dedup_key": key, "role": page.get("role"), "name": page.get("name"), "status": result.status},
+        actor="pagerduty",
+    )
+    return {"sent": True, "dedup_key": key, "status": result.status}
+
+
+@task(name="page_contact", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
 async def page_contact(incident: Incident, contact: Contact, reason: str = "") -> dict[str, Any]:
-    """Page one contact of the escalation chain (PagerDuty Events v2, dedup_key per incident and contact)."""
+    """Page one contact of the escalation chain (PagerDuty Events v2, dedup_key per incident and contact).
+
+    The page is recorded as pending first, so that a crash while PagerDuty is unreachable loses nothing.
+    """
     key = dedup_key(incident, contact)
     if await _already_paged(incident.id, key):
         return {"sent": False, "dedup_key": key, "reason": "already paged"}
     first = contact.after_minutes == 0
-    summary = f"[{incident.severity}] {incident.title} ({incident.id})"
+    who = f"{contact.role}{f' ({contact.name})' if contact.name else ''}"
     details = {"incident_id": incident.id, "severity": incident.severity.value, "role": contact.role,
                "name": contact.name, "scenario": incident.scenario, "response_due": incident.response_due.isoformat(),
                "reason": reason}
-    async with open_client(PagerDutyClient) as pd:
-        result = await pd.trigger(key, summary, severity=PD_SEVERITY[incident.severity],  # type: ignore[arg-type]
-                                  custom_details=details)
-    who = f"{contact.role}{f' ({contact.name})' if contact.name else ''}"
-    await record(
-        incident.id,
-        EventKind.PAGED if first else EventKind.ESCALATED,
-        f"Paged {who}" + (f": {reason}" if reason else ""),
-        {"dedup_key": key, "role": contact.role, "name": contact.name, "status": result.status},
-        actor="pagerduty",
-    )
-    return {"sent": True, "dedup_key": key, "status": result.status}
+    page = {"dedup_key": key, "page_pending": True, "who": who, "role": contact.role, "name": contact.name,
+            "first": first, "reason": reason, "summary": f"[{incident.severity}] {incident.title} ({incident.id})",
+            "severity": PD_SEVERITY[incident.severity], "custom_details": details}
+    if not any(p["dedup_key"] == key for p in await pending_pages(incident.id)):
+        await record(incident.id, EventKind.NOTE, f"Page to {who} pending", page, actor="pagerduty")
+    return await _send_page(incident.id, page, first, reason)
+
+
+@task(name="resend_pending_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
+async def resend_pending_pages(incident: Incident) -> list[str]:
+    """Send again every page of the incident still pending (after a crash or exhausted retries); return their keys."""
+    keys = []
+    for page in await pending_pages(incident.id):
+        await _send_page(incident.id, page, bool(page.get("first")), str(page.get("reason") or ""))
+        keys.append(str(page["dedup_key"]))
+    return keys
 
 
 @task(name="resolve_pages", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)

@@ -51,6 +51,7 @@ log = logging.getLogger("runbook.clients")
 
 T = TypeVar("T")
 Sleeper = Callable[[float], Awaitable[None]]
+RetryHook = Callable[[int, IntegrationError, float], Awaitable[None]]
 
 RATE_LIMIT_STATUSES = frozenset({420, 429})
 MAX_MESSAGE = 300
@@ -243,8 +244,12 @@ async def retry_call(
     retryable: Callable[[BaseException], bool] = is_retryable,
     rng: random.Random | None = None,
     label: str = "call",
+    on_retry: RetryHook | None = None,
 ) -> T:
-    """Run `attempt` until it succeeds, the error is not retryable, or the attempt/wait budget is spent."""
+    """Run `attempt` until it succeeds, the error is not retryable, or the attempt/wait budget is spent.
+
+    `on_retry(attempt, error, delay)` is awaited before each wait (e.g. to say on a timeline that a page is pending).
+    """
     waited = 0.0
     number = 1
     while True:
@@ -260,6 +265,8 @@ async def retry_call(
             if waited + delay > policy.max_total_wait:
                 raise
             log.info("%s: attempt %d failed (%s); retrying in %.2fs", label, number, exc, delay)
+            if on_retry is not None:
+                await on_retry(number, exc, delay)
             await sleep(delay)
             waited += delay
             number += 1
@@ -361,6 +368,7 @@ class HttpClient:
         operation: str,
         idempotent: bool | None = None,
         accept: Iterable[int] = (),
+        on_retry: RetryHook | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send a request with retries; return the response (2xx or an accepted status) or raise our error."""
@@ -398,6 +406,7 @@ class HttpClient:
             sleep=sleep,
             retryable=lambda exc: is_retryable(exc, idempotent),
             label=f"{self.vendor} {operation}",
+            on_retry=on_retry,
         )
 
     async def json(self, method: str, url: str, *, operation: str, **kwargs: Any) -> Any:

@@ -6,10 +6,10 @@ import pytest
 from pydantic import SecretStr
 
 from runbook.clients._http import RetryPolicy
-from runbook.clients.pagerduty import PagerDutyClient
+from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient
 from runbook.drill import DrillStack
 from runbook.drill.faults import Fault
-from runbook.errors import RequestRejected
+from runbook.errors import RequestRejected, TransientError
 from tests.contracts.contract import Recorder, assert_conforms
 
 VENDOR = "pagerduty-events"
@@ -41,4 +41,44 @@ async def test_rejected_and_throttled_answers_conform(drill: DrillStack, recorde
         with pytest.raises(RequestRejected):
             await pd.trigger("inc-contract-3", "Wrong key")
     assert [e.status for e in recorder.exchanges] == [429, 503, 202, 400]
+    assert_conforms(VENDOR, recorder.exchanges)
+
+
+class Sleeps:
+    """A sleep that only records (PagerDuty's minutes of backoff without waiting them)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+async def test_a_page_is_retried_for_minutes_with_growing_backoff(drill: DrillStack) -> None:
+    """While PagerDuty answers 5xx the page is retried with exponential backoff for minutes (not ~30 s), then fails."""
+    drill.pagerduty.inject(Fault.error(503, times=None))
+    sleeps = Sleeps()
+    retries: list[int] = []
+
+    async def on_retry(attempt: int, error: Exception, delay: float) -> None:
+        retries.append(attempt)
+
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=sleeps) as pd:
+        with pytest.raises(TransientError):
+            await pd.trigger("inc-contract-5xx", "PagerDuty down", on_retry=on_retry)
+    assert 300 < sum(sleeps.delays) <= PAGE_POLICY.max_total_wait
+    assert all(d <= min(PAGE_POLICY.max_delay, PAGE_POLICY.base_delay * 2 ** n) for n, d in enumerate(sleeps.delays))
+    assert len(drill.pagerduty.requests) == len(sleeps.delays) + 1 and retries == list(range(1, len(sleeps.delays) + 1))
+
+
+async def test_throttling_with_retry_after_is_waited_out(drill: DrillStack, recorder: Recorder) -> None:
+    """429 with Retry-After (two minutes, twice) is waited as asked, then the page lands: nothing is dropped."""
+    drill.pagerduty.inject(Fault.rate_limit(retry_after=120, times=2))
+    sleeps = Sleeps()
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=sleeps) as pd:
+        recorder.watch(pd.http)
+        result = await pd.trigger("inc-contract-429", "Throttled twice")
+    assert sleeps.delays == [120, 120] and result.status == "success"
+    assert [e.status for e in recorder.exchanges] == [429, 429, 202]
+    assert drill.pagerduty.alert("inc-contract-429") is not None
     assert_conforms(VENDOR, recorder.exchanges)

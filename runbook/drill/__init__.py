@@ -5,7 +5,8 @@
         stack.inject("bad-deploy")
         ...
 
-See stack.py for the interface, scenarios.py for the scenarios, faults.py for fault injection.
+See environment.py for the interface, scenarios.py for the scenarios (stack.py runs them by name), faults.py for
+fault injection.
 """
 
 from runbook.drill.faults import Fault, RecordedRequest

@@ -21,18 +21,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import stripe
 
 from runbook.drill.database import MigrationFile, apply_migration, list_migrations
+from runbook.drill.environment import DrillEnvironment
 from runbook.drill.faults import Fault
 from runbook.drill.keys import SupabaseProject
 from runbook.errors import DrillError
-
-if TYPE_CHECKING:
-    from runbook.drill.stack import DrillStack
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,8 @@ class Scenario:
     remediation: str
     symptom: str
     inject: Callable[..., dict[str, str]]
-    repair: Callable[[DrillStack], None]
-    healthy: Callable[[DrillStack], bool]
+    repair: Callable[[DrillEnvironment], None]
+    healthy: Callable[[DrillEnvironment], bool]
 
     def describe(self) -> dict[str, str]:
         """Return the scenario's data as plain strings (for `runbook drill --list`)."""
@@ -57,19 +55,19 @@ class Scenario:
                 "symptom": self.symptom, "description": self.description}
 
 
-def _health(stack: DrillStack, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+def _health(stack: DrillEnvironment, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
     try:
         return stack.health(timeout=timeout)
     except (httpx.HTTPError, ValueError):
         return 0, {}
 
 
-def _check_ok(stack: DrillStack, check: str) -> bool:
+def _check_ok(stack: DrillEnvironment, check: str) -> bool:
     code, body = _health(stack)
     return code == 200 and body.get("checks", {}).get(check, {}).get("status") in ("healthy", "degraded")
 
 
-def _state(stack: DrillStack, name: str) -> dict[str, Any]:
+def _state(stack: DrillEnvironment, name: str) -> dict[str, Any]:
     return stack.scenario_state.setdefault(name, {})
 
 
@@ -95,7 +93,7 @@ def next_version(folder: Any) -> str:
     return now.strftime("%Y%m%d%H%M%S")
 
 
-def _inject_migration(stack: DrillStack, *, name: str = MIGRATION_NAME) -> dict[str, str]:
+def _inject_migration(stack: DrillEnvironment, *, name: str = MIGRATION_NAME) -> dict[str, str]:
     folder = stack.migrations_dir
     version = next_version(folder)
     path = folder / f"{version}_{name}.sql"
@@ -121,7 +119,7 @@ def _inject_migration(stack: DrillStack, *, name: str = MIGRATION_NAME) -> dict[
     return {}
 
 
-def _repair_migration(stack: DrillStack) -> None:
+def _repair_migration(stack: DrillEnvironment) -> None:
     state = _state(stack, "database-migration")
     if not state:
         return
@@ -143,14 +141,14 @@ def _repair_migration(stack: DrillStack) -> None:
 
 
 # -- bad-deploy -----------------------------------------------------------------------------------------------
-def _inject_bad_deploy(stack: DrillStack, *, message: str = "feat: new exam scheduler") -> dict[str, str]:
+def _inject_bad_deploy(stack: DrillEnvironment, *, message: str = "feat: new exam scheduler") -> dict[str, str]:
     previous = stack.vercel.production().id
     deployment = stack.vercel.deploy("broken", message=message)
     _state(stack, "bad-deploy").update(deployment=deployment.id, previous=previous)
     return {}
 
 
-def _repair_bad_deploy(stack: DrillStack) -> None:
+def _repair_bad_deploy(stack: DrillEnvironment) -> None:
     previous = _state(stack, "bad-deploy").get("previous")
     if stack.vercel.production().build == "ok":
         return
@@ -158,13 +156,13 @@ def _repair_bad_deploy(stack: DrillStack) -> None:
     stack.vercel.wait_idle()
 
 
-def _deploy_healthy(stack: DrillStack) -> bool:
+def _deploy_healthy(stack: DrillEnvironment) -> bool:
     code, _ = _health(stack)
     return code == 200
 
 
 # -- config-flag ----------------------------------------------------------------------------------------------
-def _inject_config_flag(stack: DrillStack, *, jurisdiction: str = "CA",
+def _inject_config_flag(stack: DrillEnvironment, *, jurisdiction: str = "CA",
                         exam_engine: str = "quantum_v9") -> dict[str, str]:
     rows = stack.query("select features::text from public.jurisdiction_configs where jurisdiction = $1",
                        jurisdiction)
@@ -177,7 +175,7 @@ def _inject_config_flag(stack: DrillStack, *, jurisdiction: str = "CA",
     return {}
 
 
-def _repair_config_flag(stack: DrillStack) -> None:
+def _repair_config_flag(stack: DrillEnvironment) -> None:
     state = _state(stack, "config-flag")
     if not state:
         return
@@ -190,21 +188,21 @@ def _repair_config_flag(stack: DrillStack) -> None:
 WEBHOOK_EVENTS = ("invoice.paid", "customer.subscription.updated", "checkout.session.completed")
 
 
-def _inject_webhook_secret(stack: DrillStack, *, events: int = 3) -> dict[str, str]:
+def _inject_webhook_secret(stack: DrillEnvironment, *, events: int = 3) -> dict[str, str]:
     secret = stack.stripe.rotate_secret()
     for n in range(events):
         stack.stripe.emit(WEBHOOK_EVENTS[n % len(WEBHOOK_EVENTS)])
     return {"RUNBOOK_STRIPE_WEBHOOK_SECRET": secret}
 
 
-def _repair_webhook_secret(stack: DrillStack) -> None:
+def _repair_webhook_secret(stack: DrillEnvironment) -> None:
     stack.vercel.set_env("STRIPE_WEBHOOK_SECRET", stack.stripe.endpoint.secret)
     stack.vercel.redeploy()
     stack.vercel.wait_idle()
     stack.stripe.retry_failed()
 
 
-def _webhook_healthy(stack: DrillStack) -> bool:
+def _webhook_healthy(stack: DrillEnvironment) -> bool:
     if stack.stripe.failed_events():
         return False
     payload = json.dumps({"id": f"evt_probe{int(time.time() * 1000)}", "object": "event", "type": "drill.probe",
@@ -219,7 +217,7 @@ def _webhook_healthy(stack: DrillStack) -> bool:
 
 
 # -- auth-outage ----------------------------------------------------------------------------------------------
-def _inject_auth(stack: DrillStack) -> dict[str, str]:
+def _inject_auth(stack: DrillEnvironment) -> dict[str, str]:
     wrong = SupabaseProject().anon_key  # another project's key (e.g. staging) pasted into production
     _state(stack, "auth-outage").update(previous=stack.vercel.production().id)
     stack.vercel.set_env("NEXT_PUBLIC_SUPABASE_ANON_KEY", wrong)
@@ -228,13 +226,13 @@ def _inject_auth(stack: DrillStack) -> dict[str, str]:
     return {}
 
 
-def _repair_auth(stack: DrillStack) -> None:
+def _repair_auth(stack: DrillEnvironment) -> None:
     stack.vercel.set_env("NEXT_PUBLIC_SUPABASE_ANON_KEY", stack.project.anon_key)
     stack.vercel.redeploy()
     stack.vercel.wait_idle()
 
 
-def _auth_healthy(stack: DrillStack) -> bool:
+def _auth_healthy(stack: DrillEnvironment) -> bool:
     if not _check_ok(stack, "auth"):
         return False
     try:
@@ -279,7 +277,7 @@ where l.mode = 'AccessExclusiveLock' and n.nspname = 'public'
 """
 
 
-def _inject_slow_db(stack: DrillStack, *, delay: float = 6.0, threshold: float = 5.0,
+def _inject_slow_db(stack: DrillEnvironment, *, delay: float = 6.0, threshold: float = 5.0,
                     limit: float = 600.0) -> dict[str, str]:
     sql = RUNAWAY_SQL.replace("{delay}", f"{float(delay)}").replace("{limit}", f"{float(limit)}")
     pid = stack.open_session(sql, "nightly-progress-rollup")
@@ -294,7 +292,7 @@ def _inject_slow_db(stack: DrillStack, *, delay: float = 6.0, threshold: float =
     return {}
 
 
-def _repair_slow_db(stack: DrillStack) -> None:
+def _repair_slow_db(stack: DrillEnvironment) -> None:
     for row in stack.query(BLOCKERS_SQL):
         stack.query("select pg_terminate_backend($1)", row["pid"])
     deadline = time.monotonic() + 5
@@ -302,7 +300,7 @@ def _repair_slow_db(stack: DrillStack) -> None:
         time.sleep(0.05)
 
 
-def _slow_db_healthy(stack: DrillStack) -> bool:
+def _slow_db_healthy(stack: DrillEnvironment) -> bool:
     threshold = float(_state(stack, "slow-database").get("threshold", 5.0))
     started = time.perf_counter()
     code, body = _health(stack)
@@ -312,18 +310,18 @@ def _slow_db_healthy(stack: DrillStack) -> bool:
 
 
 # -- third-party-outage ---------------------------------------------------------------------------------------
-def _inject_vendor(stack: DrillStack) -> dict[str, str]:
+def _inject_vendor(stack: DrillEnvironment) -> dict[str, str]:
     stack.openai.inject(Fault.error(503, times=None, path="/v1/models"))
     stack.status_pages.set("openai", "major", "Elevated error rates on the API")
     return {}
 
 
-def _repair_vendor(stack: DrillStack) -> None:
+def _repair_vendor(stack: DrillEnvironment) -> None:
     stack.openai.clear_faults()
     stack.status_pages.set("openai", "none")
 
 
-def _vendor_healthy(stack: DrillStack) -> bool:
+def _vendor_healthy(stack: DrillEnvironment) -> bool:
     code, body = _health(stack)
     return code == 200 and body.get("checks", {}).get("openai", {}).get("status") == "healthy"
 

@@ -13,9 +13,9 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -25,13 +25,11 @@ from starlette.routing import BaseRoute
 
 from runbook.drill.faults import Fault, RecordedRequest
 
-if TYPE_CHECKING:
-    from runbook.drill.host import ServerHost
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
 _ALNUM = string.ascii_letters + string.digits
 _LOWER = string.ascii_lowercase + string.digits
@@ -84,6 +82,18 @@ async def read_params(request: Request) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"_": data}
 
 
+class Host(Protocol):
+    """What a stand-in needs of the host serving it (host.py's ServerHost): its event loop, its listening socket."""
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60) -> T:
+        """Run a coroutine on the host's loop from another thread and return its result."""
+        ...
+
+    def refuse(self, standin: StandIn) -> None: ...
+
+    def accept(self, standin: StandIn) -> None: ...
+
+
 class StandIn:
     """A recorded, fault-injectable HTTP service on its own port; subclasses supply routes and error shapes."""
 
@@ -95,7 +105,7 @@ class StandIn:
         self._requests: list[RecordedRequest] = []
         self._hang_generation = 0
         self._stopping = False
-        self.host: ServerHost | None = None
+        self.host: Host | None = None
         self.port = 0
         self.refusing = False
         self._app = Starlette(routes=self.routes())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -17,7 +16,7 @@ from runbook.clients.stripe import (
     WebhookProbe,
 )
 from runbook.clients.vercel import VercelClient
-from runbook.errors import InputError, IntegrationError
+from runbook.errors import InputError
 from runbook.models import EventKind
 from runbook.settings import get_settings
 from tasks.common import open_client
@@ -77,25 +76,20 @@ def _check(value: str, prefix: str) -> str:
 
 @task(name="resend_events", retries=0, timeout_seconds=600, cache_policy=NO_CACHE)
 async def resend_events(incident_id: str | None, event_ids: list[str], endpoint_id: str) -> list[ReplayResult]:
-    """Ask Stripe to redeliver each event to the endpoint; ok when no delivery is pending afterwards."""
+    """Ask Stripe to redeliver each event to the endpoint; ok only once a re-read shows no delivery pending.
+
+    Stripe answers a resend before it delivers, so the client re-reads each event (`StripeClient.resend_events`).
+    """
     _check(endpoint_id, "we_")
     results: list[ReplayResult] = []
+    valid: list[str] = []
+    for event_id in event_ids:
+        try:
+            valid.append(_check(event_id, "evt_"))
+        except InputError as exc:
+            results.append(ReplayResult(event_id=event_id[:40], ok=False, detail=str(exc)))
     async with open_client(StripeClient) as sc:
-        for event_id in event_ids:
-            try:
-                _check(event_id, "evt_")
-
-                async def call(eid: str = event_id) -> Any:
-                    return await sc._sdk.raw_request_async("post", f"/v1/events/{eid}/retry",
-                                                           webhook_endpoint=endpoint_id)
-
-                response = await sc._call("resend event", call)
-            except (IntegrationError, InputError) as exc:
-                results.append(ReplayResult(event_id=event_id, ok=False, detail=str(exc)))
-                continue
-            pending = int((response.data or {}).get("pending_webhooks") or 0)
-            results.append(ReplayResult(event_id=event_id, ok=pending == 0, status=200,
-                                        detail="delivered" if pending == 0 else f"still pending for {pending}"))
+        results.extend(await sc.resend_events(valid, endpoint_id))
     ok = sum(r.ok for r in results)
     await record(incident_id, EventKind.NOTE, f"Asked Stripe to resend {len(results)} event(s): {ok} delivered",
                  {"results": [r.model_dump() for r in results], "endpoint_id": endpoint_id}, actor="stripe")

@@ -1,4 +1,4 @@
-"""The incident report (the runbook's "Incident Report Template") and MTTA/MTTR metrics, computed from the timeline.
+"""The incident report (the runbook's "Incident Report Template"), computed from the timeline.
 
 Nothing in the report is typed twice: the five key times come from timeline events, the actions taken are the
 recorded side effects, the review's answers are fields of the incident record. A section with nothing recorded
@@ -17,7 +17,6 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from statistics import mean, median
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -29,10 +28,11 @@ from runbook.models import (
     Approval,
     EventKind,
     Incident,
-    Severity,
     TimelineEvent,
     utcnow,
 )
+from runbook.report.formatting import fmt_duration, fmt_time
+from runbook.report.timeline_svg import KeyMoment, TimelinePicture, render_timeline_svg
 from runbook.store import IncidentStore
 
 NOT_RECORDED = "_Not recorded yet_"
@@ -250,30 +250,6 @@ async def load_report(store: IncidentStore, incident_id: str, *, now: datetime |
 # -- Markdown ---------------------------------------------------------------------------------------------------
 
 
-def fmt_duration(value: timedelta | None) -> str:
-    """Return a duration as `1h 04m 12s` (or `n/a`)."""
-    if value is None:
-        return "n/a"
-    seconds = int(round(value.total_seconds()))
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    if d:
-        return f"{sign}{d}d {h:02d}h {m:02d}m"
-    if h:
-        return f"{sign}{h}h {m:02d}m {s:02d}s"
-    if m:
-        return f"{sign}{m}m {s:02d}s"
-    return f"{sign}{s}s"
-
-
-def fmt_time(value: datetime | None) -> str:
-    """Return a timestamp as `2026-11-26 10:04:12 UTC`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "n/a"
-
-
 def _text(value: str | None) -> str:
     return value.strip() if value and value.strip() else NOT_RECORDED
 
@@ -290,6 +266,20 @@ def artifact_key(incident_id: str) -> str:
 def picture_name(incident_id: str) -> str:
     """Return the file name of the timeline picture next to the report."""
     return f"{incident_id}-timeline.svg"
+
+
+def timeline_picture(report: IncidentReport) -> TimelinePicture:
+    """Return what the timeline picture shows of a report, as plain data."""
+    inc = report.incident
+    return TimelinePicture(
+        title=f"{inc.id} · {inc.severity} · {inc.title}",
+        key_times=[KeyMoment(k.key, k.label, k.at) for k in report.key_times],
+        events=report.timeline,
+        mtta=report.mtta,
+        mttr=report.mttr,
+        resolved_at=inc.resolved_at,
+        generated_at=report.generated_at,
+    )
 
 
 def render_markdown(report: IncidentReport, *, picture: str | None = None) -> str:
@@ -389,8 +379,6 @@ def _in_prefect_run() -> bool:
 async def write_report(store: IncidentStore, incident_id: str, *, reports_dir: Path | None = None,
                        now: datetime | None = None) -> ReportFiles:
     """Write `<id>.md` and its timeline SVG to the reports directory; publish an artifact inside a Prefect run."""
-    from runbook.timeline_svg import render_timeline_svg
-
     if reports_dir is None:
         from runbook.settings import get_settings
 
@@ -398,7 +386,7 @@ async def write_report(store: IncidentStore, incident_id: str, *, reports_dir: P
     report = await load_report(store, incident_id, now=now)
     reports_dir.mkdir(parents=True, exist_ok=True)
     picture = reports_dir / picture_name(incident_id)
-    picture.write_text(render_timeline_svg(report), encoding="utf-8")
+    picture.write_text(render_timeline_svg(timeline_picture(report)), encoding="utf-8")
     markdown = render_markdown(report, picture=picture.name)
     path = reports_dir / f"{incident_id}.md"
     path.write_text(markdown, encoding="utf-8")
@@ -413,77 +401,3 @@ async def write_report(store: IncidentStore, incident_id: str, *, reports_dir: P
                                         description=f"Incident report of {incident_id}")
         files.artifact_created = True
     return files
-
-
-# -- metrics ----------------------------------------------------------------------------------------------------
-
-
-class SeverityMetrics(BaseModel):
-    """MTTA and MTTR of one severity over a period (seconds)."""
-
-    severity: Severity
-    incidents: int = 0
-    acknowledged: int = 0
-    resolved: int = 0
-    mtta_seconds: float | None = None
-    mttr_seconds: float | None = None
-    median_mtta_seconds: float | None = None
-    median_mttr_seconds: float | None = None
-
-
-class Metrics(BaseModel):
-    """MTTA and MTTR per severity over a period."""
-
-    since: datetime
-    until: datetime
-    include_drills: bool
-    by_severity: dict[Severity, SeverityMetrics]
-
-
-def summarize(items: Iterable[tuple[Incident, list[TimelineEvent]]], *, since: datetime, until: datetime,
-              include_drills: bool = False) -> Metrics:
-    """Return MTTA/MTTR per severity of incidents declared in [since, until) (drills only when asked)."""
-    acks: dict[Severity, list[float]] = {s: [] for s in Severity}
-    fixes: dict[Severity, list[float]] = {s: [] for s in Severity}
-    counts: dict[Severity, int] = dict.fromkeys(Severity, 0)
-    for incident, timeline in items:
-        if (incident.drill and not include_drills) or not (since <= incident.created_at < until):
-            continue
-        counts[incident.severity] += 1
-        if (a := mtta(incident, timeline)) is not None:
-            acks[incident.severity].append(a.total_seconds())
-        if (r := mttr(incident, timeline)) is not None:
-            fixes[incident.severity].append(r.total_seconds())
-    return Metrics(
-        since=since, until=until, include_drills=include_drills,
-        by_severity={
-            s: SeverityMetrics(
-                severity=s, incidents=counts[s], acknowledged=len(acks[s]), resolved=len(fixes[s]),
-                mtta_seconds=mean(acks[s]) if acks[s] else None, mttr_seconds=mean(fixes[s]) if fixes[s] else None,
-                median_mtta_seconds=median(acks[s]) if acks[s] else None,
-                median_mttr_seconds=median(fixes[s]) if fixes[s] else None,
-            )
-            for s in Severity
-        },
-    )
-
-
-async def compute_metrics(store: IncidentStore, *, since: datetime, until: datetime | None = None,
-                          include_drills: bool = False) -> Metrics:
-    """Return MTTA and MTTR per severity over a period, from each incident's timeline."""
-    until = until or utcnow()
-    incidents = await store.list(include_drill=include_drills, since=since, until=until, limit=100_000)
-    items = [(i, await store.timeline(i.id)) for i in incidents]
-    return summarize(items, since=since, until=until, include_drills=include_drills)
-
-
-def render_metrics(metrics: Metrics) -> str:
-    """Return the metrics as a small text table."""
-    drills = "drills included" if metrics.include_drills else "drills excluded"
-    lines = [f"MTTA / MTTR from {fmt_time(metrics.since)} to {fmt_time(metrics.until)} ({drills})",
-             f"{'severity':<9}{'incidents':>10}{'acked':>7}{'resolved':>9}  {'MTTA':>12}  {'MTTR':>12}"]
-    for s, m in metrics.by_severity.items():
-        a = fmt_duration(timedelta(seconds=m.mtta_seconds)) if m.mtta_seconds is not None else "n/a"
-        r = fmt_duration(timedelta(seconds=m.mttr_seconds)) if m.mttr_seconds is not None else "n/a"
-        lines.append(f"{s.value:<9}{m.incidents:>10}{m.acknowledged:>7}{m.resolved:>9}  {a:>12}  {r:>12}")
-    return "\n".join(lines)

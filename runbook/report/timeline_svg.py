@@ -1,12 +1,18 @@
-"""The incident timeline as a picture: phases as bands and key events as markers on a time axis (plain SVG)."""
+"""The incident timeline as a picture: phases as bands and key events as markers on a time axis (plain SVG).
+
+The picture takes plain data (`TimelinePicture`), not the report: incident.py builds one from a report.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
-from runbook.models import EventKind
-from runbook.report import IncidentReport, fmt_duration
+from runbook.models import EventKind, TimelineEvent
+from runbook.report.formatting import fmt_duration
 
 WIDTH = 960
 LEFT = 40
@@ -30,12 +36,37 @@ MARKED_KINDS: dict[str, str] = {
 }
 
 
-def render_timeline_svg(report: IncidentReport) -> str:
+class KeyMoment(NamedTuple):
+    """One of the report's key times (detected, response_initiated, …): its label and when, if recorded."""
+
+    key: str
+    label: str
+    at: datetime | None
+
+
+@dataclass(frozen=True)
+class TimelinePicture:
+    """What the picture shows: a title, the key times in the template's order, the timeline, MTTA and MTTR."""
+
+    title: str
+    key_times: Sequence[KeyMoment]
+    events: Sequence[TimelineEvent]
+    mtta: timedelta | None
+    mttr: timedelta | None
+    resolved_at: datetime | None
+    generated_at: datetime
+
+    def key_time(self, key: str) -> datetime | None:
+        """Return the time of one key event, or None."""
+        return next((k.at for k in self.key_times if k.key == key), None)
+
+
+def render_timeline_svg(picture: TimelinePicture) -> str:
     """Return an SVG of the incident: phase bands, the five key times and other notable events on a time axis."""
-    times = [k.at for k in report.key_times if k.at] + [e.at for e in report.timeline
-                                                        if e.kind != EventKind.REPORT_WRITTEN]
-    start = report.key_time("detected") or (min(times) if times else report.generated_at)
-    end_candidates = [t for t in (report.key_time("service_restored"), report.incident.resolved_at) if t]
+    times = [k.at for k in picture.key_times if k.at] + [e.at for e in picture.events
+                                                         if e.kind != EventKind.REPORT_WRITTEN]
+    start = picture.key_time("detected") or (min(times) if times else picture.generated_at)
+    end_candidates = [t for t in (picture.key_time("service_restored"), picture.resolved_at) if t]
     in_incident = [t for t in times if not end_candidates or t <= max(end_candidates)]
     end = max([*end_candidates, *in_incident, start])
     span = max((end - start).total_seconds(), 1.0)
@@ -44,8 +75,7 @@ def render_timeline_svg(report: IncidentReport) -> str:
     def x(at: datetime) -> float:
         return LEFT + plot * min(max((at - start).total_seconds() / span, 0.0), 1.0)
 
-    inc = report.incident
-    title = f"{inc.id} · {inc.severity} · {inc.title}"
+    title = picture.title
     height = 300
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -53,11 +83,11 @@ def render_timeline_svg(report: IncidentReport) -> str:
         f"<title>{escape(title)}</title>",
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
         f'<text x="{LEFT}" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{LEFT}" y="44" fill="#555">MTTA {escape(fmt_duration(report.mtta))} · '
-        f"MTTR {escape(fmt_duration(report.mttr))}</text>",
+        f'<text x="{LEFT}" y="44" fill="#555">MTTA {escape(fmt_duration(picture.mtta))} · '
+        f"MTTR {escape(fmt_duration(picture.mttr))}</text>",
     ]
     for begin_key, end_key, label, band in PHASES:
-        a, b = report.key_time(begin_key), report.key_time(end_key)
+        a, b = picture.key_time(begin_key), picture.key_time(end_key)
         if a is None or b is None or b < a:
             continue
         x1, x2 = x(a), x(b)
@@ -73,7 +103,7 @@ def render_timeline_svg(report: IncidentReport) -> str:
         out.append(f'<line x1="{tx:.1f}" y1="{AXIS_Y}" x2="{tx:.1f}" y2="{AXIS_Y + 5}" stroke="#333"/>')
         out.append(f'<text x="{tx:.1f}" y="{AXIS_Y + 18}" text-anchor="middle" fill="#555">'
                    f"{tick:%H:%M:%S}</text>")
-    for ev in report.timeline:
+    for ev in picture.events:
         colour = MARKED_KINDS.get(ev.kind)
         if colour is None or not (start <= ev.at <= end):
             continue
@@ -81,7 +111,7 @@ def render_timeline_svg(report: IncidentReport) -> str:
         out.append(f'<circle class="event" cx="{ex:.1f}" cy="{AXIS_Y}" r="4" fill="{colour}">'
                    f"<title>{escape(f'{ev.at:%H:%M:%S} {ev.kind}: {ev.summary}')}</title></circle>")
     y = AXIS_Y + 40
-    for kt in report.key_times:
+    for kt in picture.key_times:
         if kt.at is None:
             continue
         kx = x(kt.at)

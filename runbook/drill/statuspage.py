@@ -21,9 +21,11 @@ from starlette.routing import BaseRoute, Route
 
 from runbook.drill.standin import StandIn, iso, json_response, rand_id
 
-INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
-IMPACTS = ("none", "minor", "major", "critical")
-COMPONENT_STATUSES = ("operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage")
+# The enums of the Statuspage document (tests/contracts/specs/statuspage.json): realtime and scheduled statuses.
+INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved", "scheduled", "in_progress", "verifying",
+                     "completed")
+IMPACTS = ("critical", "none", "maintenance", "major", "minor")
+COMPONENT_STATUSES = ("operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage", "")
 RATE_LIMIT = (60, 60.0)  # requests per rolling window (seconds) per API key
 COMPONENTS = {"app": "Web App", "database": "Database", "auth": "Authentication", "payments": "Payments"}
 

@@ -205,7 +205,8 @@ class SupabaseManagementStandIn(StandIn):
 
     name = "supabase_api"
 
-    SERVICES = ("auth", "db", "pooler", "realtime", "rest", "storage")
+    # The `services` enum of the Management API document (tests/contracts/specs/supabase.json).
+    SERVICES = ("auth", "db", "db_postgres_user", "pooler", "realtime", "rest", "storage", "pg_bouncer")
 
     def __init__(self, *, db: Database, project: SupabaseProject) -> None:
         self.db = db
@@ -237,7 +238,7 @@ class SupabaseManagementStandIn(StandIn):
             status, error = override
         else:
             status, error = "ACTIVE_HEALTHY", None
-            if name in ("db", "auth", "rest", "pooler"):
+            if name in ("db", "db_postgres_user", "auth", "rest", "pooler", "pg_bouncer"):
                 sql = "select count(*) from auth.users" if name == "auth" else "select 1"
                 try:
                     await asyncio.wait_for(self.db.fetch(sql), timeout)

@@ -182,6 +182,7 @@ class StripeClient:
         self._webhook_secret = webhook_secret
         self.policy = policy
         self.sleep = sleep
+        self.clock: Callable[[], float] = time.monotonic
         self.redact = app_http.redact
 
     @classmethod
@@ -438,9 +439,15 @@ class StripeClient:
             )
         return results
 
-    async def resend_events(self, event_ids: Iterable[str], endpoint_id: str | None = None) -> list[ReplayResult]:
+    async def resend_events(self, event_ids: Iterable[str], endpoint_id: str | None = None, *,
+                            confirm_timeout: float = 60.0, poll_interval: float = 2.0) -> list[ReplayResult]:
         """Ask Stripe to redeliver events to an endpoint (`POST /v1/events/{id}/retry`, what `stripe events resend`
-        calls; Stripe signs with its own secret and marks the delivery). Default endpoint: the app's."""
+        calls; Stripe signs with its own secret) and confirm each delivery by re-reading the event.
+
+        Stripe answers the resend before it delivers: an event is delivered only once a re-read shows
+        `pending_webhooks == 0`, polled after 0.25 s, then twice as long each time up to `poll_interval`, for up to
+        `confirm_timeout` seconds; one still pending then is reported as not delivered. Default endpoint: the app's.
+        """
         if endpoint_id is None:
             check = await self.check_webhook_endpoint()
             endpoint_id = check.endpoint_id
@@ -450,15 +457,29 @@ class StripeClient:
                 results.append(ReplayResult(event_id=event_id[:40], ok=False, detail="not a Stripe event id"))
                 continue
             try:
-                response = await self._call("resend event", self._resend(event_id, endpoint_id))
+                await self._call("resend event", self._resend(event_id, endpoint_id))
+                pending = await self._confirm(event_id, confirm_timeout, poll_interval)
             except IntegrationError as exc:
                 results.append(ReplayResult(event_id=event_id, ok=False, status=exc.status, detail=str(exc)))
                 continue
-            pending = _pending(response)
             ok = pending == 0
-            detail = "delivered" if ok else f"still pending for {pending} endpoint(s)"
+            detail = ("delivered (confirmed by re-reading the event)" if ok else
+                      f"resend accepted; still pending for {pending} endpoint(s) after {confirm_timeout:g}s")
             results.append(ReplayResult(event_id=event_id, ok=ok, status=200, detail=detail))
         return results
+
+    async def _confirm(self, event_id: str, timeout: float, interval: float) -> int | None:
+        """Re-read an event until no webhook is pending or `timeout` passes; return the last pending count."""
+        deadline = self.clock() + timeout
+        wait = min(interval, 0.25)
+        while True:
+            event = await self._call("re-read event", lambda: self._sdk.v1.events.retrieve_async(event_id))
+            value = event.to_dict().get("pending_webhooks")
+            pending = int(value) if isinstance(value, int) else None
+            if pending == 0 or self.clock() + wait > deadline:
+                return pending
+            await self.sleep(wait)
+            wait = min(interval, wait * 2)  # a delivery usually lands within a second: look soon, then less often
 
     def _resend(self, event_id: str, endpoint_id: str | None) -> Callable[[], Awaitable[Any]]:
         params = {"webhook_endpoint": endpoint_id} if endpoint_id else {}
@@ -467,6 +488,15 @@ class StripeClient:
             return await self._sdk.raw_request_async("post", f"/v1/events/{event_id}/retry", **params)
 
         return call
+
+    def add_event_hook(self, event: Literal["request", "response"], hook: Callable[[Any], Awaitable[None]]) -> None:
+        """Register an httpx event hook on the SDK's and the app client's connections (tests record exchanges)."""
+        client = getattr(self._sdk_http, "_client_async", None)
+        if isinstance(client, httpx.AsyncClient):
+            hooks = client.event_hooks
+            hooks.setdefault(event, []).append(hook)
+            client.event_hooks = hooks
+        self.app_http.add_event_hook(event, hook)
 
     async def aclose(self) -> None:
         """Close the SDK's and the app client's connections."""
@@ -483,19 +513,3 @@ class StripeClient:
 def _shown(url: str) -> str:
     split = httpx.URL(url)
     return str(split.copy_with(query=None, fragment=None, username=None, password=None))
-
-
-def _pending(response: Any) -> int | None:
-    """Return `pending_webhooks` of a raw SDK response (an event), or None."""
-    data = getattr(response, "data", None)
-    if isinstance(data, dict):
-        value = data.get("pending_webhooks")
-        return int(value) if isinstance(value, int) else None
-    body = getattr(response, "body", None)
-    if isinstance(body, str):
-        try:
-            value = json.loads(body).get("pending_webhooks")
-        except (ValueError, AttributeError):
-            return None
-        return int(value) if isinstance(value, int) else None
-    return None

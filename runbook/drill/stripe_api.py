@@ -4,10 +4,13 @@ Every emitted event is POSTed to each enabled endpoint subscribed to its type, s
 (`stripe.WebhookSignature.generate_signature_header`). A non-2xx answer (or no answer) leaves the endpoint pending:
 the event's `pending_webhooks` stays > 0 and `GET /v1/events?delivery_success=false` lists it. Failed deliveries
 are retried only on request: `POST /v1/events/{id}/retry` (what `stripe events resend` calls) or `retry_failed()`.
+A resend is answered at once with the event still pending; the delivery follows `redelivery_delay` seconds later, so
+only re-reading the event (`pending_webhooks`) tells whether it landed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -113,6 +116,8 @@ class StripeStandIn(StandIn):
         self.events: list[StripeEvent] = []
         self.attempts: list[DeliveryAttempt] = []
         self.delivery_timeout = 10.0
+        self.redelivery_delay = 0.2  # seconds between answering a resend and delivering it
+        self._background: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
         self._initial_secret = webhook_secret
         self._baseline: Any = None
@@ -369,6 +374,14 @@ class StripeStandIn(StandIn):
                                  param="webhook_endpoint")
             if endpoint_id is not None:
                 event.pending.add(str(endpoint_id))
-        await self.deliver(event, {str(endpoint_id)} if endpoint_id else None)
-        with self._lock:
-            return json_response(event.to_json())
+            answer = event.to_json()
+        # Like Stripe, the redelivery is queued: the answer (still pending) comes first, the delivery after it.
+        task = asyncio.get_running_loop().create_task(
+            self._deliver_later(event, {str(endpoint_id)} if endpoint_id else None))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return json_response(answer)
+
+    async def _deliver_later(self, event: StripeEvent, endpoint_ids: set[str] | None) -> None:
+        await asyncio.sleep(self.redelivery_delay)
+        await self.deliver(event, endpoint_ids)

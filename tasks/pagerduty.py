@@ -120,7 +120,7 @@ async def resend_pending_pages(incident: Incident) -> list[str]:
     return keys
 
 
-@task(name="resolve_pages", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+@task(name="resolve_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)  # the client retries for minutes
 async def resolve_pages(incident: Incident) -> list[str]:
     """Resolve every page sent for the incident."""
     async with open_store() as store:
@@ -136,7 +136,7 @@ async def resolve_pages(incident: Incident) -> list[str]:
     return keys
 
 
-@task(name="acknowledge_pages", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+@task(name="acknowledge_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)  # likewise
 async def acknowledge_pages(incident: Incident) -> None:
     """Acknowledge the on-call page in PagerDuty (stops PagerDuty's own re-notification)."""
     async with open_client(PagerDutyClient) as pd:

@@ -1,0 +1,175 @@
+"""POST /alerts: our Alert shape, Sentry (issue alerts and issue webhooks) and Vercel webhooks, as incidents.
+
+Order on every POST: authenticate the raw body (401, nothing parsed; signatures.py) → parse and validate (400 with
+the reason; the raw payload is kept in the incident store; nothing started) → start `declare-incident` through
+Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id and the fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from runbook.errors import InputError
+from runbook.intake.common import (
+    DECLARE_DEPLOYMENT,
+    MAX_BODY_BYTES,
+    Respond,
+    keep_raw,
+    log,
+    rejected,
+    start_declare,
+)
+from runbook.intake.signatures import authenticate
+from runbook.models import Alert
+from runbook.settings import Settings
+
+# -- payload shapes -------------------------------------------------------------------------------------------
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'alert'}: {e['msg']}"
+                     for e in exc.errors(include_url=False, include_input=False))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _labels(pairs: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:200] for k, v in pairs.items() if v not in (None, "", [], {})}
+
+
+def from_sentry(payload: dict[str, Any]) -> dict[str, Any]:
+    """Map a Sentry issue-alert (`data.event`) or issue webhook (`data.issue`) to our alert fields."""
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise InputError("malformed Sentry webhook: data must be an object")
+    event, issue = _obj(data.get("event")), _obj(data.get("issue"))
+    rule = data.get("triggered_rule")
+    rule_name = rule.get("label") or rule.get("name") if isinstance(rule, dict) else rule
+    source = issue or event
+    if not source:
+        raise InputError("malformed Sentry webhook: data.event or data.issue is required")
+    issue_id = _text(issue.get("id") or event.get("issue_id") or event.get("groupID"))
+    key = issue_id or _text(rule_name)
+    if not key:
+        raise InputError("malformed Sentry webhook: no issue id and no triggered_rule to fingerprint it")
+    title = _text(source.get("title") or source.get("message"))
+    culprit = _text(source.get("culprit"))
+    project = source.get("project")
+    tags = {t[0]: t[1] for t in event.get("tags") or [] if isinstance(t, list | tuple) and len(t) == 2}
+    return {
+        "source": "sentry",
+        "fingerprint": f"sentry:{key}",
+        "summary": f"{title} ({culprit})" if title and culprit else title,
+        "labels": _labels({
+            "sentry_issue": issue_id, "sentry_rule": rule_name, "level": source.get("level"), "culprit": culprit,
+            "project": project.get("slug") if isinstance(project, dict) else project,
+            "environment": tags.get("environment"), "action": payload.get("action"),
+            "url": source.get("web_url") or source.get("permalink") or source.get("url"),
+        }),
+    }
+
+
+def from_vercel(payload: dict[str, Any]) -> dict[str, Any]:
+    """Map a Vercel webhook (`type` + `payload`, e.g. deployment.error) to our alert fields."""
+    kind = _text(payload.get("type"))
+    body = payload.get("payload")
+    if not kind or not isinstance(body, dict):
+        raise InputError("malformed Vercel webhook: type and payload are required")
+    deployment, project_obj = _obj(body.get("deployment")), _obj(body.get("project"))
+    project = _text(project_obj.get("id") or body.get("projectId") or deployment.get("name") or body.get("name"))
+    if not project:
+        raise InputError("malformed Vercel webhook: payload.project.id (or deployment name) is required")
+    url = _text(deployment.get("url"))
+    target = _text(body.get("target") or deployment.get("target"))
+    return {
+        "source": "vercel",
+        "fingerprint": f"vercel:{kind}:{project}",
+        "summary": f"Vercel {kind} for {project}" + (f" ({url})" if url else ""),
+        "labels": _labels({"vercel_event": kind, "project": project, "deployment_id": deployment.get("id"),
+                           "url": url, "target": target, "event_id": payload.get("id")}),
+    }
+
+
+def shape_of(payload: dict[str, Any], headers: Any = None) -> Literal["sentry", "vercel", "generic"]:
+    """Tell which sender's shape a payload has."""
+    headers = headers or {}
+    if headers.get("sentry-hook-resource") or (
+            isinstance(payload.get("data"), dict) and {"event", "issue", "triggered_rule"} & set(payload["data"])):
+        return "sentry"
+    if headers.get("x-vercel-signature") or (isinstance(payload.get("type"), str) and "payload" in payload):
+        return "vercel"
+    return "generic"
+
+
+def to_alert(payload: Any, headers: Any = None) -> Alert:
+    """Validate a payload of any supported shape into an Alert; InputError names every problem."""
+    if not isinstance(payload, dict):
+        raise InputError(f"malformed alert: expected a JSON object, got {type(payload).__name__}")
+    shape = shape_of(payload, headers)
+    fields = {"generic": lambda p: p, "sentry": from_sentry, "vercel": from_vercel}[shape](payload)
+    try:
+        alert = Alert.model_validate({**fields, "raw": payload})
+    except ValidationError as exc:
+        raise InputError(f"malformed {shape} alert: {_explain(exc)}") from None
+    if alert.rule:
+        from runbook.policy import get_policy
+
+        get_policy().rule(alert.rule)  # an unknown rule fails here, not later inside the run
+    return alert
+
+
+# -- the route ------------------------------------------------------------------------------------------------
+
+
+def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
+    """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication."""
+
+    async def alerts(request: Request) -> JSONResponse:
+        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        how = "insecure-local" if open_access else authenticate(
+            request.headers, body, settings.intake_token, settings.intake_hmac_secret)
+        if how is None:
+            log.warning("rejected an unauthenticated alert from %s", request.client.host if request.client else "?")
+            return JSONResponse({"status": "rejected", "error": "unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            payload: Any = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            reason = f"malformed alert: body is not JSON ({exc})"
+            kept = await keep_raw({"body": body.decode("utf-8", "replace")[:20_000]}, reason)
+            return rejected(400, reason, kept_alert_id=kept)
+        try:
+            alert = to_alert(payload, request.headers)
+        except InputError as exc:
+            raw = payload if isinstance(payload, dict) else {"payload": payload}
+            kept = await keep_raw(raw, str(exc))
+            log.info("kept a malformed alert (id %s): %s", kept, exc)
+            return rejected(400, str(exc), kept_alert_id=kept)
+        try:
+            run_id = await start_declare(alert, respond)
+        except Exception as exc:  # Prefect unreachable or the deployment missing: keep it, tell the sender to retry
+            reason = f"not started: {type(exc).__name__}: {exc}"
+            kept = await keep_raw(payload, reason)
+            log.error("accepted-but-not-started alert %s (kept as %s): %s", alert.fingerprint, kept, reason)
+            return rejected(503, reason, kept_alert_id=kept, fingerprint=alert.fingerprint)
+        log.info("alert %s (%s, auth %s) → declare-incident run %s", alert.fingerprint, alert.source, how, run_id)
+        return JSONResponse({"status": "accepted", "incident_flow_run_id": run_id,
+                             "fingerprint": alert.fingerprint, "deployment": DECLARE_DEPLOYMENT}, status_code=202)
+
+    return [Route("/alerts", alerts, methods=["POST"])]

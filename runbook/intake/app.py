@@ -1,0 +1,72 @@
+"""The intake's HTTP app: every sender's routes and /healthz, the refusal to run unauthenticated, and `serve`.
+
+A new sender is one module beside alerts.py that offers `routes(settings, *, open_access, respond)` and is listed
+in `SENDERS`; its signature (and replay) checks go into signatures.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from runbook.errors import ConfigError
+from runbook.intake import alerts
+from runbook.intake.common import Respond
+from runbook.intake.signatures import secret_bytes
+from runbook.settings import Settings, get_settings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+# Each sender's routes: POST /alerts (ours, Sentry, Vercel). PagerDuty webhooks and Slack interactions go here.
+SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes,)
+
+
+def create_app(settings: Settings | None = None, *, insecure_local: bool = False,
+               respond: Respond = "deployment") -> Starlette:
+    """Return the intake app; without a token or HMAC secret it only starts with insecure_local (loopback only)."""
+    settings = settings or get_settings()
+    open_access = not (secret_bytes(settings.intake_token) or secret_bytes(settings.intake_hmac_secret))
+    if open_access and not insecure_local:
+        raise ConfigError("the alert intake needs RUNBOOK_INTAKE_TOKEN or RUNBOOK_INTAKE_HMAC_SECRET "
+                          "(or --insecure-local on 127.0.0.1 for a local try-out)")
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    routes: list[BaseRoute] = [r for sender in SENDERS for r in sender(settings, open_access=open_access,
+                                                                        respond=respond)]
+    return Starlette(routes=[*routes, Route("/healthz", healthz, methods=["GET"])])
+
+
+def check_bind(host: str, settings: Settings, insecure_local: bool) -> None:
+    """Refuse to serve without authentication unless asked to, and then only on loopback."""
+    configured = secret_bytes(settings.intake_token) or secret_bytes(settings.intake_hmac_secret)
+    if configured:
+        return
+    if not insecure_local:
+        raise ConfigError("the alert intake needs RUNBOOK_INTAKE_TOKEN or RUNBOOK_INTAKE_HMAC_SECRET "
+                          "(or --insecure-local on 127.0.0.1 for a local try-out)")
+    if host not in LOOPBACK:
+        raise ConfigError(f"--insecure-local only binds to 127.0.0.1, not {host}")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8787, *, insecure_local: bool = False,
+          respond: Respond = "deployment") -> None:
+    """Run the intake with uvicorn until interrupted."""
+    import uvicorn
+    from prefect.settings import PREFECT_API_URL
+
+    settings = get_settings()
+    check_bind(host, settings, insecure_local)
+    if not PREFECT_API_URL.value():  # else Prefect would start a throwaway server and the runs would go nowhere
+        raise ConfigError("set PREFECT_API_URL to the Prefect server where declare-incident is deployed "
+                          "(e.g. the address `runbook up` prints, plus /api)")
+    app = create_app(settings, insecure_local=insecure_local, respond=respond)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"alert intake on http://{host}:{port}/alerts (health: /healthz)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

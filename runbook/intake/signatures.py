@@ -1,0 +1,54 @@
+"""Who may post to the intake: the shared secrets, the senders' signatures, compared in constant time.
+
+Every sender's routes authenticate the raw body here before anything is parsed. Any one of (the same
+RUNBOOK_INTAKE_HMAC_SECRET for every signature):
+    Authorization: Bearer <RUNBOOK_INTAKE_TOKEN>
+    X-Runbook-Signature: sha256=<hex HMAC-SHA256 of the raw body>
+    Sentry-Hook-Signature: <hex HMAC-SHA256 of the raw body>          (Sentry integration platform)
+    x-vercel-signature: <hex HMAC-SHA1 of the raw body>               (Vercel webhooks)
+A sender with its own signing scheme (PagerDuty webhooks, Slack's signed requests) adds its check here, and so does
+replay protection (a signed timestamp within a window, a delivery id seen once), so every route shares one place.
+Secrets are never logged; neither are request headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+
+def secret_bytes(value: SecretStr | None) -> bytes | None:
+    """Return a configured secret as bytes, or None when it is unset or empty."""
+    raw = value.get_secret_value() if value is not None else ""
+    return raw.encode() if raw else None
+
+
+def sign(body: bytes, secret: str, algorithm: Literal["sha256", "sha1"] = "sha256") -> str:
+    """Return the hex HMAC of a body (what a sender puts in its signature header)."""
+    return hmac.new(secret.encode(), body, getattr(hashlib, algorithm)).hexdigest()
+
+
+def authenticate(headers: Any, body: bytes, token: SecretStr | None, hmac_secret: SecretStr | None) -> str | None:
+    """Return how the request authenticated ('bearer', 'signature', 'sentry', 'vercel') or None."""
+    expected_token = secret_bytes(token)
+    auth = headers.get("authorization", "")
+    if expected_token and auth[:7].lower() == "bearer ":
+        if hmac.compare_digest(auth[7:].strip().encode(), expected_token):
+            return "bearer"
+    key = secret_bytes(hmac_secret)
+    if not key:
+        return None
+    candidates: list[tuple[str, str, Callable[[], Any]]] = [
+        ("signature", headers.get("x-runbook-signature", "").removeprefix("sha256="), hashlib.sha256),
+        ("sentry", headers.get("sentry-hook-signature", ""), hashlib.sha256),
+        ("vercel", headers.get("x-vercel-signature", ""), hashlib.sha1),
+    ]
+    for how, given, digest in candidates:
+        if given and hmac.compare_digest(given.strip().lower().encode(),
+                                         hmac.new(key, body, digest).hexdigest().encode()):
+            return how
+    return None

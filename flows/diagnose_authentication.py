@@ -18,10 +18,8 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.config_snapshot import list_snapshots
-from flows.diagnose import (
+from flows._diagnosis import (
     INCIDENT_ID_DESCRIPTION,
-    INCIDENT_ID_PATTERN,
     NONE,
     Investigation,
     check_status,
@@ -30,8 +28,9 @@ from flows.diagnose import (
     publish,
     run_name,
 )
+from flows.config_snapshot import list_snapshots
 from runbook.clients.vercel import Deployment
-from runbook.models import Diagnosis, Suggestion
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.settings import fingerprint, get_settings
 from tasks.health import check_app_health, check_auth_endpoint
 from tasks.supabase import check_project_health

@@ -17,10 +17,8 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.config_snapshot import ConfigSnapshot, list_snapshots
-from flows.diagnose import (
+from flows._diagnosis import (
     INCIDENT_ID_DESCRIPTION,
-    INCIDENT_ID_PATTERN,
     Investigation,
     check_status,
     health_checks,
@@ -28,7 +26,8 @@ from flows.diagnose import (
     publish,
     run_name,
 )
-from runbook.models import Diagnosis, Suggestion
+from flows.config_snapshot import ConfigSnapshot, list_snapshots
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.settings import get_settings
 from tasks.diagnostics import ConfigChange, read_config_changes
 from tasks.health import check_app_health

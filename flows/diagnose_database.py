@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.diagnose import (
+from flows._diagnosis import (
     INCIDENT_ID_DESCRIPTION,
-    INCIDENT_ID_PATTERN,
     NONE,
     Investigation,
     check_status,
@@ -36,7 +35,7 @@ from flows.diagnose import (
     suggest_cancel,
 )
 from runbook.clients.supabase import DatabaseHealth, MigrationStatus
-from runbook.models import Diagnosis, Suggestion
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import AppliedMigrationDetail, read_applied_migrations
 from tasks.health import check_app_health

@@ -13,14 +13,13 @@ subscribed; deliveries failed. Each suggests webhook-check with repair.
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.diagnose import (
+from flows._diagnosis import (
     INCIDENT_ID_DESCRIPTION,
-    INCIDENT_ID_PATTERN,
     Investigation,
     publish,
     run_name,
 )
-from runbook.models import Diagnosis, Suggestion
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_failed_events, probe_webhook
 

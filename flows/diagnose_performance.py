@@ -19,9 +19,8 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows.diagnose import (
+from flows._diagnosis import (
     INCIDENT_ID_DESCRIPTION,
-    INCIDENT_ID_PATTERN,
     NONE,
     Investigation,
     check_status,
@@ -36,7 +35,7 @@ from flows.diagnose import (
 )
 from runbook.clients.sentry import SeriesPoint
 from runbook.clients.vercel import Deployment
-from runbook.models import Diagnosis, Suggestion
+from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import probe_openai, read_error_series
 from tasks.health import check_app_health, check_vendor_statuses, probe_health_timing

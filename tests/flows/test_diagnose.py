@@ -15,8 +15,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from pydantic import BaseModel, ValidationError
 
+from flows._diagnosis import artifact_key
 from flows.config_snapshot import take_snapshot
-from flows.diagnose import artifact_key, diagnose, order_scenarios, run_diagnostic
+from flows.diagnose import diagnose, order_scenarios, run_diagnostic
 from flows.diagnose_database import DiagnoseDatabaseParams
 from runbook.clients.app import AppHealth
 from runbook.drill import DrillStack, Fault

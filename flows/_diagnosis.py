@@ -14,12 +14,10 @@ from typing import Any, TypeVar
 
 from prefect import get_run_logger
 
-from runbook.clients._http import Redactor, settings_secrets
-from runbook.clients.app import AppHealth
-from runbook.clients.supabase import LongQuery
+from runbook.clients.types import AppHealth, LongQuery
 from runbook.errors import IntegrationError, NotConfigured, RunbookError
 from runbook.models import Diagnosis, EventKind, Evidence, Suggestion
-from runbook.settings import get_settings
+from tasks.common import redactor
 from tasks.incident import record
 
 T = TypeVar("T")
@@ -80,7 +78,7 @@ class Investigation:
 
     def diagnosis(self, nothing_found: str) -> Diagnosis:
         """Return the Diagnosis: the first cause leads; others are appended; secrets redacted."""
-        redact = Redactor(settings_secrets(get_settings()))
+        redact = redactor()
         if self.causes:
             finding = self.causes[0][0]
             if len(self.causes) > 1:

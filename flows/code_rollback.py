@@ -21,7 +21,7 @@ from flows._remediation import (
     run_remediation,
     verify_scenario,
 )
-from runbook.clients.vercel import Deployment
+from runbook.clients.types import Deployment
 from runbook.errors import RemediationError, UnsafeOperation
 from runbook.models import Approval
 from runbook.settings import get_settings

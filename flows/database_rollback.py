@@ -27,14 +27,13 @@ from flows._remediation import (
     run_remediation,
     verify_scenario,
 )
-from runbook.clients.supabase import parse_version
-from runbook.clients.supabase_admin import Backup, DownScript, sha256_file
+from runbook.clients.types import Backup, DownScript, parse_version, sha256_file
 from runbook.errors import UnsafeOperation
 from runbook.models import Approval, EventKind
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.incident import record
-from tasks.supabase import backup_database, read_migration_status, revert_migrations
+from tasks.supabase import backup_database, local_migration_files, read_migration_status, revert_migrations
 
 ACTION = "database-rollback"
 PITR = ("restore with point-in-time recovery instead (Supabase Dashboard → Database → Backups → Point in Time), "
@@ -122,12 +121,10 @@ async def earlier_versions(incident_id: str | None) -> list[str]:
 
 
 def _migration_files() -> list[Any]:
-    from runbook.clients.supabase import SupabaseDatabase
-
     settings = get_settings()
     if settings.supabase_db_url is None:
         raise UnsafeOperation("RUNBOOK_SUPABASE_DB_URL is not set")
-    return SupabaseDatabase.from_settings(settings).migration_files()
+    return local_migration_files(settings)
 
 
 async def take_or_reuse_backup(incident_id: str | None, versions: list[str]) -> tuple[Backup, bool]:

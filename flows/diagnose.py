@@ -15,7 +15,7 @@ from flows.diagnose_configuration import DiagnoseConfigurationParams, diagnose_c
 from flows.diagnose_database import DiagnoseDatabaseParams, diagnose_database
 from flows.diagnose_payment import DiagnosePaymentParams, diagnose_payment
 from flows.diagnose_performance import DiagnosePerformanceParams, diagnose_performance
-from runbook.clients.app import AppHealth
+from runbook.clients.types import AppHealth
 from runbook.errors import IntegrationError
 from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Evidence
 from tasks.health import check_app_health

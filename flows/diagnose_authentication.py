@@ -29,7 +29,7 @@ from flows._diagnosis import (
     run_name,
 )
 from flows.config_snapshot import list_snapshots
-from runbook.clients.vercel import Deployment
+from runbook.clients.types import Deployment
 from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.settings import fingerprint, get_settings
 from tasks.health import check_app_health, check_auth_endpoint

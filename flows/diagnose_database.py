@@ -34,7 +34,7 @@ from flows._diagnosis import (
     run_name,
     suggest_cancel,
 )
-from runbook.clients.supabase import DatabaseHealth, MigrationStatus
+from runbook.clients.types import DatabaseHealth, MigrationStatus
 from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import AppliedMigrationDetail, read_applied_migrations

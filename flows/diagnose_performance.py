@@ -33,8 +33,7 @@ from flows._diagnosis import (
     run_name,
     suggest_cancel,
 )
-from runbook.clients.sentry import SeriesPoint
-from runbook.clients.vercel import Deployment
+from runbook.clients.types import Deployment, SeriesPoint
 from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import probe_openai, read_error_series

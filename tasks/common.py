@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
+from runbook.clients._http import Redactor, settings_secrets
 from runbook.settings import Settings, get_settings
 
 
@@ -54,6 +55,11 @@ def flow_run_name() -> str | None:
         return flow_run.name or None
     except Exception:
         return None
+
+
+def redactor(settings: Settings | None = None) -> Redactor:
+    """Return a Redactor of every secret the settings (default: the current ones) hold."""
+    return Redactor(settings_secrets(settings or get_settings()))
 
 
 @asynccontextmanager

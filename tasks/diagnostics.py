@@ -20,13 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from runbook.clients._http import Redactor, settings_secrets
 from runbook.clients.health import ProbeResult, probe
 from runbook.clients.sentry import SentryClient, SeriesPoint
 from runbook.clients.supabase import SupabaseDatabase
 from runbook.errors import NotConfigured
 from runbook.settings import ENV_PREFIX, get_settings
-from tasks.common import open_client
+from tasks.common import open_client, redactor
 
 
 class AppliedMigrationDetail(BaseModel):
@@ -113,5 +112,5 @@ async def probe_openai(timeout_s: float = 5.0) -> ProbeResult:
     headers = {"Authorization": f"Bearer {settings.openai_api_key.get_secret_value()}"}
     result = await probe(f"{settings.openai_api_url.rstrip('/')}/v1/models", headers=headers, expect=[200],
                          timeout=timeout_s, connect_timeout=min(timeout_s, 5.0))
-    redact = Redactor(settings_secrets(settings))
+    redact = redactor(settings)
     return result.model_copy(update={"body": None, "error": redact(result.error) if result.error else None})

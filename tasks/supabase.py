@@ -13,6 +13,7 @@ from runbook.clients.supabase import (
     Connectivity,
     DatabaseHealth,
     LongQuery,
+    MigrationFile,
     MigrationStatus,
     ProjectHealth,
     RowCount,
@@ -22,8 +23,14 @@ from runbook.clients.supabase import (
 )
 from runbook.clients.supabase_admin import Backup, DownScript, RevertResult, SupabaseAdmin, TerminateResult
 from runbook.models import EventKind
+from runbook.settings import Settings, get_settings
 from tasks.common import open_client
 from tasks.incident import record
+
+
+def local_migration_files(settings: Settings | None = None) -> list[MigrationFile]:
+    """List the migrations folder's files and their down scripts (read locally; nothing is connected to)."""
+    return SupabaseDatabase.from_settings(settings or get_settings()).migration_files()
 
 
 @task(name="check_rest_count", retries=0, timeout_seconds=60, cache_policy=NO_CACHE)

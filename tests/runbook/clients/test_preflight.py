@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from runbook.cli.preflight import format_table, register, run_preflight
 from runbook.drill import DrillStack
-from runbook.preflight import format_table, register, run_preflight
 from runbook.settings import Settings
 
 WRONG_VERCEL = "vcp_wrong_preflight_token_0123456789"

@@ -1,4 +1,4 @@
-"""`runbook up` (a local Prefect server, the drill stack and every deployment served) and `runbook intake`.
+"""`runbook up`: a local Prefect server, the drill stack and every deployment served, until Ctrl-C.
 
 `runbook up`:
   1. a Prefect server: the one PREFECT_API_URL names, else `prefect server start` on a free 127.0.0.1 port with
@@ -7,6 +7,8 @@
      served flow runs inherit;
   3. every deployment of prefect.yaml served from this process (deployments/serve.py), schedules active.
 Ctrl-C or SIGTERM stops the runner (its schedules are paused), the drill stack and the server; nothing is left.
+It serves deployments, so it lives here, not in runbook/ (which never imports deployments/ or flows/); the
+`runbook` command line finds it through the entry point `up` of the group `runbook.commands` (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from runbook.settings import get_settings
 
 
 def register(sub: Any) -> None:
-    """Add the `up` and `intake` commands."""
+    """Add the `up` command."""
     up = sub.add_parser("up", help="local Prefect server + drill stack + every deployment served (Ctrl-C stops)")
     up.add_argument("--port", type=int, default=0, help="port of the local Prefect server (default: a free one)")
     up.add_argument("--no-drill", action="store_true", help="do not start the drill stack; use your RUNBOOK_* settings")
@@ -34,23 +36,6 @@ def register(sub: Any) -> None:
     up.add_argument("--limit", type=int, default=None, help="at most this many flow runs at a time")
     up.add_argument("--query-seconds", type=float, default=5.0, help="how often to look for due runs (default 5)")
     up.set_defaults(func=cmd_up)
-
-    intake = sub.add_parser("intake", help="HTTP endpoint turning alerts (generic, Sentry, Vercel) into incidents")
-    intake.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    intake.add_argument("--port", type=int, default=8787, help="port (default 8787)")
-    intake.add_argument("--insecure-local", action="store_true",
-                        help="allow no token/HMAC secret (only on 127.0.0.1, for a local try-out)")
-    intake.add_argument("--respond", choices=["deployment", "inline", "none"], default="deployment",
-                        help="how declare-incident starts the response (default: as its own deployment run)")
-    intake.set_defaults(func=cmd_intake)
-
-
-def cmd_intake(args: argparse.Namespace) -> int:
-    """Serve the alert intake until interrupted."""
-    from runbook.intake import serve
-
-    serve(args.host, args.port, insecure_local=args.insecure_local, respond=args.respond)
-    return 0
 
 
 @contextlib.contextmanager

@@ -1,30 +1,43 @@
-"""`runbook`: the on-call engineer's command line.
+"""`runbook`: the on-call engineer's command line — the parser, `runbook config`, and `main`.
 
-Commands live next to what they drive; each module contributes a `register(subparsers)` that adds its commands
-and sets `func` (returning the exit code). This module only assembles them and turns our errors into messages.
+Commands live next to what they drive; each command module contributes a `register(subparsers)` that adds its
+commands and sets `func` (returning the exit code). This module only assembles them and turns our errors into
+messages. The command groups in runbook/ are imported here; commands that run flows or serve deployments
+(`runbook drill`, `runbook up`) live in deployments/ and are found through the entry points of the group
+`runbook.commands` (pyproject.toml), so nothing in runbook/ imports deployments/ or flows/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
+from runbook.cli import incidents, intake, preflight, report
+from runbook.drill import cli as drill_cli
 from runbook.errors import ConfigError, RunbookError
 
-# Modules that add commands; each has register(subparsers).
-COMMAND_MODULES = [
-    "runbook.cli_incidents",
-    "runbook.cli_report",
-    "runbook.preflight",
-    "runbook.drill.cli",
-    "runbook.cli_ops",
-    "deployments.drill",  # runs flows, so it lives outside runbook/ (runbook/ never imports flows/)
-]
+Register = Callable[[Any], object]
+
+# The command groups of runbook/, in the order `runbook --help` lists them; each has register(subparsers).
+COMMAND_GROUPS: tuple[Register, ...] = (
+    incidents.register,
+    report.register,
+    preflight.register,
+    drill_cli.register,
+    intake.register,
+)
+# Commands contributed from outside runbook/ (deployments/: `up`, `drill`), as entry points of this group.
+ENTRY_POINT_GROUP = "runbook.commands"
+
+
+def contributed_commands() -> list[Register]:
+    """Return the register functions of the entry points of ENTRY_POINT_GROUP (their modules are imported now)."""
+    return [ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the effective settings (secrets as set/unset + fingerprint)")
     cfg.add_argument("--json", action="store_true", help="print JSON")
     cfg.set_defaults(func=cmd_config)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for register in (*COMMAND_GROUPS, *contributed_commands()):
+        register(sub)
     return parser
 
 
@@ -81,7 +94,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -157,7 +157,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
         outcome.via = "resolved"
     elif ack is not None:
         async with open_store() as store:
-            current, newly = await store.acknowledge(incident.id, ack.by, flow_run_id=run_id)
+            current, newly = await store.acknowledge(incident.id, ack.by, flow_run_id=run_id, via="prefect-ui")
         outcome.acknowledged_by = current.acknowledged_by
         outcome.via = "ui" if newly else "store"
         if ack.note and newly:

@@ -80,7 +80,7 @@ async def _fix_and_verify(incident: Incident, diagnosis: Diagnosis | None, param
     approval = getattr(result, "approval", None)
     if approval is not None and approval.decision == "approve":
         async with open_store() as store:  # approving the fix is taking the incident
-            await store.acknowledge(incident.id, approval.approver)
+            await store.acknowledge(incident.id, approval.approver, via=approval.via, identity=approval.identity)
     label = f"{result.action}: {result.outcome}" if result is not None else None
     if result is not None and result.outcome not in {"verified", "nothing_to_do"}:
         await stay_open(incident, f"remediation {label} — {result.detail or 'see the timeline'}")

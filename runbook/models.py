@@ -177,6 +177,7 @@ class Incident(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
+    acknowledged_via: str | None = Field(None, description="Where the first acknowledgement came from (Channel)")
     identified_at: datetime | None = None
     mitigated_at: datetime | None = None
     resolved_at: datetime | None = None
@@ -255,6 +256,10 @@ class TimelineEvent(BaseModel):
     id: int | None = None
 
 
+Channel = Literal["prefect-ui", "slack", "pagerduty", "cli", "api", "drill", "runbook"]
+"""Where a person's acknowledgement or decision came from (recorded as `via` on the timeline and approvals)."""
+
+
 class Approval(BaseModel):
     """A human decision on a remediation plan."""
 
@@ -266,6 +271,8 @@ class Approval(BaseModel):
     requested_by: str | None = None
     requested_at: datetime | None = None
     at: datetime = Field(default_factory=utcnow)
+    via: Channel = Field("api", description="Where the decision was made")
+    identity: str | None = Field(None, description="The verified identity of the approver (e.g. a Slack user id)")
 
     @property
     def time_to_decide(self) -> timedelta | None:

@@ -424,9 +424,21 @@ class IncidentStore:
             return changed
 
     async def acknowledge(
-        self, incident_id: str, by: str, *, at: datetime | None = None, flow_run_id: str | None = None
+        self,
+        incident_id: str,
+        by: str,
+        *,
+        at: datetime | None = None,
+        flow_run_id: str | None = None,
+        via: str = "api",
+        identity: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> tuple[Incident, bool]:
-        """Record the acknowledgement once; return (incident, newly_acknowledged)."""
+        """Record the acknowledgement once; return (incident, newly_acknowledged).
+
+        `via` names the channel (prefect-ui, slack, pagerduty, cli, api, …), `identity` the verified identity when
+        the channel has one (a Slack user id, a PagerDuty user id); both go on the timeline event.
+        """
         if not by.strip():
             raise InputError("an acknowledgement needs who acknowledged")
         at = at or utcnow()
@@ -434,9 +446,12 @@ class IncidentStore:
             current = await self._get(conn, incident_id)
             if current.acknowledged_at is not None:
                 return current, False
-            changed = current.model_copy(update={"acknowledged_at": at, "acknowledged_by": by.strip()})
+            changed = current.model_copy(
+                update={"acknowledged_at": at, "acknowledged_by": by.strip(), "acknowledged_via": via}
+            )
             await self._save(conn, changed)
             late = at > current.created_at + current.severity.response_time
+            extra = {"via": via, **({"identity": identity} if identity else {}), **(details or {})}
             await self._event(
                 conn,
                 incident_id,
@@ -444,8 +459,8 @@ class IncidentStore:
                     at=at,
                     kind="acknowledged",
                     actor=by.strip(),
-                    summary=f"Acknowledged by {by.strip()}",
-                    details={"seconds_to_ack": (at - current.created_at).total_seconds(), "late": late},
+                    summary=f"Acknowledged by {by.strip()} via {via}",
+                    details={"seconds_to_ack": (at - current.created_at).total_seconds(), "late": late, **extra},
                     flow_run_id=flow_run_id,
                 ),
             )

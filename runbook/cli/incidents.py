@@ -71,7 +71,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 async def _ack(args: argparse.Namespace) -> int:
     async with open_store() as store:
-        incident, newly = await store.acknowledge(args.id, args.by)
+        incident, newly = await store.acknowledge(args.id, args.by, via="cli")
     if newly:
         print(f"{incident.id} acknowledged by {incident.acknowledged_by}")
     else:

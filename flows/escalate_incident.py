@@ -33,6 +33,7 @@ from tasks.pagerduty import acknowledge_pages, page_contact
 from tasks.slack import post_slack_message
 
 RESOLVED_FIRST = "resolved before anyone acknowledged"
+GAVE_UP = "nobody acknowledged within the escalation window"
 
 
 class Acknowledge(RunInput):
@@ -59,9 +60,14 @@ class EscalationOutcome(BaseModel):
     sla_missed: bool = False
 
 
-async def _resume_when_paused(run_id: str, current: Incident, resumed: asyncio.Event) -> None:
-    """Resume our own paused run with the acknowledgement (or resolution) that arrived through the store."""
-    if current.acknowledged_by:
+async def _resume_when_paused(run_id: str, current: Incident | None, resumed: asyncio.Event) -> None:
+    """Resume our own paused run with the acknowledgement (or resolution) that arrived through the store.
+
+    `current` None: the escalation window ran out on the clock (the run stops waiting).
+    """
+    if current is None:
+        run_input = {"by": "runbook", "note": GAVE_UP}
+    elif current.acknowledged_by:
         run_input = {"by": current.acknowledged_by, "note": "acknowledged outside this run"}
     else:
         run_input = {"by": "runbook", "note": RESOLVED_FIRST}
@@ -99,8 +105,12 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
             await record(incident.id, EventKind.SLA_MISSED,
                          f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
                          {"response_due": incident.response_due.isoformat()})
-    # Chain exhausted: keep watching the store so a late CLI acknowledgement still ends the wait.
-    await _watch(incident.id, None, poll, run_id, stop, resumed)
+    # Chain exhausted: keep watching the store so a late acknowledgement still ends the wait, until the window
+    # (on the injectable clock, like every step) runs out; then the run stops waiting.
+    if not await _watch(incident.id, incident.created_at + wait_limit(incident, policy), poll, run_id, stop, resumed):
+        stop.set()
+        if run_id:
+            await _resume_when_paused(run_id, None, resumed)
 
 
 async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: str | None, stop: asyncio.Event,
@@ -143,7 +153,8 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     try:
         ack = await apause_flow_run(
             wait_for_input=Acknowledge.with_initial_data(description=description, by=""),
-            timeout=int(wait_limit(incident, policy).total_seconds()) + 1,
+            # A bound only: the window is ended by the clock above; this one ends a run whose clock died.
+            timeout=int(2 * wait_limit(incident, policy).total_seconds()) + 60,
             poll_interval=max(1, int(policy.response.ack_poll_seconds)),
         )
     except FlowPauseTimeout:
@@ -153,7 +164,10 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
         resumed.set()
         stop.set()
         await pager
-    if ack is not None and ack.note == RESOLVED_FIRST:
+    if ack is not None and ack.note == GAVE_UP and ack.by == "runbook":
+        await record(incident.id, EventKind.NOTE, "Nobody acknowledged within the escalation window", {})
+        outcome.via = "timeout"
+    elif ack is not None and ack.note == RESOLVED_FIRST:
         outcome.via = "resolved"
     elif ack is not None:
         async with open_store() as store:

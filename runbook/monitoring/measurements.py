@@ -48,10 +48,19 @@ _DB_DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
 def _database(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
     evidence: list[tuple[bool | None, str]] = []
     status = check_status(checks, "database")
+    waiting = blocked_queries(p.database)
     if status is not None:
-        err = checks["database"].get("error")
-        evidence.append((status != "unhealthy", f"app database check {status}" + (f": {err}" if err else "")))
-    if isinstance(p.rest, ProbeFailure):
+        err = str(checks["database"].get("error") or "")
+        timed_out = "timeout" in err.lower() or "timed out" in err.lower()
+        if status == "unhealthy" and timed_out and waiting:  # slow behind a lock, not down (as for REST below)
+            evidence.append((None, f"app database check timed out while {len(waiting)} queries wait on locks"))
+        else:
+            evidence.append((status != "unhealthy", f"app database check {status}" + (f": {err}" if err else "")))
+    if isinstance(p.rest, ProbeFailure) and p.rest.kind == "timeout" and waiting:
+        # Queries queued behind a lock: the database answers (the direct view just did), it is slow. That is
+        # degradation (query_time_ms says how slow), not an outage: no database_up=0 from this timeout.
+        evidence.append((None, f"REST count timed out while {len(waiting)} queries wait on locks (degraded)"))
+    elif isinstance(p.rest, ProbeFailure):
         # A table the REST API cannot count (400/404 after a bad migration) is the database failing the app.
         down = p.rest.kind in _DB_DOWN_KINDS or p.rest.kind == "rejected"
         evidence.append((False if down else None, f"REST count: {p.rest.message}"))
@@ -200,6 +209,11 @@ def measure(p: CycleProbes, *, monitoring: Monitoring | None = None, rate_histor
     return out
 
 
+def _lock_wait_ms(db: DatabaseHealth | ProbeFailure) -> float:
+    """Return how long the longest query waiting on another session's lock has waited (ms; 0 when none)."""
+    return max((q.duration_s * 1000 for q in blocked_queries(db)), default=0.0)
+
+
 def _database_metrics(p: CycleProbes, checks: dict[str, dict[str, Any]], db_down: bool) -> list[Measurement]:
     out: list[Measurement] = []
     db = p.database
@@ -207,12 +221,13 @@ def _database_metrics(p: CycleProbes, checks: dict[str, dict[str, Any]], db_down
         "degraded"} else None
     if db_down:
         out.append(_m("query_time_ms", "database", None, "database", "database unavailable", state="masked"))
-    elif isinstance(app_ms, int | float):
+    elif isinstance(app_ms, int | float) and float(app_ms) >= _lock_wait_ms(db):
         out.append(_m("query_time_ms", "database", float(app_ms), "app",
                       f"the app's profiles query took {app_ms:g} ms", scenario="database"))
     elif isinstance(db, DatabaseHealth) and (db.mean_query_ms is not None or blocked_queries(db)):
-        # No answer from the app's own check: the direct view, where a query waiting on a lock counts too.
-        waited = max((q.duration_s * 1000 for q in blocked_queries(db)), default=0.0)
+        # No answer from the app's own check (or its query slipped between two holds of a lock others still wait
+        # on): the direct view, where a query waiting on a lock counts too.
+        waited = _lock_wait_ms(db)
         value = round(max(db.mean_query_ms or 0.0, waited), 1)
         detail = (f"queries waiting on locks for up to {waited:g} ms" if waited > (db.mean_query_ms or 0.0)
                   else f"mean query time ({db.mean_query_source})")

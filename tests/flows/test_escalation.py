@@ -117,3 +117,20 @@ async def test_rerun_does_not_page_twice(incident: Incident, drill_env: DrillSta
     again = await escalate_incident(EscalateParams(incident_id=incident.id))
     assert again.acknowledged_by == "ana" and again.pages == []
     assert _paged_roles(drill_env) == ["On-Call Engineer"]
+
+
+async def test_the_escalation_window_ends_on_the_clock(incident: Incident, drill_env: DrillStack,
+                                                       manual: ManualClock) -> None:
+    """Nobody acknowledges: when the clock passes the window, the run stops waiting and says so (no real wait)."""
+    run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    await wait_for_pause(["escalate-incident"], timeout=120)
+    await _paged(drill_env, 1)
+    manual.advance_to(incident.created_at + CTO_AT)
+    await _paged(drill_env, 3)
+    assert not run.done()  # the window is open until the last step plus one response time
+    manual.advance(timedelta(minutes=16))
+    outcome = await asyncio.wait_for(run, timeout=120)
+    assert outcome.via == "timeout" and outcome.acknowledged_by is None and outcome.sla_missed
+    async with open_store() as store:
+        notes = [e.summary for e in await store.timeline(incident.id, kind="note")]
+    assert "Nobody acknowledged within the escalation window" in notes

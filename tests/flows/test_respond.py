@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 
 from flows.respond import RespondParams, respond_p0, respond_p2_p3
+from runbook.clock import ManualClock, use_clock
 from runbook.drill import DrillStack
 from runbook.drill.approver import pause_form, resume, wait_for_pause
 from runbook.models import Incident, Severity, Status
 from runbook.store import open_store
 from tests.conftest import write_policy
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -22,6 +25,12 @@ response: {ack_poll_seconds: 0.3, stable_checks: 2, stable_interval_seconds: 0.5
 severities:
   P3: {response_minutes: 0.1}
 """
+
+
+async def _has(kinds: Awaitable[list[str]], *wanted: str) -> list[str] | None:
+    """Return the timeline's kinds once every wanted kind is among them."""
+    seen = await kinds
+    return seen if all(w in seen for w in wanted) else None
 
 
 async def _declare(title: str, severity: Severity, scenario: str) -> Incident:
@@ -62,18 +71,26 @@ async def test_p3_reminds_then_pages_and_files_release_follow_up(drill_env: Dril
     write_policy(tmp_path, monkeypatch, FAST)
     drill_env.inject("third-party-outage")  # keeps the service degraded, so the incident stays open
     inc = await _declare("UI glitches in the course list", Severity.P3, "performance")
-    run = asyncio.create_task(respond_p2_p3(RespondParams(incident_id=inc.id)))
-    paused = await wait_for_pause(["escalate-incident"])
-    for _ in range(40):
+
+    async def kinds() -> list[str]:
         async with open_store() as store:
-            kinds = [e.kind for e in await store.timeline(inc.id)]
-        if "paged" in kinds:
-            break
-        await asyncio.sleep(0.5)
-    assert "reminder" in kinds and "paged" in kinds, str(kinds)
-    assert kinds.index("reminder") < kinds.index("paged") and "sla_missed" in kinds
-    await resume(paused, {"by": "ana"})
-    outcome = await asyncio.wait_for(run, timeout=60)
+            return [e.kind for e in await store.timeline(inc.id)]
+
+    # The escalation's steps follow a manual clock: the reminder, the page and the SLA fire when the test moves
+    # the clock, and the escalation window cannot run out while a loaded machine is slow to deliver the resume.
+    with use_clock(ManualClock(inc.created_at)) as manual:
+        assert isinstance(manual, ManualClock)
+        run = asyncio.create_task(respond_p2_p3(RespondParams(incident_id=inc.id)))
+        paused = await wait_for_pause(["escalate-incident"])
+        assert "reminder" not in await kinds()
+        manual.advance_to(inc.created_at + (inc.response_due - inc.created_at) / 2)  # reminder_fraction 0.5
+        await eventually(lambda: _has(kinds(), "reminder"), "the reminder")
+        assert "paged" not in await kinds()
+        manual.advance_to(inc.response_due)
+        seen = await eventually(lambda: _has(kinds(), "paged", "sla_missed"), "the page and the missed SLA")
+        assert seen.index("reminder") < seen.index("paged")
+        await resume(paused, {"by": "ana"})
+        outcome = await asyncio.wait_for(run, timeout=120)
     assert outcome.acknowledged_by == "ana" and not outcome.resolved
     async with open_store() as store:
         items = await store.action_items(inc.id)

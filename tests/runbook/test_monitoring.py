@@ -312,6 +312,36 @@ def test_health_timeout_behind_a_lock_is_database_degradation() -> None:
     assert m["query_time_ms:database"].value == 12500.0
 
 
+@pytest.mark.parametrize("over", [
+    {"rest": "timeout"},
+    {"app_check": "QueryCanceledError: canceling statement due to statement timeout"},
+    {"rest": "timeout", "app_check": "TimeoutError: timed out"},
+])
+def test_timeouts_behind_a_lock_are_degradation_not_an_outage(over: dict[str, str]) -> None:
+    """REST or the app's database check timing out while queries wait on a lock: P1 degradation, never P0 down.
+
+    On a busy machine the slow-database drill's REST count (6 s behind the lock) crosses the probe's 10 s limit;
+    counting that as database_unavailable declared a P0 for a database that answers, only slowly.
+    """
+    waiting = LongQuery(pid=42, duration_s=8.0, state="active", query="select … from public.profiles",
+                        blocking_pids=[7])
+    db = _probes().database.model_copy(update={"long_running": [waiting]})  # type: ignore[union-attr]
+    probes: dict[str, Any] = {"database": db}
+    if "rest" in over:
+        probes["rest"] = _fail("timeout", "no response within 10s")
+    if "app_check" in over:
+        probes["health"] = _health(code=503, database=_bad("database", over["app_check"]))
+    findings = {f.key: f for f in evaluate(Policy().alert_rules, measure(_probes(**probes)))}
+    assert findings["database_unavailable:database"].state == "ok"
+    assert findings["database_degradation:database"].breached
+
+
+def test_timeouts_without_waiting_queries_stay_an_outage() -> None:
+    """The same REST timeout with no query waiting on a lock is the database not answering: database_unavailable."""
+    findings = {f.key: f for f in evaluate(Policy().alert_rules, measure(_probes(rest=_fail("timeout"))))}
+    assert findings["database_unavailable:database"].breached
+
+
 def test_query_time_comes_from_the_apps_database_check() -> None:
     """query_time_ms is the app's own database query latency when the check reports it."""
     m = _by_key(measure(_probes(health=_health(database={"status": "degraded", "latency_ms": 1500.0}))))

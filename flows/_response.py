@@ -7,11 +7,14 @@ re-run of a response never pages, posts or resolves twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger
+from prefect.input import RunInput
+from pydantic import Field
 
 from flows.verification import Verification, VerifyParams, verify_service
 from runbook.errors import IntegrationError
@@ -71,10 +74,9 @@ async def initial_assessment(incident: Incident) -> dict[str, Any]:
     return found
 
 
-async def communicate(incident: Incident, status: Status, message: str) -> None:
-    """Post the status page update, tell #incidents, and notify stakeholders and customers per the matrix."""
-    policy = get_policy()
-    comms = policy.communication
+async def announce_status(incident: Incident, status: Status, message: str) -> None:
+    """Post the status page update (for the severities that have one) and tell #incidents."""
+    comms = get_policy().communication
     if incident.severity in comms.status_page_for:
         try:
             await post_status_update(incident.id, status, message)
@@ -84,6 +86,12 @@ async def communicate(incident: Incident, status: Status, message: str) -> None:
     await post_slack_message(comms.incidents_channel,
                              f"[{incident.severity}] {incident.title} ({incident.id}) — {status.value}: {message}",
                              incident_id=incident.id)
+
+
+async def communicate(incident: Incident, status: Status, message: str) -> None:
+    """Post the status page update, tell #incidents, and notify stakeholders and customers per the matrix."""
+    comms = get_policy().communication
+    await announce_status(incident, status, message)
     if status is Status.INVESTIGATING:
         await post_slack_message(comms.operations_channel,
                                  f"Stakeholder notice: {incident.severity} incident {incident.id} declared — "
@@ -157,8 +165,15 @@ async def resolve(incident_id: str, verification: Verification) -> Incident:
     if incident.status is Status.RESOLVED:
         return incident
     await communicate(incident, Status.RESOLVED, "Issue resolved, normal operations restored.")
-    incident = await transition_status(incident_id, Status.RESOLVED,
-                                       summary=f"Resolved after verification ({verification.summary()})")
+    await transition_status(incident_id, Status.RESOLVED,
+                            summary=f"Resolved after verification ({verification.summary()})")
+    return await close_out(incident_id)
+
+
+async def close_out(incident_id: str, message: str = "Issue resolved, normal operations restored.") -> Incident:
+    """Finish a resolution already on the record: status page, pages, follow-ups, report (each once)."""
+    incident = await read_incident(incident_id)
+    await communicate(incident, Status.RESOLVED, message)  # the status page posts "resolved" once
     try:
         await resolve_pages(incident)
     except IntegrationError as exc:
@@ -168,6 +183,134 @@ async def resolve(incident_id: str, verification: Verification) -> Incident:
     await schedule_follow_ups_task(incident_id)
     await write_incident_report(incident_id, "draft")
     return await read_incident(incident_id)
+
+
+class ConfirmResolution(RunInput):
+    """Is it resolved for the people who reported it? (the Resume form of a person-declared incident)."""
+
+    decision: Literal["resolved", "not resolved"] = Field(
+        title="Decision", description="resolved: close the incident; not resolved: back to investigating")
+    by: str = Field(min_length=1, max_length=100, title="Your name", description="Who confirms (recorded)")
+    reason: str = Field("", max_length=500, title="Reason",
+                        description="What you checked, or what is still broken")
+
+
+RESOLVED_BY_HAND = "resolved outside this run"
+
+
+async def _resume_on_hand_resolution(incident_id: str, run_id: str, done: asyncio.Event) -> None:
+    """Resume our own pause when the incident is resolved by hand meanwhile (CLI, the resolve-incident form)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import aresume_flow_run
+
+    poll = get_policy().response.ack_poll_seconds
+    while not done.is_set():
+        current = await read_incident(incident_id)
+        if not current.status.is_open:
+            async with get_client() as client:
+                while not done.is_set():
+                    run = await client.read_flow_run(run_id)  # type: ignore[arg-type]
+                    if run.state and run.state.is_paused():
+                        with contextlib.suppress(Exception):  # resumed by someone else in between: fine
+                            await aresume_flow_run(run.id, run_input={"decision": "resolved", "by": "runbook",
+                                                                      "reason": RESOLVED_BY_HAND})
+                        return
+                    await asyncio.sleep(0.5)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout=poll)
+
+
+def _declarer(timeline: list[Any]) -> str | None:
+    declared = [e for e in timeline if e.kind == EventKind.DECLARED]
+    return declared[0].actor if declared else None
+
+
+async def confirm_resolution(incident_id: str, verification: Verification, within_minutes: float = 240) -> bool:
+    """A person declared it: verification passing moves it to monitoring and asks them to confirm; return resolved.
+
+    An automated check that finds nothing wrong does not disprove a person's report: the declarer (or whoever
+    acknowledged) confirms in the run's Resume form, answers "not resolved" (back to investigating), or resolves by
+    hand (`runbook resolve`, the resolve-incident form), which ends the wait too. Without an answer within the
+    confirmation window (`within_minutes`) the incident stays in monitoring and #incidents says so.
+    """
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import apause_flow_run
+
+    from runbook.store import open_store
+    from tasks.common import flow_run_id, flow_run_url
+
+    policy = get_policy()
+    incident = await mark_monitoring(await read_incident(incident_id), f"verification passed: {verification.summary()}")
+    if not incident.status.is_open:
+        await close_out(incident_id)
+        return True
+    async with open_store() as store:
+        declarer = _declarer(await store.timeline(incident_id, kind=EventKind.DECLARED))
+    asked = incident.acknowledged_by or declarer or "the declarer"
+    run_id = flow_run_id()
+    link = flow_run_url(run_id)
+    where = f"confirm in Prefect: {link}" if link else "confirm in this run's Resume form"
+    await record(incident_id, EventKind.CONFIRMATION_REQUESTED,
+                 f"Verification passed ({verification.summary()}); waiting for {asked} to confirm it is resolved",
+                 {"asked": asked, "declared_by": declarer, "acknowledged_by": incident.acknowledged_by, "url": link})
+    await post_slack_message(
+        policy.communication.incidents_channel,
+        f"[{incident.severity}] {incident.id} ({incident.title}): verification passed, now MONITORING. {asked}: you "
+        f"reported it — is it resolved for you? {where}, or `runbook resolve {incident.id} --by NAME --reason ...`; "
+        "answer 'not resolved' to keep working on it.", incident_id=incident_id, kind=EventKind.SLACK,
+        details={"asked": asked, "url": link, "confirmation": True})
+    get_run_logger().info("waiting for %s to confirm that %s is resolved: %s", asked, incident_id, link or "this run")
+    description = (f"## Is {incident.severity} {incident.id} resolved?\n\n**{incident.title}**\n\n"
+                   f"Verification passed: {verification.summary()}. You declared or acknowledged this incident; "
+                   "an automated check that finds nothing wrong does not disprove your report. Choose **resolved** "
+                   "to close it (status page, pages, follow-ups), or **not resolved** to reopen the investigation.")
+    done = asyncio.Event()
+    watcher = asyncio.create_task(_resume_on_hand_resolution(incident_id, run_id, done)) if run_id else None
+    answer: Any = None
+    try:
+        answer = await apause_flow_run(
+            wait_for_input=ConfirmResolution.with_initial_data(description=description, decision="resolved", by=""),
+            timeout=int(within_minutes * 60),
+            poll_interval=max(1, int(policy.response.ack_poll_seconds)))
+    except FlowPauseTimeout:
+        await stay_open(incident, f"verification passed but nobody confirmed within "
+                        f"{within_minutes:g} min; it stays in monitoring — "
+                        f"`runbook resolve {incident_id}` when the reporter confirms")
+        return False
+    finally:
+        done.set()
+        if watcher is not None:
+            await watcher
+    current = await read_incident(incident_id)
+    if not current.status.is_open:  # resolved by hand meanwhile: finish what a resolution sets in motion
+        await close_out(incident_id)
+        return True
+    if answer.decision == "resolved":
+        await transition_status(incident_id, Status.RESOLVED, actor=answer.by.strip(),
+                                summary=f"Resolved: confirmed by {answer.by.strip()} via prefect-ui after "
+                                f"verification ({verification.summary()})" + (f": {answer.reason}" if answer.reason
+                                                                               else ""),
+                                details={"confirmed_by": answer.by.strip(), "via": "prefect-ui",
+                                         "reason": answer.reason})
+        await close_out(incident_id)
+        return True
+    await transition_status(incident_id, Status.INVESTIGATING, actor=answer.by.strip(),
+                            summary=f"Not resolved, says {answer.by.strip()} (via prefect-ui)"
+                            + (f": {answer.reason}" if answer.reason else ""),
+                            details={"via": "prefect-ui", "reason": answer.reason})
+    await stay_open(current, f"{answer.by.strip()} says it is not resolved: {answer.reason or 'no reason given'}")
+    return False
+
+
+async def resolve_or_confirm(incident_id: str, verification: Verification, confirm_within_minutes: float = 240
+                             ) -> bool:
+    """After a passed verification: the monitor's incidents resolve; a person's wait for them to confirm."""
+    incident = await read_incident(incident_id)
+    if incident.declared_by_person:
+        return await confirm_resolution(incident_id, verification, confirm_within_minutes)
+    await resolve(incident_id, verification)
+    return True
 
 
 async def stay_open(incident: Incident, why: str) -> None:

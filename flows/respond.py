@@ -7,7 +7,9 @@ P1  investigate the root cause first (diagnose: deployments, database performanc
     → communicate → workaround (the matching remediation, approved) → monitor impact → resolve.
 P2/P3  communicate → acknowledge within the SLA (reminder, then page) → investigate → stakeholder update →
     follow-up for the next regular release; resolved only when a verification passes.
-"resolved" is only ever reached after a verification passed.
+"resolved" is only ever reached after a verification passed; an incident a person declared (source "manual": the
+UI, the CLI) is then only moved to monitoring and resolved when a person confirms (a pause with a confirm form,
+announced in #incidents) or resolves it by hand. The monitor's and other automation's incidents resolve on it.
 """
 
 
@@ -27,7 +29,7 @@ from flows._response import (
     mark_monitoring,
     monitor_until_stable,
     remediate,
-    resolve,
+    resolve_or_confirm,
     run_diagnosis,
     stay_open,
 )
@@ -48,6 +50,10 @@ class RespondParams(BaseModel):
     remediate: bool = Field(True, description="Start the suggested remediation (it still asks a human to approve)")
     requested_by: str = Field("runbook", min_length=1, max_length=100,
                               description="Recorded as the requester of remediations (two-person rule)")
+    confirm_within_minutes: float = Field(
+        240, gt=0, le=7 * 24 * 60, title="Confirmation window (minutes)",
+        description="A person-declared incident is resolved only when a person confirms; without an answer by "
+        "then it stays in monitoring")
 
 
 class ResponseOutcome(BaseModel):
@@ -88,9 +94,8 @@ async def _fix_and_verify(incident: Incident, diagnosis: Diagnosis | None, param
     if result is not None:
         await mark_monitoring(incident, label or "")
     stable = await monitor_until_stable(incident, diagnosis.scenario if diagnosis else incident.scenario)
-    if stable.passed:
-        await resolve(incident.id, stable)
-        return label, True
+    if stable.passed:  # a person's report is resolved only when a person confirms it
+        return label, await resolve_or_confirm(incident.id, stable, params.confirm_within_minutes)
     await stay_open(incident, f"verification still failing ({stable.summary()})")
     return label, False
 
@@ -159,8 +164,7 @@ async def respond_p2_p3(params: RespondParams) -> ResponseOutcome:
     stable = await monitor_until_stable(incident, diagnosis.scenario if diagnosis else incident.scenario)
     resolved = False
     if stable.passed:
-        await resolve(incident.id, stable)
-        resolved = True
+        resolved = await resolve_or_confirm(incident.id, stable, params.confirm_within_minutes)
     return await _finish(incident.id, escalation, finding, None, resolved)
 
 

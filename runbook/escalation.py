@@ -27,7 +27,7 @@ class Step:
 
 def escalation_schedule(incident: Incident, policy: Policy) -> list[Step]:
     """Return the incident's escalation steps in time order (step 0 = the first page, if any)."""
-    start = incident.created_at
+    start = incident.escalation_start  # a severity a person raised later counts from the change
     due = start + policy.response_time(incident.severity)
     chain = policy.chain()
     steps: list[Step] = []
@@ -46,4 +46,4 @@ def escalation_schedule(incident: Incident, policy: Policy) -> list[Step]:
 def wait_limit(incident: Incident, policy: Policy) -> timedelta:
     """Return how long to wait for an acknowledgement in all: past the last step by one response time."""
     steps = escalation_schedule(incident, policy)
-    return (steps[-1].at - incident.created_at) + policy.response_time(incident.severity)
+    return (steps[-1].at - incident.escalation_start) + policy.response_time(incident.severity)

@@ -187,6 +187,10 @@ class Incident(BaseModel):
     preventive_measures: str | None = None
     financial_impact: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    severity_set_at: datetime | None = Field(None, description="When a person last changed the severity (the "
+                                             "new severity's escalation counts from then)")
+    links: list[str] = Field(default_factory=list, description="Related incidents (runbook link)")
+    merged_into: str | None = Field(None, description="The incident this duplicate was merged into (closed)")
 
     @field_validator("title")
     @classmethod
@@ -196,14 +200,24 @@ class Incident(BaseModel):
         return value.strip()
 
     @property
+    def declared_by_person(self) -> bool:
+        """Return True when a person declared it (the UI, the CLI): only a person may then resolve it."""
+        return self.source == "manual"
+
+    @property
+    def escalation_start(self) -> datetime:
+        """Return when the current severity's escalation clock started (declaration, or the last severity change)."""
+        return max(self.created_at, self.severity_set_at) if self.severity_set_at else self.created_at
+
+    @property
     def dedup_key(self) -> str:
         """Return the PagerDuty dedup key: the incident id, so a re-sent page is idempotent."""
         return self.id
 
     @property
     def response_due(self) -> datetime:
-        """Return when the severity's default response time runs out."""
-        return self.created_at + self.severity.response_time
+        """Return when the severity's default response time runs out (counted from the last severity change)."""
+        return self.escalation_start + self.severity.response_time
 
     @property
     def mtta(self) -> timedelta | None:
@@ -242,6 +256,10 @@ class EventKind(StrEnum):
     REMINDER = "reminder"
     REPORT_WRITTEN = "report_written"
     NOTE = "note"
+    SEVERITY_CHANGED = "severity_changed"      # a person changed the severity (details.from, details.to)
+    LINKED = "linked"                          # related to another incident (details.other)
+    MERGED = "merged"                          # a duplicate merged in (details.merged_from) / away (merged_into)
+    CONFIRMATION_REQUESTED = "confirmation_requested"  # verification passed; a person must confirm resolution
 
 
 class TimelineEvent(BaseModel):

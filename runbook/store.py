@@ -51,6 +51,7 @@ from runbook.models import (
     FollowUp,
     FollowUpKind,
     Incident,
+    Severity,
     Status,
     TimelineEvent,
     utcnow,
@@ -465,6 +466,143 @@ class IncidentStore:
                 ),
             )
             return changed, True
+
+    async def set_severity(
+        self,
+        incident_id: str,
+        severity: Severity | str,
+        *,
+        actor: str,
+        summary: str = "",
+        details: dict[str, Any] | None = None,
+        flow_run_id: str | None = None,
+        at: datetime | None = None,
+    ) -> tuple[Incident, bool]:
+        """Change the severity (recorded with who and why); return (incident, changed). The same one is a no-op."""
+        severity = Severity(severity)
+        at = at or utcnow()
+        async with self.engine.begin() as conn:
+            current = await self._get(conn, incident_id)
+            if current.severity is severity:
+                return current, False
+            changed = current.model_copy(update={"severity": severity, "severity_set_at": at})
+            await self._save(conn, changed)
+            await self._event(
+                conn,
+                incident_id,
+                TimelineEvent(
+                    at=at,
+                    kind="severity_changed",
+                    actor=actor,
+                    summary=summary or f"Severity {current.severity} → {severity} ({severity.label})",
+                    details={"from": current.severity.value, "to": severity.value, **(details or {})},
+                    flow_run_id=flow_run_id,
+                ),
+            )
+            return changed, True
+
+    async def link(
+        self, incident_id: str, other_id: str, *, actor: str, details: dict[str, Any] | None = None,
+        flow_run_id: str | None = None,
+    ) -> tuple[Incident, Incident, bool]:
+        """Relate two incidents both ways (a timeline event on each); return (incident, other, newly_linked)."""
+        if incident_id == other_id:
+            raise InputError("an incident cannot be linked to itself")
+        async with self.engine.begin() as conn:
+            first, second = await self._get(conn, incident_id), await self._get(conn, other_id)
+            if other_id in first.links and incident_id in second.links:
+                return first, second, False
+            first = first.model_copy(update={"links": sorted({*first.links, other_id})})
+            second = second.model_copy(update={"links": sorted({*second.links, incident_id})})
+            for this, that in ((first, second), (second, first)):
+                await self._save(conn, this)
+                await self._event(conn, this.id, TimelineEvent(
+                    kind="linked", actor=actor, summary=f"Linked to {that.id} ({that.severity} {that.title})",
+                    details={"other": that.id, **(details or {})}, flow_run_id=flow_run_id))
+            return first, second, True
+
+    async def merge(
+        self, survivor_id: str, duplicate_id: str, *, actor: str, reason: str = "",
+        details: dict[str, Any] | None = None, flow_run_id: str | None = None,
+    ) -> tuple[Incident, Incident, bool]:
+        """Merge a duplicate into the survivor; return (survivor, duplicate, newly_merged).
+
+        The survivor gets the duplicate's timeline (each event copied, marked `merged_from`), its approvals and
+        action items, the earlier detection and acknowledgement, the higher severity, and the duplicate's alert
+        fingerprint when it has none (later alerts then attach to the survivor). The duplicate is resolved
+        pointing at the survivor. Merging again is a no-op.
+        """
+        if survivor_id == duplicate_id:
+            raise InputError("an incident cannot be merged into itself")
+        at = utcnow()
+        async with self.engine.begin() as conn:
+            survivor, duplicate = await self._get(conn, survivor_id), await self._get(conn, duplicate_id)
+            if duplicate.merged_into == survivor_id:
+                return survivor, duplicate, False
+            if duplicate.merged_into:
+                raise InvalidTransition(f"{duplicate_id} was already merged into {duplicate.merged_into}")
+            if survivor.merged_into:
+                raise InvalidTransition(f"{survivor_id} was merged into {survivor.merged_into}; merge into that one")
+            if not survivor.status.is_open:
+                raise InvalidTransition(f"{survivor_id} is resolved; reopen it or merge the other way round")
+            extra = {**(details or {}), **({"reason": reason} if reason else {})}
+            rows = (await conn.execute(
+                select(timeline_t).where(timeline_t.c.incident_id == duplicate_id).order_by(timeline_t.c.id)
+            )).mappings().all()
+            for r in rows:
+                await conn.execute(insert(timeline_t).values(
+                    incident_id=survivor_id, at=r["at"], kind=r["kind"], actor=r["actor"],
+                    summary=f"[{duplicate_id}] {r['summary']}",
+                    details={**(r["details"] or {}), "merged_from": duplicate_id, "merged_event_id": r["id"]},
+                    flow_run_id=r["flow_run_id"]))
+            for a in (await conn.execute(select(approvals_t).where(approvals_t.c.incident_id == duplicate_id))
+                      ).mappings().all():
+                await conn.execute(insert(approvals_t).values(incident_id=survivor_id, at=a["at"], data=a["data"]))
+            await conn.execute(update(action_items_t).where(action_items_t.c.incident_id == duplicate_id)
+                               .values(incident_id=survivor_id))
+            # Close the duplicate first: its open fingerprint must be free before the survivor may take it.
+            closed = duplicate.model_copy(update={
+                "status": Status.RESOLVED, "resolved_at": duplicate.resolved_at or at, "merged_into": survivor_id,
+                "links": sorted({*duplicate.links, survivor_id})})
+            await self._save(conn, closed)
+            await self._event(conn, duplicate_id, TimelineEvent(
+                at=at, kind="merged", actor=actor,
+                summary=f"Merged into {survivor_id} (duplicate of the same outage); continue there"
+                + (f": {reason}" if reason else ""),
+                details={"merged_into": survivor_id, **extra}, flow_run_id=flow_run_id))
+            if duplicate.status.is_open:
+                await self._event(conn, duplicate_id, TimelineEvent(
+                    at=at, kind="status_changed", actor=actor,
+                    summary=f"Status {duplicate.status} → resolved: merged into {survivor_id}",
+                    details={"from": duplicate.status.value, "to": "resolved", "merged_into": survivor_id},
+                    flow_run_id=flow_run_id))
+            candidates = [x for x in (survivor.acknowledged_at, duplicate.acknowledged_at) if x]
+            first_ack = min(candidates) if candidates else None
+            acked_by = survivor if survivor.acknowledged_at == first_ack else duplicate
+            merged = survivor.model_copy(update={
+                "created_at": min(survivor.created_at, duplicate.created_at),
+                "severity": min(survivor.severity, duplicate.severity, key=lambda s: s.rank),
+                "acknowledged_at": first_ack, "acknowledged_by": acked_by.acknowledged_by if first_ack else None,
+                "acknowledged_via": acked_by.acknowledged_via if first_ack else None,
+                "fingerprint": survivor.fingerprint or duplicate.fingerprint,
+                "scenario": survivor.scenario or duplicate.scenario,
+                "statuspage_incident_id": survivor.statuspage_incident_id or duplicate.statuspage_incident_id,
+                "links": sorted({*survivor.links, duplicate_id} - {survivor_id}),
+                "labels": {**duplicate.labels, **survivor.labels},
+            })
+            await self._save(conn, merged)
+            await self._event(conn, survivor_id, TimelineEvent(
+                at=at, kind="merged", actor=actor,
+                summary=f"Merged {duplicate_id} ({duplicate.severity} {duplicate.title}) into this incident: "
+                f"{len(rows)} timeline events" + (f" — {reason}" if reason else ""),
+                details={"merged_from": duplicate_id, "events": len(rows), **extra}, flow_run_id=flow_run_id))
+            return merged, closed, True
+
+    async def active_locks(self, prefix: str = "") -> builtins.list[dict[str, Any]]:
+        """Return the locks held now (not expired) whose name starts with prefix."""
+        q = select(locks_t).where(and_(locks_t.c.name.startswith(prefix), locks_t.c.expires_at >= utcnow()))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
 
     # -- timeline ---------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from runbook.cli import incidents, intake, preflight, report
+from runbook.cli import incidents, intake, lifecycle, preflight, report
 from runbook.drill import cli as drill_cli
 from runbook.errors import ConfigError, RunbookError
 
@@ -26,6 +26,7 @@ Register = Callable[[Any], object]
 # The command groups of runbook/, in the order `runbook --help` lists them; each has register(subparsers).
 COMMAND_GROUPS: tuple[Register, ...] = (
     incidents.register,
+    lifecycle.register,
     report.register,
     preflight.register,
     drill_cli.register,

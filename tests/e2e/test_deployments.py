@@ -34,7 +34,12 @@ from tests.e2e.deploy_support import INCIDENT_ID, execute_due_runs, read_run
 SPECS = read_specs()
 BY_NAME = {s.name: s for s in SPECS}
 # Values for fields a deployment cannot default (the form asks for them), per field name.
-REQUIRED_SAMPLES: dict[str, Any] = {"incident_id": INCIDENT_ID, "requested_by": "alice", "enabled": True}
+REQUIRED_SAMPLES: dict[str, Any] = {
+    "incident_id": INCIDENT_ID, "requested_by": "alice", "enabled": True,
+    # the lifecycle forms (flows/lifecycle.py): who, why, and what to change
+    "by": "alice", "reason": "restored", "status": "monitoring", "severity": "P1", "other_id": INCIDENT_ID,
+    "survivor_id": INCIDENT_ID, "duplicate_id": INCIDENT_ID, "text": "checked the dashboard",
+}
 # Flows whose model has a rule beyond required fields.
 EXTRA_SAMPLES: dict[str, dict[str, Any]] = {"declare-incident": {"title": "Checkout returns 500"}}
 

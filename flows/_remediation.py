@@ -39,7 +39,7 @@ from runbook.models import INCIDENT_ID_PATTERN, Approval, EventKind, utcnow
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, flow_run_url
-from tasks.incident import record
+from tasks.incident import record, record_once
 from tasks.slack import post_slack_message
 
 Outcome = Literal[
@@ -325,9 +325,10 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
         await record(incident, EventKind.NOTE, f"{spec.action}: nothing to do — {plan.summary}",
                      {"action": spec.action, "plan_hash": plan.hash, "state": plan.state})
         return result("nothing_to_do", plan, detail=plan.summary)
-    await record(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",
-                 {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "state": plan.state},
-                 actor=params.requested_by or "runbook")
+    # Once per remediation: a deployment run suspended for approval re-runs from the top when resumed.
+    await record_once(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",
+                      {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "state": plan.state},
+                      actor=params.requested_by or "runbook", same=("action", "plan_hash"))
     try:
         approval = await request_approval(
             plan, incident_id=incident, requested_by=params.requested_by, two_person=spec.two_person,

@@ -36,6 +36,30 @@ async def record(
     return event
 
 
+async def record_once(
+    incident_id: str | None,
+    kind: str,
+    summary: str,
+    details: dict[str, Any] | None = None,
+    actor: str = "runbook",
+    same: tuple[str, ...] = (),
+) -> TimelineEvent | None:
+    """Like record(), but not again in the same flow run (a suspended run re-runs from the top when resumed).
+
+    An earlier event of the kind from this flow run whose details agree on the `same` keys counts as this one.
+    """
+    if not incident_id:
+        return None
+    run_id = flow_run_id()
+    if run_id:
+        async with open_store() as store:
+            earlier = [e for e in await store.timeline(incident_id, kind=kind) if e.flow_run_id == run_id
+                       and all(e.details.get(k) == (details or {}).get(k) for k in same)]
+        if earlier:
+            return earlier[0]
+    return await record(incident_id, kind, summary, details, actor)
+
+
 def _log_in_run(line: str) -> None:
     try:
         logger = get_run_logger()

@@ -56,3 +56,4 @@ async def test_deployment_run_suspends_for_approval_and_finishes_after_resume(dr
         kinds = [e.kind for e in await store.timeline(inc.id)]
     assert [(a.decision, a.approver, a.plan_hash) for a in approvals] == [("approve", "bob", plan_hash)]
     assert kinds.count("approval_requested") == 1 and kinds.count("remediation_applied") == 1
+    assert kinds.count("remediation_started") == 1  # not again when the resumed run re-runs from the top

@@ -5,6 +5,11 @@ Not a runbook procedure itself; the procedures in flows/ use it:
 - `request_approval`: a typed `ApprovalInput` RunInput whose description shows the plan in Markdown with its hash.
   Deployment runs suspend (no worker held; a resume re-runs the flow from the top, so earlier steps are idempotent);
   direct calls pause in-process. Rejection, timeout, a two-person-rule violation or a stale plan hash change nothing.
+  The request is registered in the store (one decision per run and plan hash) and posted to #incidents with
+  Approve / Reject buttons (Slack Web API). A decision from Slack is claimed in the store by the intake (verified
+  Slack user, compare-and-set) before it resumes the run with the same ApprovalInput; the flow reads the claim to
+  record `via` (slack, drill) and the verified identity; an unclaimed resume came from the Prefect UI's form.
+  After the decision the Slack message is updated in place (buttons removed).
 - `ensure_unchanged`: after approval the plan is recomputed; a different hash aborts before anything changes.
 - `remediation_lock`: one remediation per environment at a time (a second is refused naming the holder).
 - `run_remediation`: the one control flow every remediation follows, over the pieces above.
@@ -35,12 +40,14 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, RunbookError, UnsafeOperation
-from runbook.models import INCIDENT_ID_PATTERN, Approval, EventKind, utcnow
+from runbook.clients.slack import decided_blocks
+from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind, utcnow
+from runbook.policy import two_person_violation
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, flow_run_url
 from tasks.incident import record, record_once
-from tasks.slack import post_slack_message
+from tasks.slack import post_approval_request, update_slack_message
 
 Outcome = Literal[
     "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
@@ -123,20 +130,20 @@ async def request_approval(
     *,
     incident_id: str | None,
     requested_by: str | None = None,
+    requester_identity: str | None = None,
     timeout: timedelta = timedelta(hours=1),
     two_person: bool = False,
     poll_interval: int = 1,
 ) -> Approval:
     """Ask a human to approve the plan; return the approval or raise ApprovalDenied (nothing changed)."""
-    run_id = flow_run_id()
-    requested_at = utcnow()
-    already = False
-    if incident_id:
-        async with open_store() as store:
-            earlier = [e for e in await store.timeline(incident_id, kind=EventKind.APPROVAL_REQUESTED)
-                       if e.flow_run_id == run_id and e.details.get("plan_hash") == plan.hash]
-        if earlier:  # a suspended run resumed and re-ran from the top: the request was already made
-            already, requested_at = True, earlier[0].at
+    run_id = flow_run_id() or f"adhoc-{uuid.uuid4().hex}"
+    async with open_store() as store:
+        request, newly = await store.open_approval_request(ApprovalRequest(
+            flow_run_id=run_id, action=plan.action, plan_hash=plan.hash, incident_id=incident_id,
+            summary=plan.summary, requested_by=requested_by, requester_identity=requester_identity,
+            two_person=two_person))
+    requested_at = request.requested_at
+    already = not newly  # a suspended run resumed and re-ran from the top: the request was already made
     if not already:
         await record(incident_id, EventKind.APPROVAL_REQUESTED,
                      f"Approval requested for {plan.action}: {plan.summary}",
@@ -147,11 +154,14 @@ async def request_approval(
     get_run_logger().info(waiting)  # the run log says what it waits for and where to decide, at INFO
     if not already:
         try:
-            await post_slack_message(
-                "#incidents", f"Approval needed: {plan.action}: {plan.summary} (plan {plan.hash}). "
-                f"Decide in Prefect: {link or 'the paused run of ' + plan.action}", incident_id=incident_id,
-                summary=f"Slack: approval needed for {plan.action} (plan {plan.hash})",
-                details={"plan_hash": plan.hash, "action": plan.action, "url": link})
+            posted = await post_approval_request(
+                action=plan.action, summary=plan.summary, steps=plan.steps, warnings=plan.warnings,
+                plan_hash=plan.hash, flow_run_id=run_id, url=link, incident_id=incident_id,
+                two_person_requester=requested_by if two_person else None)
+            if posted.channel_id and posted.ts:
+                async with open_store() as store:
+                    await store.set_approval_message(run_id, plan.hash, {"channel_id": posted.channel_id,
+                                                                         "ts": posted.ts})
         except Exception as exc:  # Slack down must not stop the request: the run still waits and says so
             get_run_logger().warning("could not post the approval request to Slack: %s", exc)
     description = plan.markdown()
@@ -169,21 +179,53 @@ async def request_approval(
     except FlowPauseTimeout:
         approval = Approval(decision="timeout", approver="(nobody)", reason=f"no decision within {timeout}",
                             plan_hash=plan.hash, action=plan.action, requested_by=requested_by,
-                            requested_at=requested_at)
-        await _record_approval(incident_id, approval)
+                            requested_at=requested_at, via="runbook")
+        await _settle(run_id, plan, incident_id, approval)
         raise ApprovalDenied(f"{plan.action}: no decision within {timeout}; nothing was changed") from None
+    via, identity, at = await _channel_of(run_id, answer)
     approval = Approval(decision=answer.decision, approver=answer.approver.strip(), reason=answer.reason,
                         plan_hash=answer.plan_hash, action=plan.action, requested_by=requested_by,
-                        requested_at=requested_at)
-    if (two_person and answer.decision == "approve" and requested_by
-            and approval.approver.casefold() == requested_by.casefold()):
-        approval = approval.model_copy(update={"decision": "reject",
-                                               "reason": f"two-person rule: {approval.approver} requested it"})
-    await _record_approval(incident_id, approval)
+                        requested_at=requested_at, via=via, identity=identity, **({"at": at} if at else {}))
+    refusal = two_person_violation(approval.approver, approval.identity, requested_by, requester_identity)
+    if two_person and answer.decision == "approve" and refusal:
+        approval = approval.model_copy(update={"decision": "reject", "reason": refusal})
+    await _settle(run_id, plan, incident_id, approval)
     if approval.decision != "approve":
         raise ApprovalDenied(f"{plan.action} rejected by {approval.approver}: {approval.reason or 'no reason'}; "
                              "nothing was changed")
     return approval
+
+
+async def _channel_of(run_id: str, answer: ApprovalInput) -> tuple[Any, str | None, Any]:
+    """Return (via, verified identity, decided at) of a resume: a matching claim in the store, else the UI form."""
+    async with open_store() as store:
+        request = await store.approval_request(run_id, answer.plan_hash)
+    claim = request.claim if request is not None and request.status == "claimed" else None
+    if claim is not None and claim.approver == answer.approver.strip() and claim.decision == answer.decision:
+        return claim.via, claim.identity, claim.at
+    return "prefect-ui", None, None
+
+
+def decision_line(approval: Approval) -> str:
+    """Return one line for people: 'Approved by Ben at 03:12 UTC via slack (plan db79ac80…)'."""
+    verb = {"approve": "Approved", "reject": "Rejected", "timeout": "No decision"}[approval.decision]
+    who = "" if approval.decision == "timeout" else f" by {approval.approver}"
+    why = f": {approval.reason}" if approval.reason else ""
+    return (f"{verb}{who} at {approval.at:%H:%M} UTC via {approval.via} (plan {approval.plan_hash[:8]}…)"
+            f"{why}" + ("" if approval.decision == "approve" else " — nothing was changed"))
+
+
+async def _settle(run_id: str, plan: Plan, incident_id: str | None, approval: Approval) -> None:
+    """Record the decision (store request, incident) and update the Slack message in place, buttons removed."""
+    async with open_store() as store:
+        await store.settle_approval(run_id, plan.hash, approval)
+        request = await store.approval_request(run_id, plan.hash)
+    await _record_approval(incident_id, approval)
+    message = request.message if request is not None else {}
+    if message.get("channel_id") and message.get("ts"):
+        line = decision_line(approval)
+        await update_slack_message(message["channel_id"], message["ts"], f"{plan.action}: {line}",
+                                   decided_blocks(f"*{plan.action}*: {line}", summary=plan.summary))
 
 
 async def _record_approval(incident_id: str | None, approval: Approval) -> None:
@@ -242,6 +284,10 @@ class RemediationParams(BaseModel):
                                             description="Without a decision by then nothing changes")
     requested_by: str | None = Field(None, min_length=1, max_length=100,
                                      description="Who asks for this remediation (recorded)")
+    requester_identity: str | None = Field(
+        None, min_length=1, max_length=100,
+        description="The requester's verified identity (e.g. a Slack user id) when the run was started from a "
+                    "channel that verifies it; the two-person rule compares identities when both sides have one")
     verify_within_seconds: float = Field(60, ge=0, le=1800,
                                          description="How long verification keeps re-checking before it fails")
 
@@ -331,7 +377,8 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
                       actor=params.requested_by or "runbook", same=("action", "plan_hash"))
     try:
         approval = await request_approval(
-            plan, incident_id=incident, requested_by=params.requested_by, two_person=spec.two_person,
+            plan, incident_id=incident, requested_by=params.requested_by,
+            requester_identity=params.requester_identity, two_person=spec.two_person,
             timeout=timedelta(minutes=params.approval_timeout_minutes))
     except ApprovalDenied as exc:
         outcome = "timed_out" if "no decision" in str(exc) else "rejected"

@@ -297,6 +297,28 @@ class Approval(BaseModel):
         return self.at - self.requested_at if self.requested_at else None
 
 
+ApprovalStatus = Literal["pending", "claimed", "decided", "superseded", "closed"]
+"""pending: waiting; claimed: a verified channel (Slack) took the decision and is resuming the run; decided: the
+flow recorded its decision; superseded: a newer plan of the same run replaced it; closed: the run stopped waiting."""
+
+
+class ApprovalRequest(BaseModel):
+    """A plan waiting for a decision, as the store keeps it: one decision per (flow run, plan hash)."""
+
+    flow_run_id: str
+    action: str
+    plan_hash: str
+    incident_id: str | None = None
+    summary: str = ""
+    requested_by: str | None = None
+    requester_identity: str | None = Field(None, description="Verified identity of the requester, when known")
+    two_person: bool = False
+    requested_at: datetime = Field(default_factory=utcnow)
+    status: ApprovalStatus = "pending"
+    claim: Approval | None = Field(None, description="The decision taken (claimed or recorded)")
+    message: dict[str, str] = Field(default_factory=dict, description="Where the request was posted (channel, ts)")
+
+
 class ActionItem(BaseModel):
     """A follow-up action from the post-incident review."""
 

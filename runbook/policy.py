@@ -1,7 +1,8 @@
 """The runbook's tables as data; defaults are the runbook's own numbers, overridable from a YAML or TOML file.
 
 Tables: severity levels and response times, impact → severity, key metrics, alerting rules, escalation chain,
-communication matrix, post-incident deadlines, monitoring, runbook review cadence.
+communication matrix, post-incident deadlines, monitoring, runbook review cadence, and the approvers (Slack user
+id → person, what they may approve).
 """
 
 from __future__ import annotations
@@ -248,6 +249,23 @@ class Review(_Table):
     next_review: date = date(2025, 2, 27)
 
 
+class Approver(_Table):
+    """A person who may decide from Slack: the verified Slack user id maps to them (the `approvers` table)."""
+
+    name: str = Field(..., min_length=1, max_length=100)
+    may_approve: list[str] = Field(default_factory=list,
+                                   description="Remediations they may approve or reject (e.g. database-rollback); "
+                                               "'*' for every one")
+    may_acknowledge: bool = Field(True, description="May acknowledge incidents from Slack")
+
+    def allowed(self, action: str) -> bool:
+        """Return True when they may decide on this remediation."""
+        return "*" in self.may_approve or action in self.may_approve
+
+
+SLACK_USER_ID = r"^[UW][A-Z0-9]{2,20}$"
+
+
 class Policy(_Table):
     """Every table of the runbook."""
 
@@ -274,6 +292,8 @@ class Policy(_Table):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     response: Escalation = Field(default_factory=Escalation)
     review: Review = Field(default_factory=Review)
+    approvers: dict[str, Approver] = Field(
+        default_factory=dict, description="Slack user id (U012ABC) → the person and what they may approve")
 
     @model_validator(mode="after")
     def _complete(self) -> Policy:
@@ -287,6 +307,9 @@ class Policy(_Table):
             parts = key.split("/")
             if len(parts) != 2 or any(p not in {i.value for i in ImpactLevel} for p in parts):
                 raise ValueError(f"impact_matrix: key {key!r} must be 'user/business' with high|medium|low")
+        bad = [k for k in self.approvers if not re.match(SLACK_USER_ID, k)]
+        if bad:
+            raise ValueError(f"approvers: {', '.join(map(repr, bad))} are not Slack user ids (U… or W…)")
         return self
 
     # -- look-ups ---------------------------------------------------------------------------------------------
@@ -305,6 +328,10 @@ class Policy(_Table):
     def chain(self, tier: str = "primary") -> list[Contact]:
         """Return the escalation chain of a tier, in order of escalation time."""
         return sorted((c for c in self.escalation if c.tier == tier), key=lambda c: c.after_minutes)
+
+    def approver(self, slack_user_id: str) -> Approver | None:
+        """Return the person a verified Slack user id maps to, or None."""
+        return self.approvers.get(slack_user_id)
 
     def channels(self) -> dict[str, str]:
         """Return the runbook's Slack channels by purpose."""
@@ -343,6 +370,21 @@ class Policy(_Table):
         if by_text is not None:
             return by_text, "matched the runbook's severity examples"
         return Severity.P2, "no rule matched; default P2 for an unclassified alert"
+
+
+def two_person_violation(approver: str, identity: str | None, requested_by: str | None,
+                         requester_identity: str | None) -> str | None:
+    """Return the two-person rule's refusal when the approver is the requester, else None.
+
+    Verified identities are compared when both sides have one (a Slack user id, …); otherwise the names.
+    """
+    if identity and requester_identity:
+        same = identity == requester_identity
+    else:
+        same = bool(requested_by) and approver.strip().casefold() == (requested_by or "").strip().casefold()
+    if not same:
+        return None
+    return f"two-person rule: {approver} requested it; another person must approve"
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     openai_api_url: str = "https://api.openai.com"
     status_pages: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_PAGES))
 
+    # Slack app (Web API: messages with buttons; interactions come back to the intake, signed)
+    slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…) with chat:write")
+    slack_signing_secret: SecretStr | None = Field(None, description="Verifies POST /slack/interactions")
+    slack_api_url: str = "https://slack.com/api"
+    slack_channel_ids: dict[str, str] = Field(
+        default_factory=dict, description="Runbook channel (incidents, engineering, operations) → Slack channel id; "
+                                          "default: the channel's name from the policy")
     # Our own state
     store_url: str | None = Field(None, description="Incident store; default SQLite file in state_dir")
     state_dir: Path = Field(Path(".runbook"), description="Reports, backups, snapshots, the default store")

@@ -48,6 +48,7 @@ from runbook.models import (
     ActionItem,
     Alert,
     Approval,
+    ApprovalRequest,
     FollowUp,
     FollowUpKind,
     Incident,
@@ -119,6 +120,21 @@ approvals_t = Table(
     Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False, index=True),
     Column("at", UTCDateTime, nullable=False),
     Column("data", JSON, nullable=False),
+)
+
+# One row per plan that waits for a decision; `status` moves pending → claimed → decided with compare-and-set
+# updates, so two clicks at once (Slack, the drill) give exactly one decision.
+approval_requests_t = Table(
+    "approval_requests",
+    metadata,
+    Column("flow_run_id", String(64), primary_key=True),
+    Column("plan_hash", String(64), primary_key=True),
+    Column("action", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("claim", JSON),
+    Column("message", JSON),
 )
 
 follow_ups_t = Table(
@@ -643,7 +659,7 @@ class IncidentStore:
                     at=approval.at,
                     kind="approval",
                     actor=approval.approver,
-                    summary=f"{approval.action or 'Remediation'} {verb} by {approval.approver}"
+                    summary=f"{approval.action or 'Remediation'} {verb} by {approval.approver} via {approval.via}"
                     + (f": {approval.reason}" if approval.reason else ""),
                     details=approval.model_dump(mode="json"),
                     flow_run_id=flow_run_id,
@@ -655,6 +671,84 @@ class IncidentStore:
         q = select(approvals_t.c.data).where(approvals_t.c.incident_id == incident_id).order_by(approvals_t.c.id)
         async with self.engine.connect() as conn:
             return [Approval.model_validate(r[0]) for r in (await conn.execute(q)).all()]
+
+    # -- approval requests (one decision per plan) -------------------------------------------------------------
+
+    @staticmethod
+    def _request(row: Any) -> ApprovalRequest:
+        return ApprovalRequest.model_validate({**row["data"], "status": row["status"], "claim": row["claim"],
+                                               "message": row["message"] or {}})
+
+    async def open_approval_request(self, request: ApprovalRequest) -> tuple[ApprovalRequest, bool]:
+        """Register a plan waiting for a decision (once per run and hash); older pending plans of the run and
+        action are superseded. Return (the stored request, newly opened)."""
+        data = request.model_dump(mode="json", exclude={"status", "claim", "message"})
+        c = approval_requests_t.c
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(approval_requests_t).where(
+                and_(c.flow_run_id == request.flow_run_id, c.plan_hash == request.plan_hash)))).mappings().first()
+            if row is not None:
+                return self._request(row), False
+            await conn.execute(update(approval_requests_t).where(
+                and_(c.flow_run_id == request.flow_run_id, c.action == request.action, c.status == "pending"))
+                .values(status="superseded"))
+            await conn.execute(insert(approval_requests_t).values(
+                flow_run_id=request.flow_run_id, plan_hash=request.plan_hash, action=request.action,
+                status="pending", requested_at=request.requested_at, data=data, claim=None, message=None))
+        return request.model_copy(update={"status": "pending", "claim": None, "message": {}}), True
+
+    async def approval_request(self, flow_run_id: str, plan_hash: str | None = None,
+                               action: str | None = None) -> ApprovalRequest | None:
+        """Return the request of a run with that plan hash, or (no hash) the run's latest one (of an action)."""
+        c = approval_requests_t.c
+        q = select(approval_requests_t).where(c.flow_run_id == flow_run_id)
+        if plan_hash is not None:
+            q = q.where(c.plan_hash == plan_hash)
+        if action is not None:
+            q = q.where(c.action == action)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q.order_by(c.requested_at.desc()).limit(1))).mappings().first()
+        return self._request(row) if row is not None else None
+
+    async def claim_approval(self, flow_run_id: str, plan_hash: str, claim: Approval
+                             ) -> tuple[ApprovalRequest | None, bool]:
+        """Take the decision on a pending request (compare-and-set); return (the request now, whether we won)."""
+        c = approval_requests_t.c
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(approval_requests_t).where(
+                and_(c.flow_run_id == flow_run_id, c.plan_hash == plan_hash, c.status == "pending"))
+                .values(status="claimed", claim=claim.model_dump(mode="json")))
+            won = result.rowcount == 1
+        return await self.approval_request(flow_run_id, plan_hash), won
+
+    async def release_approval(self, flow_run_id: str, plan_hash: str, claim: Approval, *,
+                               status: str = "pending") -> bool:
+        """Give back a claim that could not be delivered (the run was no longer waiting); True if it was ours."""
+        c = approval_requests_t.c
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(c.claim).where(
+                and_(c.flow_run_id == flow_run_id, c.plan_hash == plan_hash, c.status == "claimed")))).all()
+            if not rows or (rows[0][0] or {}).get("at") != claim.model_dump(mode="json")["at"]:
+                return False
+            result = await conn.execute(update(approval_requests_t).where(
+                and_(c.flow_run_id == flow_run_id, c.plan_hash == plan_hash, c.status == "claimed"))
+                .values(status=status, claim=None if status == "pending" else rows[0][0]))
+            return result.rowcount == 1
+
+    async def settle_approval(self, flow_run_id: str, plan_hash: str, approval: Approval) -> None:
+        """Record the decision the flow took on a request (whatever channel it came from)."""
+        c = approval_requests_t.c
+        async with self.engine.begin() as conn:
+            await conn.execute(update(approval_requests_t).where(
+                and_(c.flow_run_id == flow_run_id, c.plan_hash == plan_hash))
+                .values(status="decided", claim=approval.model_dump(mode="json")))
+
+    async def set_approval_message(self, flow_run_id: str, plan_hash: str, message: dict[str, str]) -> None:
+        """Remember where a request was posted (e.g. Slack channel id and message ts) to update it later."""
+        c = approval_requests_t.c
+        async with self.engine.begin() as conn:
+            await conn.execute(update(approval_requests_t).where(
+                and_(c.flow_run_id == flow_run_id, c.plan_hash == plan_hash)).values(message=message))
 
     # -- follow-ups -------------------------------------------------------------------------------------------
 

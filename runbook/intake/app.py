@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from runbook.errors import ConfigError
-from runbook.intake import alerts
+from runbook.intake import alerts, slack
 from runbook.intake.common import Respond
 from runbook.intake.signatures import secret_bytes
 from runbook.settings import Settings, get_settings
@@ -23,7 +23,7 @@ from runbook.settings import Settings, get_settings
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 # Each sender's routes: POST /alerts (ours, Sentry, Vercel). PagerDuty webhooks and Slack interactions go here.
-SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes,)
+SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes, slack.routes)
 
 
 def create_app(settings: Settings | None = None, *, insecure_local: bool = False,

@@ -52,3 +52,48 @@ def authenticate(headers: Any, body: bytes, token: SecretStr | None, hmac_secret
                                          hmac.new(key, body, digest).hexdigest().encode()):
             return how
     return None
+
+
+# -- signed timestamps (replay protection) ------------------------------------------------------------------------
+
+REPLAY_WINDOW_SECONDS = 5 * 60
+
+
+def fresh_timestamp(timestamp: str | None, now: float, window: float = REPLAY_WINDOW_SECONDS) -> bool:
+    """Return True when an epoch-seconds timestamp header is within `window` of now (either side)."""
+    try:
+        value = int((timestamp or "").strip())
+    except ValueError:
+        return False
+    return abs(now - value) <= window
+
+
+def timestamped_hmac(secret: bytes, basestring: bytes, prefix: str = "") -> str:
+    """Return `prefix` + the hex HMAC-SHA256 of a signed base string (e.g. Slack's v0:{ts}:{body})."""
+    return prefix + hmac.new(secret, basestring, hashlib.sha256).hexdigest()
+
+
+def slack_basestring(timestamp: str, body: bytes) -> bytes:
+    """Return what Slack signs: `v0:{X-Slack-Request-Timestamp}:{raw body}`."""
+    return b"v0:" + timestamp.encode() + b":" + body
+
+
+def sign_slack(body: bytes, secret: str, timestamp: str) -> str:
+    """Return the X-Slack-Signature of a body (what Slack sends; the drill's stand-in signs with it)."""
+    return timestamped_hmac(secret.encode(), slack_basestring(timestamp, body), "v0=")
+
+
+def verify_slack(headers: Any, body: bytes, signing_secret: SecretStr | None, now: float
+                 ) -> Literal["ok", "unconfigured", "stale", "bad-signature"]:
+    """Check Slack's request signature: a fresh X-Slack-Request-Timestamp and a v0= HMAC (constant-time)."""
+    key = secret_bytes(signing_secret)
+    if not key:
+        return "unconfigured"
+    timestamp = headers.get("x-slack-request-timestamp", "")
+    if not fresh_timestamp(timestamp, now):
+        return "stale"
+    given = headers.get("x-slack-signature", "").strip()
+    expected = timestamped_hmac(key, slack_basestring(timestamp.strip(), body), "v0=")
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        return "bad-signature"
+    return "ok"

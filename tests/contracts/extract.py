@@ -85,6 +85,16 @@ SOURCES: dict[str, dict[str, Any]] = {
         "note": "HEAD at extraction: the Management API document the CLI generates its client from "
                 "(packages/api/scripts/download-openapi.ts fetches https://api.supabase.com/api/v1-json).",
     },
+    "slack": {
+        "repository": "slackapi/slack-api-specs",
+        "path": "web-api/slack_web_openapi_v2.json",
+        "commit": "dfea73e06d146c368d7f94b52ac90796dc4e27e1",
+        "note": "HEAD at extraction (Slack's own Web API document, Swagger 2.0; the repository is no longer "
+                "updated, so newer details — views.open taken by POST with JSON, block_actions payloads, "
+                "response_url — come from Slack's SDKs: see allowlist.py and runbook/drill/slack.py). The request "
+                "signature (v0=HMAC-SHA256 over 'v0:{timestamp}:{body}', a 5-minute window) is in "
+                "slackapi/python-slack-sdk slack_sdk/signature/__init__.py.",
+    },
 }
 
 # vendor -> the operations our clients call, as (method, path template exactly as the document spells it).
@@ -118,6 +128,7 @@ OPERATIONS: dict[str, list[tuple[str, str]]] = {
         ("patch", "/pages/{page_id}/components/{component_id}"),
     ],
     "supabase": [("get", "/v1/projects/{ref}/health")],
+    "slack": [("post", "/chat.postMessage"), ("post", "/chat.update"), ("get", "/views.open")],
 }
 
 

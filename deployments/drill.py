@@ -183,8 +183,12 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     policy.write_text(DRILL_POLICY)
     stack.reset()
     saved = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
+    store_url = shared_store_url(state_root, saved)
     os.environ.update(stack.env)
-    os.environ["RUNBOOK_STATE_DIR"] = str(state)
+    os.environ["RUNBOOK_STATE_DIR"] = str(state)  # this drill's reports, backups and snapshots
+    os.environ["RUNBOOK_STORE_URL"] = store_url  # its incident in the one store every command reads (drill=True)
+    # The monitor's breach counters and baselines are the drill's own: each drill detects from a clean slate.
+    os.environ["RUNBOOK_MONITOR_STORE_URL"] = f"sqlite+aiosqlite:///{(state / 'monitor.db').resolve()}"
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
     try:
         with contextlib.suppress(ImportError):  # config rollbacks restore from the last scheduled snapshot
@@ -222,12 +226,40 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     except Exception as exc:  # the drill reports what broke instead of a traceback at 3 a.m.
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
+        if result.incident_id and not result.resolved:
+            await _close_unresolved(result)
         result.health_restored = bool(stack.healthy(scenario))
         result.duration_s = round(time.monotonic() - started, 1)
         for key in [k for k in os.environ if k.startswith("RUNBOOK_")]:  # the next scenario starts clean
             del os.environ[key]
         os.environ.update(saved)
     return result
+
+
+def shared_store_url(state_root: Path, environ: dict[str, str]) -> str:
+    """Return the store drills write into: RUNBOOK_STORE_URL, else the SQLite file of the state dir above drills/.
+
+    That is the store `runbook incidents list --include-drills`, `runbook report ID` and `metrics --include-drills`
+    read with the same RUNBOOK_STATE_DIR; each drill's files (reports, backups) stay in its own directory.
+    """
+    if environ.get("RUNBOOK_STORE_URL"):
+        return environ["RUNBOOK_STORE_URL"]
+    return f"sqlite+aiosqlite:///{(state_root.parent / 'incidents.db').resolve()}"
+
+
+async def _close_unresolved(result: DrillResult) -> None:
+    """Close a drill incident the drill did not resolve, so that the next drill's alert is not attached to it."""
+    from runbook.errors import RunbookError
+    from runbook.models import Status
+    from runbook.store import open_store
+
+    assert result.incident_id
+    with contextlib.suppress(RunbookError, OSError):
+        async with open_store() as store:
+            if (await store.get(result.incident_id)).status.is_open:
+                await store.transition(result.incident_id, Status.RESOLVED, actor="drill",
+                                       summary=f"Drill over without resolution ({result.error or 'still open'}); "
+                                       "closed by the drill", details={"drill_closed": True})
 
 
 async def _vendor_recovery(stack: Any, scenario: str) -> None:

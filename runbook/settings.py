@@ -109,6 +109,8 @@ class Settings(BaseSettings):
                                           "default: the channel's name from the policy")
     # Our own state
     store_url: str | None = Field(None, description="Incident store; default SQLite file in state_dir")
+    monitor_store_url: str | None = Field(
+        None, description="The monitor's state (breaches, samples, baselines); default: the incident store")
     state_dir: Path = Field(Path(".runbook"), description="Reports, backups, snapshots, the default store")
     policy_file: Path | None = Field(None, description="YAML or TOML file overriding the runbook's tables")
     intake_token: SecretStr | None = Field(None, description="Bearer token accepted by the alert intake")
@@ -127,6 +129,11 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().startswith("whsec_"):
             raise ValueError("must start with whsec_ (value not shown)")
         return value
+
+    @property
+    def resolved_monitor_store_url(self) -> str:
+        """Return the monitor's state store: monitor_store_url, else the incident store."""
+        return self.monitor_store_url or self.resolved_store_url
 
     @property
     def resolved_store_url(self) -> str:

@@ -17,7 +17,10 @@ def register(sub: Any) -> None:
     isub = inc.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
     lst = isub.add_parser("list", help="list incidents, newest first")
     lst.add_argument("--open", action="store_true", help="only open incidents")
-    lst.add_argument("--no-drill", action="store_true", help="leave out drill incidents")
+    drills = lst.add_mutually_exclusive_group()
+    drills.add_argument("--no-drill", action="store_true", help="leave out drill incidents")
+    drills.add_argument("--include-drills", action="store_true",
+                        help="list drill incidents too (the default; `runbook drill` writes them to this store)")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=lambda a: asyncio.run(_list(a)))

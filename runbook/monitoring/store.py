@@ -155,11 +155,11 @@ class MonitorStore:
 
 @asynccontextmanager
 async def open_monitor_store(url: str | None = None) -> AsyncIterator[MonitorStore]:
-    """Open the monitor's tables on the incident store's database (the settings' store unless a URL is given)."""
+    """Open the monitor's tables (the settings' monitor store, by default the incident store, unless a URL is given)."""
     if url is None:
         from runbook.settings import get_settings
 
-        url = get_settings().resolved_store_url
+        url = get_settings().resolved_monitor_store_url
     store = MonitorStore(url)
     try:
         await store.init()

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.drill import DrillResult, register_deployments, run_one
+from deployments.drill import DrillResult, register_deployments, run_one, shared_store_url
 from runbook.drill import DrillStack
 from runbook.drill.scenarios import SCENARIOS
+from runbook.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -60,6 +61,11 @@ async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack,
         assert [a["decision"] for a in result.approvals] == ["approve"]
     if result.severity in {"P0", "P1"}:
         assert result.pages_sent >= 1 and result.mtta_s is not None
+    # The incident is in the one store the other commands read (the state dir above drills/), marked a drill.
+    async with open_store(shared_store_url(tmp_path, {})) as store:
+        recorded = await store.get(result.incident_id or "")
+        assert recorded.drill and recorded.status.value == "resolved"
+        assert recorded.id not in {i.id for i in await store.list(include_drill=False)}
 
 
 @pytest.mark.slow

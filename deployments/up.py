@@ -4,9 +4,12 @@
   1. a Prefect server: the one PREFECT_API_URL names, else `prefect server start` on a free 127.0.0.1 port with
      PREFECT_HOME=<state dir>/prefect (embedded SQLite there; the UI's history survives restarts);
   2. the drill stack (`--no-drill` to skip): its RUNBOOK_* variables go into this process's environment, which the
-     served flow runs inherit;
+     served flow runs inherit — except the state dir: incidents, reports and backups stay in RUNBOOK_STATE_DIR
+     (default .runbook), the one store every `runbook` command reads, kept across restarts;
   3. every deployment of prefect.yaml served from this process (deployments/serve.py), schedules active.
-Ctrl-C or SIGTERM stops the runner (its schedules are paused), the drill stack and the server; nothing is left.
+It prints "ready" with direct links (deployments, the paused runs waiting for a person, artifacts) only once every
+deployment is registered and ready. Ctrl-C or SIGTERM stops the runner (runs in flight are cancelled: they end
+Cancelled, not Crashed; its schedules are paused), then the drill stack and the server; nothing is left.
 It serves deployments, so it lives here, not in runbook/ (which never imports deployments/ or flows/); the
 `runbook` command line finds it through the entry point `up` of the group `runbook.commands` (pyproject.toml).
 """
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 from runbook.settings import get_settings
 
@@ -79,6 +83,12 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def store_url_of(state_dir: Path) -> str:
+    """Return the incident store the served runs use: RUNBOOK_STORE_URL, else the state dir's SQLite file."""
+    return os.environ.get("RUNBOOK_STORE_URL") or get_settings().model_copy(
+        update={"state_dir": state_dir}).resolved_store_url
+
+
 def configured_api_url() -> str | None:
     """Return the Prefect API URL already configured (environment or profile), if any."""
     from prefect.settings import PREFECT_API_URL
@@ -119,19 +129,21 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print("starting the drill stack ...", flush=True)
                 drill = stack.enter_context(DrillStack())
                 env.update(drill.env)
-                print(f"drill stack ready (app {drill.env.get('RUNBOOK_APP_URL')}, "
-                      f"state {drill.env.get('RUNBOOK_STATE_DIR')})", flush=True)
+                # The stack's own state dir is a temporary one; incidents and reports stay in ours, across
+                # restarts, in the store every `runbook` command reads (marked drill: RUNBOOK_DRILL=true).
+                env["RUNBOOK_STATE_DIR"] = str(state_dir)
+                print(f"drill stack ready (app {drill.env.get('RUNBOOK_APP_URL')})", flush=True)
+            print(f"incident store: {store_url_of(state_dir)}; reports in {state_dir / 'reports'}", flush=True)
             stack.enter_context(patched_environ(env))
         except KeyboardInterrupt:
             with signals_ignored():
                 stack.close()
             print("interrupted while starting; stopped", file=sys.stderr)
             return 130
-        names = ", ".join(d.name for d in deployments)
-        print(f"\nPrefect UI: {ui_url}\nserving {len(deployments)} deployments: {names}\nCtrl-C stops everything.\n",
-              flush=True)
+        print(f"registering {len(deployments)} deployments ...", flush=True)
         try:
-            asyncio.run(_serve(api_url, args.file, args.limit, args.query_seconds))
+            asyncio.run(_serve(api_url, ui_url, args.file, args.limit, args.query_seconds,
+                               [d.name for d in deployments]))
         except KeyboardInterrupt:
             pass
         print("stopping ...", flush=True)
@@ -142,12 +154,102 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(api_url: str, file: str | Path, limit: int | None, query_seconds: float) -> None:
+async def _runs_in_flight() -> list[Any]:
+    """Return the flow runs running (or about to) on the server now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    busy = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+    with contextlib.suppress(Exception):
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=busy))))
+    return []
+
+
+async def _states(runs: list[Any]) -> list[tuple[str, str]]:
+    """Return (run name, state name) of each run now."""
+    from prefect.client.orchestration import get_client
+
+    found: list[tuple[str, str]] = []
+    with contextlib.suppress(Exception):
+        async with get_client() as client:
+            for run in runs:
+                now = await client.read_flow_run(run.id)
+                found.append((now.name, (now.state.name if now.state else None) or "unknown"))
+    return found
+
+
+def ready_banner(ui_url: str, names: list[str]) -> str:
+    """Return what `runbook up` prints once every deployment is ready: the UI and its direct links."""
+    paused = quote('["PAUSED"]')
+    return (f"\nready: {len(names)} deployments served, every one ready\n"
+            f"Prefect UI:   {ui_url}\n"
+            f"  deployments:          {ui_url}/deployments\n"
+            f"  waiting for you:      {ui_url}/runs?tab=flow-runs&state-types={paused}  (paused runs: approvals, "
+            "acknowledgements, confirmations)\n"
+            f"  artifacts (reports):  {ui_url}/artifacts\n"
+            "Ctrl-C stops everything (runs in flight end Cancelled).\n")
+
+
+async def wait_until_ready(names: list[str], timeout: float = 300.0) -> None:
+    """Wait until every deployment is registered and READY (its runner polls for it); say how far it got."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    loop = asyncio.get_running_loop()
+    deadline, shown = loop.time() + timeout, -1
+    async with get_client() as client:
+        while True:
+            found = await client.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)), limit=len(names) + 10)
+            ready = sorted(d.name for d in found if str(getattr(d.status, "value", d.status)).upper() == "READY")
+            if len(ready) == len(set(names)):
+                return
+            if len(ready) != shown:
+                shown = len(ready)
+                print(f"  {len(found)}/{len(names)} registered, {len(ready)} ready ...", flush=True)
+            if loop.time() > deadline:
+                missing = sorted(set(names) - set(ready))
+                raise TimeoutError(f"deployments not ready after {timeout:.0f} s: {', '.join(missing)}")
+            await asyncio.sleep(0.5)
+
+
+async def _serve(api_url: str, ui_url: str, file: str | Path, limit: int | None, query_seconds: float,
+                 names: list[str]) -> None:
+    """Serve until Ctrl-C / SIGTERM; stopping cancels the runs in flight (Cancelled, not Crashed) before returning."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.serve import build_runner
 
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
     # Prefect read its settings at import; point this process's client at the server explicitly.
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         runner = await build_runner(file, limit=limit, query_seconds=query_seconds)
-        await runner.start()
+        serving = asyncio.create_task(runner.start())
+        for sig in (signal.SIGINT, signal.SIGTERM):  # runner.start() installs its own SIGTERM handler: ours wins
+            loop.add_signal_handler(sig, stopping.set)
+        stop = asyncio.create_task(stopping.wait())
+        ready = asyncio.create_task(wait_until_ready(names))
+        await asyncio.wait({ready, stop, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and not ready.cancelled() and ready.exception() is None and not stopping.is_set():
+            print(ready_banner(ui_url, names), flush=True)
+            await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
+        elif ready.done() and not ready.cancelled() and ready.exception() is not None:
+            print(f"runbook up: {ready.exception()}; stopping", file=sys.stderr, flush=True)
+        ready.cancel()
+        in_flight = await _runs_in_flight()
+        print(f"stopping: cancelling {len(in_flight)} run(s) in flight ...", flush=True)
+        if runner.started:
+            await runner.astop()  # cancels each run in flight (its process ends, its state is Cancelled)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(serving, timeout=60)
+        stop.cancel()
+        for name, state in await _states(in_flight):
+            print(f"  {name}: {state}", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)

@@ -241,7 +241,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.mark.slow
 def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    """`runbook up` starts a server and the drill, serves every deployment, and Ctrl-C stops all of it."""
+    """`runbook up` says ready (with links) once every deployment is; Ctrl-C mid-run cancels it and leaves nothing."""
     state = tmp_path / "up-state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOK_"))}
     env["RUNBOOK_STATE_DIR"] = str(state)
@@ -250,30 +250,51 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     try:
         lines = []
         assert proc.stdout is not None
-        for line in proc.stdout:  # the ready banner comes after the server and the drill are up
+        for line in proc.stdout:  # "ready" comes only after every deployment is registered and ready
             lines.append(line)
             if "Ctrl-C stops everything" in line:
                 break
         output = "".join(lines)
-        ui = re.search(r"Prefect UI: (http://127\.0\.0\.1:\d+)", output)
-        drill = re.search(r"state (/\S+)/state\)", output)
-        assert ui and drill, output
-        deadline = time.monotonic() + 180
-        while True:  # the runner registers the deployments right after the banner
-            names = {d["name"] for d in httpx.post(f"{ui[1]}/api/deployments/filter", json={}, timeout=10).json()}
-            if names == set(BY_NAME) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert names == set(BY_NAME)
+        ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
+        assert ui and f"ready: {len(BY_NAME)} deployments served" in output, output
+        assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state-types=" in output
+        found = api_post(ui[1], "/deployments/filter", {"limit": 200})
+        assert {d["name"] for d in found} == set(BY_NAME) and {d["status"] for d in found} == {"READY"}
+        monitor = next(d for d in found if d["name"] == "monitor")
+        run = api_post(ui[1], f"/deployments/{monitor['id']}/create_flow_run",
+                       {"parameters": {"params": {"respond": "none", "cycles": 200, "interval_seconds": 1}}})
+        deadline = time.monotonic() + 120
+        while (now := api_get(ui[1], f"/flow_runs/{run['id']}"))["state_type"] != "RUNNING":  # mid-flight
+            assert time.monotonic() < deadline, "the monitor run did not start"
+            time.sleep(0.3)
+        time.sleep(1)  # the run names itself when it starts (flow_run_name)
+        name = api_get(ui[1], f"/flow_runs/{run['id']}")["name"] or now["name"]
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0 and rest.rstrip().endswith("stopped"), rest[-2000:]
+    assert re.search(rf"{re.escape(name)}: Cancelled", rest), rest[-2000:]  # not Crashed
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{ui[1]}/api/health", timeout=2)
-    assert processes_mentioning(str(state)) == [] and processes_mentioning(drill[1]) == []
-    # the server ran on its own PostgreSQL, kept in the state dir for the next start (not SQLite)
+    assert processes_mentioning(str(state)) == []
+    # the server ran on its own PostgreSQL, kept in the state dir for the next start (not SQLite); the incident
+    # store and its reports are in the state dir too, not in a temporary directory that the stop deleted
     assert (state / "prefect" / "postgres" / "PG_VERSION").is_file()
     assert not list((state / "prefect").glob("*.db"))
+    assert (state / "incidents.db").is_file()
+
+
+def api_post(ui: str, path: str, body: dict[str, Any]) -> Any:
+    """POST to the API behind a UI address and return the JSON."""
+    response = httpx.post(f"{ui}/api{path}", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def api_get(ui: str, path: str) -> Any:
+    """GET from the API behind a UI address and return the JSON."""
+    response = httpx.get(f"{ui}/api{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()

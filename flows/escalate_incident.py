@@ -3,7 +3,9 @@
 The run pauses for an `Acknowledge` input (the UI's Resume form: who). Meanwhile a clock in the same run pages the
 chain from the policy: on-call, then the engineering lead, then the CTO. An acknowledgement from anywhere stops it:
 the UI (resume this run), the CLI (`runbook ack ID --by NAME` writes the store; the clock sees it and resumes this
-run), or other automation (either way). A response time that passes without acknowledgement is recorded.
+run), PagerDuty (the app's Acknowledge on any page of the chain: a V3 webhook to the intake writes the store; with
+a REST API token the clock also reads the pages' status itself), or other automation. A response time that passes
+without acknowledgement is recorded.
 
 "Is it time for the next step?" is asked of `runbook.clock` (the system clock; a manual one in tests), re-read on
 every poll, so a step fires because its time has come, not because the machine was slow to deliver an ack.
@@ -12,6 +14,7 @@ every poll, so a step fires because its time has come, not because the machine w
 
 import asyncio
 import contextlib
+import time
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +32,7 @@ from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
 from tasks.incident import read_incident, record
-from tasks.pagerduty import acknowledge_pages, page_contact
+from tasks.pagerduty import acknowledge_pages, page_contact, pager_acknowledgement, pager_poll_seconds
 from tasks.slack import post_slack_message
 
 RESOLVED_FIRST = "resolved before anyone acknowledged"
@@ -58,6 +61,7 @@ class EscalationOutcome(BaseModel):
     via: str
     pages: list[str] = Field(default_factory=list)
     sla_missed: bool = False
+    channel: str | None = Field(None, description="Where the acknowledgement was given (pagerduty, cli, …)")
 
 
 async def _resume_when_paused(run_id: str, current: Incident | None, resumed: asyncio.Event) -> None:
@@ -75,6 +79,7 @@ async def _resume_when_paused(run_id: str, current: Incident | None, resumed: as
         while not resumed.is_set():
             run = await client.read_flow_run(run_id)  # type: ignore[arg-type]
             if run.state and run.state.is_paused():
+                get_run_logger().info("resuming the wait: %s (%s)", run_input["note"], run_input["by"])
                 try:
                     await aresume_flow_run(run.id, run_input=run_input)
                 except Exception:  # resumed by someone else in between: fine
@@ -116,6 +121,8 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
 async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: str | None, stop: asyncio.Event,
                  resumed: asyncio.Event) -> bool:
     """Wait until `until` (None: until stopped); return True when acknowledged, closed or stopped meanwhile."""
+    pager_every = pager_poll_seconds(poll)
+    last_pager = float("-inf")
     while not stop.is_set():
         current = await read_incident(incident_id)
         if current.acknowledged_at is not None or not current.status.is_open:
@@ -123,6 +130,13 @@ async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: 
             if run_id:
                 await _resume_when_paused(run_id, current, resumed)
             return True
+        if pager_every is not None and time.monotonic() - last_pager >= pager_every:
+            last_pager = time.monotonic()  # rate of the REST reads: real time, not the escalation's clock
+            try:
+                if await pager_acknowledgement(current):
+                    continue  # the store now says acknowledged
+            except Exception as exc:  # PagerDuty's REST API down or throttling: the next poll tries again
+                get_run_logger().warning("could not read the pages' status in PagerDuty: %s", exc)
         wait = poll if until is None else min(poll, (until - clock.now()).total_seconds())
         if wait <= 0:
             return False
@@ -174,6 +188,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
             current, newly = await store.acknowledge(incident.id, ack.by, flow_run_id=run_id, via="prefect-ui")
         outcome.acknowledged_by = current.acknowledged_by
         outcome.via = "ui" if newly else "store"
+        outcome.channel = current.acknowledged_via
         if ack.note and newly:
             await record(incident.id, EventKind.NOTE, f"Acknowledgement note: {ack.note}", {}, actor=ack.by)
         async with open_store() as store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -24,13 +25,38 @@ for _key in [k for k in os.environ if k.startswith("RUNBOOK_")]:
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """Run a real Prefect server (test harness, fresh SQLite) for the session; ~20 s to start, once."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+    """Run a real Prefect server on its own embedded PostgreSQL for the session (~15 s to start, once).
 
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+    The production topology's database, not the test harness's SQLite: under concurrent runs SQLite answers
+    503 "database is locked" and Prefect's client backs off 2, 4, 8 s, which made the suite slow and flaky on a
+    loaded machine. The server is `prefect server start` (deployments/local_server.py), as `runbook up` runs it.
+    """
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from deployments.local_server import prefect_on_postgres
+
+    home = Path(tempfile.mkdtemp(prefix="runbook-prefect-"))
+    try:
+        with prefect_on_postgres(home, startup_timeout=180) as server:
+            updates = {PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            with temporary_settings(updates=updates):  # type: ignore[dict-item]
+                # also the process-global settings, for contexts copied before this fixture ran
+                with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+                    yield
+
+                    async def drain() -> None:  # logs and events out before the server stops
+                        with contextlib.suppress(RuntimeError):
+                            await APILogWorker.instance().drain()  # type: ignore[misc]
+                        await EventsWorker.drain_all()  # type: ignore[misc]
+
+                    run_coro_as_sync(drain())
+    finally:
+        if not os.environ.get("KEEP_PREFECT_HARNESS"):  # set it to keep the server's log for a post-mortem
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from runbook.clock import ManualClock, use_clock
 from runbook.drill import DrillStack
 from runbook.drill.approver import pause_form, resume, wait_for_pause
 from runbook.models import Incident, Severity, Status
+from runbook.policy import get_policy
 from runbook.store import open_store
 from tests.conftest import write_policy
 from tests.waiting import eventually
@@ -83,10 +84,11 @@ async def test_p3_reminds_then_pages_and_files_release_follow_up(drill_env: Dril
         run = asyncio.create_task(respond_p2_p3(RespondParams(incident_id=inc.id)))
         paused = await wait_for_pause(["escalate-incident"])
         assert "reminder" not in await kinds()
-        manual.advance_to(inc.created_at + (inc.response_due - inc.created_at) / 2)  # reminder_fraction 0.5
+        due = inc.created_at + get_policy().response_time(Severity.P3)  # the policy's 6 s, not the model's default
+        manual.advance_to(inc.created_at + (due - inc.created_at) / 2)  # reminder_fraction 0.5
         await eventually(lambda: _has(kinds(), "reminder"), "the reminder")
         assert "paged" not in await kinds()
-        manual.advance_to(inc.response_due)
+        manual.advance_to(due)  # the page and the SLA; the window stays open until due + 6 s
         seen = await eventually(lambda: _has(kinds(), "paged", "sla_missed"), "the page and the missed SLA")
         assert seen.index("reminder") < seen.index("paged")
         await resume(paused, {"by": "ana"})

@@ -89,17 +89,17 @@ class Settings(BaseSettings):
     # PagerDuty
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    # Acknowledgements made in PagerDuty: V3 webhooks to POST /pagerduty/webhooks (push), or the REST API (pull)
+    pagerduty_webhook_secret: SecretStr | None = Field(
+        None, description="The V3 webhook subscription's signing secret (verifies X-PagerDuty-Signature)")
+    pagerduty_api_token: SecretStr | None = Field(
+        None, description="REST API key (read-only is enough): the escalation polls the incidents' status")
+    pagerduty_api_url: str = "https://api.pagerduty.com"
 
     # Slack: one incoming webhook per channel of the runbook
     slack_webhook_incidents: SecretStr | None = None
     slack_webhook_engineering: SecretStr | None = None
     slack_webhook_operations: SecretStr | None = None
-
-    # OpenAI and vendor status pages
-    openai_api_key: SecretStr | None = None
-    openai_api_url: str = "https://api.openai.com"
-    status_pages: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_PAGES))
-
     # Slack app (Web API: messages with buttons; interactions come back to the intake, signed)
     slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…) with chat:write")
     slack_signing_secret: SecretStr | None = Field(None, description="Verifies POST /slack/interactions")
@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     slack_channel_ids: dict[str, str] = Field(
         default_factory=dict, description="Runbook channel (incidents, engineering, operations) → Slack channel id; "
                                           "default: the channel's name from the policy")
+
+    # OpenAI and vendor status pages
+    openai_api_key: SecretStr | None = None
+    openai_api_url: str = "https://api.openai.com"
+    status_pages: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_PAGES))
+
     # Our own state
     store_url: str | None = Field(None, description="Incident store; default SQLite file in state_dir")
     monitor_store_url: str | None = Field(

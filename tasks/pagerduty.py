@@ -5,6 +5,11 @@ needed to send it again); while PagerDuty throttles or fails, the client retries
 the page is still pending; the `paged`/`escalated` event closes it. A page still pending after a crash (or after
 the retries gave up) is found by `pending_pages` and sent again by `resend_pending_pages` (same dedup_key: PagerDuty
 does not page twice).
+
+What people do in PagerDuty comes back two ways: V3 webhooks (the intake's POST /pagerduty/webhooks) and, with a
+REST API token, `pager_acknowledgement`, which the escalation's wait loop calls to read the status of every page
+it sent. Both record through runbook.escalation.record_pager_change: a person's acknowledgement of ANY page of the
+chain is the incident's acknowledgement; our own acknowledge/resolve calls are recorded as ours.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from runbook.clients._http import RetryHook
-from runbook.clients.pagerduty import PagerDutyClient
+from runbook.clients.pagerduty import PagerDutyClient, PagerDutyRestClient
 from runbook.errors import IntegrationError
+from runbook.escalation import page_roles, record_pager_change
 from runbook.models import EventKind, Incident, Severity
 from runbook.policy import Contact
 from runbook.store import open_store
+from runbook.settings import get_settings
 from tasks.common import open_client
 from tasks.incident import record
 
@@ -120,24 +127,99 @@ async def resend_pending_pages(incident: Incident) -> list[str]:
     return keys
 
 
+def _resolved_in_pagerduty(events: list[Any]) -> set[str]:
+    """Return the dedup keys whose PagerDuty incident was already resolved (in the app, or by an earlier call)."""
+    return {str(e.details["dedup_key"]) for e in events
+            if e.details.get("pagerduty_status") == "resolved" and e.details.get("dedup_key")}
+
+
 @task(name="resolve_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)  # the client retries for minutes
 async def resolve_pages(incident: Incident) -> list[str]:
-    """Resolve every page sent for the incident."""
+    """Resolve every page sent for the incident (not one already resolved in PagerDuty: nothing is re-resolved)."""
     async with open_store() as store:
-        keys = sorted({str(e.details["dedup_key"]) for e in await store.timeline(incident.id)
-                       if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key")})
+        events = await store.timeline(incident.id)
+    done = _resolved_in_pagerduty(events)
+    keys = sorted({str(e.details["dedup_key"]) for e in events
+                   if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key")} - done)
     if not keys:
         return []
     async with open_client(PagerDutyClient) as pd:
         for key in keys:
             await pd.resolve(key)
-    await record(incident.id, EventKind.NOTE, f"Resolved {len(keys)} page(s) in PagerDuty", {"dedup_keys": keys},
-                 actor="pagerduty")
+    await record(incident.id, EventKind.NOTE, f"Resolved {len(keys)} page(s) in PagerDuty",
+                 {"dedup_keys": keys, "ours": True}, actor="pagerduty")
     return keys
 
 
 @task(name="acknowledge_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)  # likewise
-async def acknowledge_pages(incident: Incident) -> None:
-    """Acknowledge the on-call page in PagerDuty (stops PagerDuty's own re-notification)."""
+async def acknowledge_pages(incident: Incident) -> list[str]:
+    """Acknowledge every page of the chain in PagerDuty (stops PagerDuty's own re-notification); recorded as ours."""
+    async with open_store() as store:
+        events = await store.timeline(incident.id)
+    done = _resolved_in_pagerduty(events)
+    keys = sorted(k for k in page_roles(events) if k not in done
+                  and any(e.details.get("dedup_key") == k and e.kind in {EventKind.PAGED, EventKind.ESCALATED}
+                          for e in events))
+    if not keys and not done:
+        keys = [incident.dedup_key]  # the response paged on-call before its page was on this timeline
+    if not keys:
+        return []
     async with open_client(PagerDutyClient) as pd:
-        await pd.acknowledge(incident.dedup_key)
+        for key in keys:
+            await pd.acknowledge(key)
+    await record(incident.id, EventKind.NOTE, f"Acknowledged {len(keys)} page(s) in PagerDuty (the runbook's call, "
+                 "after the incident was acknowledged)", {"dedup_keys": keys, "ours": True}, actor="runbook")
+    return keys
+
+
+# With webhooks the REST poll is only a safety net (a lost webhook); without them it is how PagerDuty acks arrive.
+PAGER_POLL_WITH_WEBHOOKS_S = 30.0
+PAGER_POLL_MIN_S = 2.0  # the REST API allows 960 requests a minute per key: one per page every 2 s is far below
+
+
+def pager_poll_seconds(poll: float) -> float | None:
+    """Return how often the escalation reads its pages' status through the REST API (None: no token configured)."""
+    settings = get_settings()
+    if not (settings.pagerduty_api_token and settings.pagerduty_api_token.get_secret_value()):
+        return None
+    secret = settings.pagerduty_webhook_secret
+    webhooks = bool(secret and secret.get_secret_value())
+    return max(poll, PAGER_POLL_WITH_WEBHOOKS_S if webhooks else PAGER_POLL_MIN_S)
+
+
+async def pager_acknowledgement(incident: Incident) -> str | None:
+    """Read each page's PagerDuty incident (REST API); record a person's acknowledgement or resolve; return its
+    meaning ('acknowledged', …) or None when nobody acted. Not a task: the wait loop calls it every few seconds.
+
+    A failed read (PagerDuty down, 429 past its budget) is logged by the caller and tried again at the next poll.
+    """
+    async with open_store() as store:
+        roles = page_roles(await store.timeline(incident.id))
+    if not roles:
+        return None
+    async with open_client(PagerDutyRestClient) as rest:
+        found = [(key, pi) for key in roles for pi in (await rest.incidents(key))[-1:]]
+    for key, pi in found:
+        person = pi.person()
+        if pi.status in ("acknowledged", "resolved") and person is not None:
+            async with open_store() as store:
+                current = await store.get(incident.id)
+                if current.acknowledged_at is not None:
+                    return None
+                at = None
+                if pi.status == "acknowledged" and pi.acknowledgers:
+                    at = _parse_time(pi.last_status_change_at)
+                return await record_pager_change(
+                    store, current, key, pi.status, person, at=at,
+                    details={"source": "rest-poll", "pagerduty_incident": pi.id,
+                             **({"pagerduty_url": pi.html_url} if pi.html_url else {})})
+    return None
+
+
+def _parse_time(value: str | None) -> Any:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None

@@ -197,7 +197,9 @@ def error_for_status(
     status = response.status_code
     message = (redact or (lambda s: s))(vendor_message(response))[:MAX_MESSAGE]
     if status in RATE_LIMIT_STATUSES:
-        return RateLimited(vendor, operation, parse_retry_after(response.headers.get("retry-after")), status)
+        # Retry-After, else the RateLimit headers' reset (seconds; PagerDuty's REST API sends `ratelimit-reset`)
+        wait = response.headers.get("retry-after") or response.headers.get("ratelimit-reset")
+        return RateLimited(vendor, operation, parse_retry_after(wait), status)
     if status in (401, 403):
         return AuthError(vendor, operation, message or "not authorised", status)
     if status >= 500:

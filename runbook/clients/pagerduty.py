@@ -6,6 +6,11 @@ sending is important, be sure to retry on a 429 response code, preferably with a
 important event we send, so events are retried under `PAGE_POLICY`: exponential backoff with jitter (Retry-After
 honoured up to 5 minutes) for up to 10 minutes, not the ~30 s of other calls. The dedup_key makes every retry safe.
 `on_retry` lets the caller say, while it waits, that the page is still pending.
+
+`PagerDutyRestClient` reads what people did in PagerDuty (the polling alternative to V3 webhooks): the incidents of
+a dedup key, `GET /incidents?incident_key=…` (reference/REST/openapiv3.json), with `Authorization: Token token=…`
+and the versioned `Accept: application/vnd.pagerduty+json;version=2`. A 429 waits for `ratelimit-reset` (the REST
+API's rate-limit headers, docs/REST-API/04-Rate-Limits.md) through the shared retry.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from runbook.clients._http import (
     secret_value,
     settings_secrets,
 )
-from runbook.errors import InputError
+from runbook.errors import InputError, RequestRejected
 from runbook.settings import Settings
 
 VENDOR = "pagerduty"
@@ -126,3 +131,64 @@ class PagerDutyClient(BaseClient):
     async def resolve(self, dedup_key: str) -> PagerDutyResult:
         """Resolve the alert of an incident."""
         return await self._send("resolve", dedup_key)
+
+
+REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
+# A poll is cheap to skip (the next one comes within seconds): a short budget, Retry-After/ratelimit-reset honoured.
+REST_POLICY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=4.0, max_total_wait=20.0, max_retry_after=20.0)
+PERSON = "user_reference"
+
+
+class PagerIncident(BaseModel):
+    """What the REST API says of one incident: its status and who acknowledged (or last changed) it."""
+
+    id: str
+    status: Literal["triggered", "acknowledged", "resolved"]
+    incident_key: str | None = None
+    html_url: str | None = None
+    acknowledgers: list[dict[str, Any]] = []
+    last_status_change_by: dict[str, Any] | None = None
+    last_status_change_at: str | None = None
+
+    def person(self) -> dict[str, Any] | None:
+        """Return the user (a `user_reference`) who acknowledged or resolved it, or None (an integration did)."""
+        for who in [*self.acknowledgers, self.last_status_change_by or {}]:
+            if who.get("type") == PERSON:
+                return who
+        return None
+
+
+class PagerDutyRestClient(BaseClient):
+    """The REST API, read-only: the incidents of the dedup keys we sent."""
+
+    vendor = VENDOR
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, policy: RetryPolicy = REST_POLICY,
+                      sleep: Sleeper = asyncio.sleep) -> PagerDutyRestClient:
+        """Build from settings; NotConfigured names RUNBOOK_PAGERDUTY_API_TOKEN when unset."""
+        require(VENDOR, settings, "pagerduty_api_token")
+        assert settings.pagerduty_api_token is not None
+        headers = {"Authorization": f"Token token={settings.pagerduty_api_token.get_secret_value()}",
+                   "Accept": REST_ACCEPT}
+        http = HttpClient(VENDOR, settings.pagerduty_api_url.rstrip("/"), headers=headers, policy=policy,
+                          secrets=settings_secrets(settings), sleep=sleep)
+        return cls(http)
+
+    async def incidents(self, incident_key: str) -> list[PagerIncident]:
+        """Return the incidents whose incident key (our dedup key) is `incident_key`, newest last."""
+        if not incident_key:
+            raise InputError("an incident_key (the dedup key we sent) is required")
+        data = await self.http.json("GET", "/incidents", operation="list incidents",
+                                    params={"incident_key": incident_key, "limit": "25"})
+        if not isinstance(data, dict) or not isinstance(data.get("incidents"), list):
+            raise RequestRejected(VENDOR, "list incidents", "the answer has no incidents array")
+        out = []
+        for item in data["incidents"]:
+            acks = [a.get("acknowledger") or {} for a in item.get("acknowledgements") or [] if isinstance(a, dict)]
+            out.append(PagerIncident(
+                id=str(item.get("id")), status=item.get("status"), incident_key=item.get("incident_key"),
+                html_url=item.get("html_url"), acknowledgers=acks,
+                last_status_change_by=item.get("last_status_change_by"),
+                last_status_change_at=item.get("last_status_change_at")))
+        return out

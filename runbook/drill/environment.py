@@ -32,6 +32,7 @@ import httpx
 from runbook.drill.app import PermitSchoolApp
 from runbook.drill.database import Database, SeedUser
 from runbook.drill.host import ServerHost
+from runbook.drill.intake import IntakeServer
 from runbook.drill.keys import SupabaseProject, token
 from runbook.drill.pagerduty import PagerDutyStandIn
 from runbook.drill.sentry import SentryStandIn
@@ -148,7 +149,9 @@ class DrillEnvironment:
         self.stripe = StripeStandIn(secret_key=token("sk_test_", 24), webhook_url="",
                                     webhook_secret=token("whsec_", 24))
         self.statuspage = StatuspageStandIn(api_key=token("", 20), page_id=rand_id("", 12, lower=True))
-        self.pagerduty = PagerDutyStandIn(routing_key=token("R0", 15))
+        self.pagerduty = PagerDutyStandIn(routing_key=token("R0", 15), api_token=token("u+", 18))
+        self.pagerduty_webhook_secret = token("", 32)  # the V3 subscription's signing secret
+        self.intake = IntakeServer()
         self.slack = SlackStandIn()
         self.openai = OpenAIStandIn(api_key=token("sk-proj-", 24))
         self.status_pages = StatusPagesStandIn()
@@ -166,6 +169,9 @@ class DrillEnvironment:
         self.host.run(self.db.install_baseline(self.migrations_dir))
         self.env = self._build_env()
         self._baseline_env = dict(self.env)
+        # Our intake, with PagerDuty's V3 webhook subscription pointing at it (acknowledgements made in PagerDuty)
+        self.intake.configure(self.settings())
+        self.pagerduty.subscribe(self.intake.webhook_url, self.pagerduty_webhook_secret)
 
     def stop(self) -> None:
         """Stop every server and the postmaster and remove the temporary data (idempotent, never raises)."""
@@ -222,7 +228,7 @@ class DrillEnvironment:
     def standins(self) -> list[StandIn]:
         """Return every served component (the app, Supabase and the vendor stand-ins)."""
         return [self.app, self.supabase, self.supabase_api, self.vercel, self.stripe, self.sentry,
-                self.statuspage, self.pagerduty, self.slack, self.openai, self.status_pages]
+                self.statuspage, self.pagerduty, self.slack, self.openai, self.status_pages, self.intake]
 
     @property
     def urls(self) -> dict[str, str]:
@@ -285,6 +291,9 @@ class DrillEnvironment:
             f"{p}STATUSPAGE_COMPONENTS": json.dumps(self.statuspage.component_ids),
             f"{p}PAGERDUTY_ROUTING_KEY": self.pagerduty.routing_key,
             f"{p}PAGERDUTY_EVENTS_URL": f"{self.pagerduty.base_url}/v2/enqueue",
+            f"{p}PAGERDUTY_WEBHOOK_SECRET": self.pagerduty_webhook_secret,
+            f"{p}PAGERDUTY_API_TOKEN": self.pagerduty.api_token,
+            f"{p}PAGERDUTY_API_URL": self.pagerduty.base_url,
             f"{p}OPENAI_API_KEY": self.openai.api_key,
             f"{p}OPENAI_API_URL": self.openai.base_url,
             f"{p}STATUS_PAGES": json.dumps(

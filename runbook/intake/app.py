@@ -15,15 +15,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from runbook.errors import ConfigError
-from runbook.intake import alerts, slack
+from runbook.intake import alerts, pagerduty, slack
 from runbook.intake.common import Respond
 from runbook.intake.signatures import secret_bytes
 from runbook.settings import Settings, get_settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-# Each sender's routes: POST /alerts (ours, Sentry, Vercel). PagerDuty webhooks and Slack interactions go here.
-SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes, slack.routes)
+# Each sender's routes: POST /alerts (ours, Sentry, Vercel), POST /pagerduty/webhooks (PagerDuty V3 webhooks);
+# Slack interactions go here too.
+SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes, slack.routes, pagerduty.routes)
 
 
 def create_app(settings: Settings | None = None, *, insecure_local: bool = False,

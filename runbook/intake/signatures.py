@@ -97,3 +97,67 @@ def verify_slack(headers: Any, body: bytes, signing_secret: SecretStr | None, no
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         return "bad-signature"
     return "ok"
+
+
+# -- PagerDuty V3 webhooks: v1 signatures (several during a secret rotation) and delivery ids seen once -----------
+
+
+def sign_pagerduty(body: bytes, *secrets: str) -> str:
+    """Return an X-PagerDuty-Signature value: `v1=<hex HMAC-SHA256 of the raw body>` per secret, comma-separated."""
+    return ",".join("v1=" + hmac.new(s.encode(), body, hashlib.sha256).hexdigest() for s in secrets)
+
+
+def verify_versioned(header: str | None, body: bytes, keys: list[bytes], version: str = "v1") -> bool:
+    """Return True when any `<version>=<hex>` signature of a comma-separated header is the HMAC-SHA256 of the body
+    under any key (a sender rotating its secret signs with both); every comparison is constant-time."""
+    given = [part.strip()[len(version) + 1:].lower().encode() for part in (header or "").split(",")
+             if part.strip().startswith(f"{version}=")]
+    if not given or not keys:
+        return False
+    expected = [hmac.new(key, body, hashlib.sha256).hexdigest().encode() for key in keys]
+    matched = False
+    for signature in given:
+        for candidate in expected:
+            matched |= hmac.compare_digest(signature, candidate)  # no early exit: the time does not tell which
+    return matched
+
+
+def verify_pagerduty(headers: Any, body: bytes, secret: SecretStr | None
+                     ) -> Literal["ok", "unconfigured", "bad-signature"]:
+    """Check PagerDuty's X-PagerDuty-Signature on the raw body with the subscription's signing secret."""
+    key = secret_bytes(secret)
+    if not key:
+        return "unconfigured"
+    return "ok" if verify_versioned(headers.get("x-pagerduty-signature"), body, [key]) else "bad-signature"
+
+
+class SeenOnce:
+    """Delivery ids already processed (PagerDuty's X-Webhook-Id repeats on every retry of one webhook).
+
+    In memory, bounded, thread-safe; `claim(id)` is True for the first caller only, `release(id)` gives an id back
+    when its processing failed (so the sender's retry is processed). Durable idempotency is the route's business
+    (e.g. the id recorded on the timeline); this stops concurrent duplicates.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def claim(self, delivery_id: str) -> bool:
+        """Return True when `delivery_id` was not seen before (and remember it)."""
+        with self._lock:
+            if delivery_id in self._ids:
+                return False
+            self._ids[delivery_id] = None
+            while len(self._ids) > self._limit:
+                self._ids.popitem(last=False)
+            return True
+
+    def release(self, delivery_id: str) -> None:
+        """Forget an id whose processing failed."""
+        with self._lock:
+            self._ids.pop(delivery_id, None)

@@ -282,6 +282,17 @@ def timeline_picture(report: IncidentReport) -> TimelinePicture:
     )
 
 
+def acknowledged_by(timeline: list[TimelineEvent]) -> str | None:
+    """Return who gave the first acknowledgement and through which channel (`Dana via pagerduty (user PX1)`)."""
+    ack = _first(timeline, EventKind.ACKNOWLEDGED)
+    if ack is None:
+        return None
+    via, identity = ack.details.get("via"), ack.details.get("identity")
+    email = ack.details.get("email")
+    extra = ", ".join(str(p) for p in (email, f"{via} user {identity}" if identity else None) if p)
+    return f"{_one_line(ack.actor)} via {via or 'unknown channel'}" + (f" ({_one_line(extra)})" if extra else "")
+
+
 def render_markdown(report: IncidentReport, *, picture: str | None = None) -> str:
     """Render the runbook's report template; `picture` is the (relative) link of the timeline SVG."""
     inc = report.incident
@@ -310,6 +321,8 @@ def render_markdown(report: IncidentReport, *, picture: str | None = None) -> st
         lines.append(f"- {fmt_time(kt.at)}{offset} - {kt.label}{what}")
     lines.append("")
     lines.append(f"- MTTA (declared → acknowledged): {fmt_duration(report.mtta)}")
+    if ack_line := acknowledged_by(report.timeline):
+        lines.append(f"- Acknowledged by {ack_line}")
     lines.append(f"- MTTR (declared → resolved): {fmt_duration(report.mttr)}")
     for a in report.approvals:
         lines.append(f"- Time to approve ({a.action}, {a.decision} by {a.approver}): {fmt_duration(a.waited)}")

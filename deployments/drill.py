@@ -3,7 +3,9 @@
 For one scenario: a Prefect server (the configured one, or a temporary local one) and the drill stack start; the
 fault is injected; the monitor detects it over its cycles and declares the incident; the severity's procedure runs
 (page, status page, Slack, diagnosis); the remediation asks for approval — with `--approve auto` a drill approver
-resumes the paused runs through Prefect's API exactly as a person does in the UI, with `--approve ui` a person does;
+resumes the paused runs through Prefect's API exactly as a person does in the UI, with `--approve ui` a person does,
+with `--approve slack` a drill user clicks the buttons of the Slack stand-in's messages (signed interactions to the
+intake, which verifies the user against the policy's approvers and resumes the run);
 the fix is applied and verified; the incident is resolved; the follow-ups are scheduled; the report is written.
 
 The drill lives here, beside serving, because it runs flows: `runbook/` never imports `flows/`.
@@ -31,6 +33,11 @@ response: {ack_poll_seconds: 0.5, stable_checks: 2, stable_interval_seconds: 1}
 """
 ONCALL = "drill-oncall"
 APPROVER = "drill-approver"
+SLACK_APPROVER_ID = "U0DRILLAPPROVER"
+SLACK_POLICY = f"""
+approvers:
+  {SLACK_APPROVER_ID}: {{name: {APPROVER}, may_approve: ["*"]}}
+"""
 VENDOR_RECOVERY_SECONDS = 3.0
 # Monitor cycles a drill allows for detection. The slowest scenario (slow-database: the query must outlast the
 # probe's long-query threshold, then breach twice) needs 4 on an idle machine, but 14 beside two CPU burners
@@ -180,7 +187,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     state = state_root / f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}"
     state.mkdir(parents=True, exist_ok=True)
     policy = state / "drill-policy.yaml"
-    policy.write_text(DRILL_POLICY)
+    policy.write_text(DRILL_POLICY + (SLACK_POLICY if approve == "slack" else ""))
     stack.reset()
     saved = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
     store_url = shared_store_url(state_root, saved)
@@ -188,6 +195,8 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     os.environ["RUNBOOK_STATE_DIR"] = str(state)  # this drill's reports, backups and snapshots
     os.environ["RUNBOOK_STORE_URL"] = store_url  # its incident in the one store every command reads (drill=True)
     # The monitor's breach counters and baselines are the drill's own: each drill detects from a clean slate.
+    if approve == "slack":  # the Slack app: buttons on messages, signed clicks back to the intake
+        os.environ.update(stack.slack.app_env())
     os.environ["RUNBOOK_MONITOR_STORE_URL"] = f"sqlite+aiosqlite:///{(state / 'monitor.db').resolve()}"
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
     try:
@@ -213,12 +222,17 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
                  "cycle(s); responding (page, status page, diagnosis, remediation, verification)…")
         answered: list[dict[str, Any]] = []
         stop = asyncio.Event()
-        approver = auto_approver({incident.id}, stop, answered) if approve == "auto" else asyncio.sleep(0)
+        if approve == "slack":
+            from runbook.drill.approver import slack_approver
+
+            approver = slack_approver(stack.slack, SLACK_APPROVER_ID, stop, answered, {incident.id})
+        else:
+            approver = auto_approver({incident.id}, stop, answered) if approve == "auto" else asyncio.sleep(0)
         if approve == "ui":
             print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
                   file=sys.stderr, flush=True)
         recovery = _vendor_recovery(stack, scenario)
-        async with background(approver), background(recovery):
+        async with slack_intake(stack, approve == "slack"), background(approver), background(recovery):
             outcome = await respond_inline(incident)
             stop.set()
         result.finding, result.remediation, result.resolved = outcome.finding, outcome.remediation, outcome.resolved
@@ -265,6 +279,34 @@ async def _close_unresolved(result: DrillResult) -> None:
 async def _vendor_recovery(stack: Any, scenario: str) -> None:
     """Play the third party: an outage of a vendor ends on its own after a while."""
     if scenario == "third-party-outage":
+@contextlib.asynccontextmanager
+async def slack_intake(stack: Any, enabled: bool) -> AsyncIterator[None]:
+    """Serve the intake (POST /slack/interactions) on a free 127.0.0.1 port as the Slack app's request URL."""
+    if not enabled:
+        yield
+        return
+    import uvicorn
+
+    from deployments.local_server import free_port
+    from runbook.intake import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        stack.slack.interaction_url = f"http://127.0.0.1:{port}/slack/interactions"
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task
+
+
         await asyncio.sleep(VENDOR_RECOVERY_SECONDS)
         stack.repair(scenario)
 
@@ -290,7 +332,7 @@ async def _collect(stack: Any, result: DrillResult) -> None:
                             and r.body.get("event_action") == "trigger" and (r.status or 0) < 300)
     result.slack_messages = sum(1 for r in stack.slack.requests if (r.status or 0) < 300)
     result.approvals = [{"action": a.action, "decision": a.decision, "approver": a.approver,
-                         "plan_hash": a.plan_hash} for a in approvals]
+                         "plan_hash": a.plan_hash, "via": a.via, "identity": a.identity} for a in approvals]
     result.actions = [f"{e.at:%H:%M:%S} {e.kind}: {e.summary}" for e in timeline
                       if e.kind in {EventKind.PAGED, EventKind.ESCALATED, EventKind.STATUS_PAGE,
                                     EventKind.REMEDIATION_APPLIED, EventKind.VERIFICATION, EventKind.APPROVAL,
@@ -337,7 +379,8 @@ def print_summary(result: DrillResult) -> None:
     print(f"  remediation: {result.remediation}; status page: {' → '.join(result.statuspage_statuses) or '-'}; "
           f"pages: {result.pages_sent}; Slack messages: {result.slack_messages}")
     for a in result.approvals:
-        print(f"  approval: {a['action']} {a['decision']} by {a['approver']} (plan {a['plan_hash']})")
+        print(f"  approval: {a['action']} {a['decision']} by {a['approver']} via {a.get('via', '?')} "
+              f"(plan {a['plan_hash']})")
     for f in result.follow_ups:
         print(f"  follow-up: {f['deployment']} at {f['scheduled_time']}")
     print(f"  report: {result.report_path}")
@@ -439,8 +482,9 @@ def register(sub: Any) -> None:
     p.add_argument("scenario", nargs="?", help=f"scenario to drill (default {DEFAULT_SCENARIO})")
     p.add_argument("--all", action="store_true", help="drill every scenario and print a table")
     p.add_argument("--list", action="store_true", help="list the scenarios")
-    p.add_argument("--approve", choices=["auto", "ui"], default="auto",
-                   help="auto: a drill approver answers through Prefect's API; ui: wait for a person in the UI")
+    p.add_argument("--approve", choices=["auto", "ui", "slack"], default="auto",
+                   help="auto: a drill approver answers through Prefect's API; ui: wait for a person in the UI; "
+                        "slack: a drill user clicks Approve / Acknowledge in Slack (signed, through the intake)")
     p.add_argument("--json", action="store_true", help="print one JSON object (an array with --all)")
     p.add_argument("--state-dir", help="where reports and the drill's store go (default .runbook/drills)")
     p.add_argument("--verbose", action="store_true", help="show every flow and task log line on the terminal")

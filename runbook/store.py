@@ -710,6 +710,14 @@ class IncidentStore:
             row = (await conn.execute(q.order_by(c.requested_at.desc()).limit(1))).mappings().first()
         return self._request(row) if row is not None else None
 
+    async def newest_approval_request(self, action: str, incident_id: str) -> ApprovalRequest | None:
+        """Return the most recent request of an action for an incident, whichever run made it."""
+        c = approval_requests_t.c
+        q = select(approval_requests_t).where(c.action == action).order_by(c.requested_at.desc()).limit(200)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return next((self._request(r) for r in rows if (r["data"] or {}).get("incident_id") == incident_id), None)
+
     async def claim_approval(self, flow_run_id: str, plan_hash: str, claim: Approval
                              ) -> tuple[ApprovalRequest | None, bool]:
         """Take the decision on a pending request (compare-and-set); return (the request now, whether we won)."""

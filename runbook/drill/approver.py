@@ -3,11 +3,16 @@
 It reads the run's pause (its RunInput schema and description, as the UI's Resume dialog shows them) and answers:
 an acknowledgement (`by`) or an approval (`decision`, `approver`, `reason`, `plan_hash` read from the run's own
 pre-filled input). Used by `runbook drill --approve auto` and by the tests.
+
+`slack_approver` is the drill's approver in Slack (`runbook drill --approve slack`): it watches the Slack stand-in's
+#incidents for messages with buttons and clicks Approve / Acknowledge as a user of the policy's approvers map —
+Slack's signed interaction payload to the intake, which verifies it and resumes the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 from uuid import UUID
@@ -72,3 +77,28 @@ async def wait_for_pause(flow_names: list[str] | None = None, timeout: float = 3
 async def resume(run: FlowRun | UUID, run_input: dict[str, Any]) -> None:
     """Resume a paused run with the given input (validated by the server against the run's schema)."""
     await aresume_flow_run(run.id if isinstance(run, FlowRun) else run, run_input=run_input)
+
+
+async def slack_approver(slack: Any, user_id: str, stop: asyncio.Event, answered: list[dict[str, Any]],
+                         incident_ids: set[str] | None = None) -> None:
+    """Click Approve on every approval request (and Acknowledge on every page) in #incidents as `user_id`."""
+    from runbook.clients.slack import ACKNOWLEDGE, APPROVE
+
+    clicked: set[tuple[str, str]] = set()
+    while not stop.is_set():
+        for message in slack.messages("incidents"):
+            text = str(message.get("text") or "")
+            if incident_ids and not any(i in text or i in str(message.get("blocks")) for i in incident_ids):
+                continue
+            for action_id in (APPROVE, ACKNOWLEDGE):
+                key = (str(message.get("ts")), action_id)
+                if key in clicked or action_id not in slack.buttons(message):
+                    continue
+                clicked.add(key)
+                try:
+                    response = await slack.click(message["ts"], action_id, user_id, "drill-approver")
+                    answered.append({"slack": action_id, "ts": message["ts"], "status": response.status_code})
+                except Exception as exc:  # the intake down: say so in the result, keep watching
+                    answered.append({"slack": action_id, "ts": message["ts"], "error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.3)

@@ -86,8 +86,12 @@ async def check_decision(user_id: str, value: str, decision: str) -> Ready:
         latest = await store.approval_request(run_id, action=action)
     if latest is None:
         raise Refused(f"No approval request of {action} is known for run {run_id}; nothing was changed.")
-    if latest.plan_hash != plan_hash:
-        raise Refused(f"The plan changed (now {latest.plan_hash}), see the new message; nothing was changed.")
+    newest = latest
+    if latest.incident_id:  # a newer plan of the same remediation for the same incident (another run) wins
+        async with open_store() as store:
+            newest = await store.newest_approval_request(action, latest.incident_id) or latest
+    if plan_hash not in (latest.plan_hash, newest.plan_hash) or latest.plan_hash != newest.plan_hash:
+        raise Refused(f"The plan changed (now {newest.plan_hash}), see the new message; nothing was changed.")
     if latest.status in ("claimed", "decided") and latest.claim is not None:
         claim = latest.claim
         raise Refused(f"Already decided by {claim.approver} at {_at(claim.at)} ({claim.decision}, via {claim.via}); "
@@ -98,11 +102,24 @@ async def check_decision(user_id: str, value: str, decision: str) -> Ready:
         refusal = two_person_violation(person.name, user_id, latest.requested_by, latest.requester_identity)
         if refusal:
             raise Refused(f"Refused by the {refusal}; nothing was changed.")
-    state = await _run_state(run_id)
+    state = await _run_paused(run_id)
     if state != "PAUSED":
         raise Refused(f"The run of {action} is no longer waiting for a decision (it is {state or 'unknown'}); "
                       "nothing was changed.")
     return Ready(person=person, user_id=user_id, request=latest)
+
+
+async def _run_paused(run_id: str, wait: float = 15.0) -> str | None:
+    """Return the run's state type; a RUNNING run with a pending request is about to pause: wait for it a little."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + wait
+    state = await _run_state(run_id)
+    while state == "RUNNING" and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        state = await _run_state(run_id)
+    return state
 
 
 async def _run_state(run_id: str) -> str | None:

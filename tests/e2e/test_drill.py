@@ -90,3 +90,12 @@ def test_runbook_drill_from_a_terminal_is_clean(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     logs = list((tmp_path / "drills").glob("drill-*.log"))
     assert len(logs) == 1 and str(logs[0]) in done.stderr and logs[0].stat().st_size > 0
+
+
+async def test_drill_approves_through_slack(drill_stack: DrillStack, registered: None, tmp_path: Path) -> None:
+    """`runbook drill --approve slack`: the fix is approved by clicking Approve in Slack (signed, via the intake)."""
+    result: DrillResult = await run_one(drill_stack, "bad-deploy", "slack", tmp_path)
+    assert result.error is None, result.error
+    assert result.health_restored and result.resolved
+    assert [(a["decision"], a["approver"], a["via"], a["identity"]) for a in result.approvals] == [
+        ("approve", "drill-approver", "slack", "U0DRILLAPPROVER")]

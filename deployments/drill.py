@@ -131,9 +131,12 @@ async def register_deployments() -> None:
     await asyncio.gather(*(apply(d) for d in deployments))
 
 
-async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]]) -> None:
-    """Answer every pause of this drill's runs as a person would in the UI: acknowledge, approve the plan shown."""
+async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: list[dict[str, Any]],
+                        pagerduty: Any = None) -> None:
+    """Answer every pause of this drill's runs as a person would: acknowledge (in PagerDuty when paged there, as
+    on-call does: a V3 webhook to the stack's intake then stops the escalation), approve the plan shown."""
     from runbook.drill.approver import pause_form, paused_runs, resume
+    from runbook.drill.pagerduty import acknowledge_as_oncall
 
     seen: set[Any] = set()
     while not stop.is_set():
@@ -150,7 +153,13 @@ async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: l
                 answer = {"decision": "approve", "approver": APPROVER, "reason": "game-day drill: approved as shown",
                           "plan_hash": defaults.get("plan_hash", "")}
             elif "by" in props:
-                answer = {"by": ONCALL, "note": "game-day drill"}
+                paged = next((i for i in incident_ids if (run.name or "") == f"escalate {i}"), None)
+                if pagerduty is not None and paged and (pressed := acknowledge_as_oncall(pagerduty, paged)):
+                    seen.add(run.id)
+                    answered.append({"run": run.name, "by": pressed["last_status_change_by"]["summary"],
+                                     "via": "pagerduty"})
+                    continue
+                answer = {"by": ONCALL, "note": "game-day drill"}  # not paged (P2/P3 page later): the UI
             else:
                 continue
             seen.add(run.id)
@@ -227,7 +236,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
 
             approver = slack_approver(stack.slack, SLACK_APPROVER_ID, stop, answered, {incident.id})
         else:
-            approver = auto_approver({incident.id}, stop, answered) if approve == "auto" else asyncio.sleep(0)
+            approver = auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto" else asyncio.sleep(0)
         if approve == "ui":
             print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
                   file=sys.stderr, flush=True)

@@ -40,14 +40,13 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, RunbookError, UnsafeOperation
-from runbook.clients.slack import decided_blocks
 from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind, utcnow
 from runbook.policy import two_person_violation
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, flow_run_url
 from tasks.incident import record, record_once
-from tasks.slack import post_approval_request, update_slack_message
+from tasks.slack import post_approval_request, show_decision
 
 Outcome = Literal[
     "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
@@ -224,8 +223,7 @@ async def _settle(run_id: str, plan: Plan, incident_id: str | None, approval: Ap
     message = request.message if request is not None else {}
     if message.get("channel_id") and message.get("ts"):
         line = decision_line(approval)
-        await update_slack_message(message["channel_id"], message["ts"], f"{plan.action}: {line}",
-                                   decided_blocks(f"*{plan.action}*: {line}", summary=plan.summary))
+        await show_decision(message["channel_id"], message["ts"], f"*{plan.action}*: {line}", plan.summary)
 
 
 async def _record_approval(incident_id: str | None, approval: Approval) -> None:

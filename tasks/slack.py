@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from runbook.clients.slack import CHANNELS, SlackClient, ack_blocks, approval_blocks
+from runbook.clients.slack import CHANNELS, SlackClient, ack_blocks, approval_blocks, decided_blocks
 from runbook.errors import InputError, IntegrationError
 from runbook.models import EventKind
 from runbook.policy import get_policy
@@ -146,3 +146,8 @@ async def update_slack_message(channel_id: str, ts: str, text: str, blocks: list
     except IntegrationError as exc:
         _logger().warning("could not update the Slack message: %s", exc)
         return False
+
+
+async def show_decision(channel_id: str, ts: str, text: str, summary: str = "") -> bool:
+    """Replace an approval request's message with its decision (buttons removed)."""
+    return await update_slack_message(channel_id, ts, text, decided_blocks(text, summary=summary))

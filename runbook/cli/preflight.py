@@ -132,7 +132,17 @@ async def _slack(settings: Settings, policy: RetryPolicy) -> str:
         (problems if problem else good).append(f"#{channel}" + (f": {problem}" if problem else ""))
     if problems:
         raise _Failed("webhook " + "; ".join(problems))
-    return f"webhooks for {', '.join(good)} well-formed; no message posted (no harmless call exists)"
+    hooks = f"webhooks for {', '.join(good)} well-formed" if good else "no webhooks"
+    if not (settings.slack_bot_token and settings.slack_bot_token.get_secret_value()):
+        return (f"{hooks}; incoming webhooks only: messages have no Approve / Reject / Acknowledge buttons "
+                "(set RUNBOOK_SLACK_BOT_TOKEN and RUNBOOK_SLACK_SIGNING_SECRET for them); no message posted")
+    if not (settings.slack_signing_secret and settings.slack_signing_secret.get_secret_value()):
+        raise _Failed("RUNBOOK_SLACK_BOT_TOKEN is set but RUNBOOK_SLACK_SIGNING_SECRET is not: the intake would "
+                      "refuse every button click")
+    if not settings.slack_bot_token.get_secret_value().startswith("xoxb-"):
+        raise _Failed("RUNBOOK_SLACK_BOT_TOKEN is not a bot token (xoxb-…; value not shown)")
+    return (f"bot token and signing secret set: messages carry buttons, clicks come back to POST "
+            f"/slack/interactions; {hooks}; no message posted")
 
 
 async def _openai(settings: Settings, policy: RetryPolicy) -> str:

@@ -389,3 +389,15 @@ def _dumps(body: Any) -> bytes:
     import json
 
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def acknowledge_as_oncall(standin: PagerDutyStandIn, dedup_key: str, user_id: str = ONCALL_USER["id"]
+                          ) -> dict[str, Any] | None:
+    """The drill's on-call, paged: press Acknowledge in the PagerDuty app; None when no page is waiting there."""
+    current = standin.incident(dedup_key)
+    if current is None or current["status"] != "triggered":
+        return None
+    try:
+        return standin.press_acknowledge(dedup_key, user_id)
+    except LookupError:  # resolved or acknowledged meanwhile
+        return None

@@ -87,6 +87,7 @@ class ApprovalTiming(BaseModel):
     requested_at: datetime | None
     decided_at: datetime
     waited: timedelta | None
+    via: str = "api"
 
 
 class IncidentReport(BaseModel):
@@ -209,7 +210,7 @@ def approval_timings(approvals: list[Approval], timeline: list[TimelineEvent]) -
             match = [e for e in requested if e.details.get("plan_hash") == a.plan_hash and e.at <= a.at]
             start = match[-1].at if match else None
         out.append(ApprovalTiming(action=a.action or "remediation", decision=a.decision, approver=a.approver,
-                                  requested_at=start, decided_at=a.at,
+                                  requested_at=start, decided_at=a.at, via=a.via,
                                   waited=(a.at - start) if start else None))
     if not approvals:
         # Decisions recorded only as timeline events (no approvals row): pair them by plan hash.
@@ -220,6 +221,7 @@ def approval_timings(approvals: list[Approval], timeline: list[TimelineEvent]) -
             out.append(ApprovalTiming(action=str(ev.details.get("action") or "remediation"),
                                       decision=str(ev.details.get("decision", "")), approver=ev.actor,
                                       requested_at=start, decided_at=ev.at,
+                                      via=str(ev.details.get("via") or "api"),
                                       waited=(ev.at - start) if start else None))
     return out
 
@@ -325,7 +327,8 @@ def render_markdown(report: IncidentReport, *, picture: str | None = None) -> st
         lines.append(f"- Acknowledged by {ack_line}")
     lines.append(f"- MTTR (declared → resolved): {fmt_duration(report.mttr)}")
     for a in report.approvals:
-        lines.append(f"- Time to approve ({a.action}, {a.decision} by {a.approver}): {fmt_duration(a.waited)}")
+        lines.append(f"- Time to approve ({a.action}, {a.decision} by {a.approver} via {a.via}): "
+                     f"{fmt_duration(a.waited)}")
     if picture:
         lines += ["", f"![Incident timeline]({picture})"]
     lines.append("")

@@ -61,6 +61,9 @@ async def test_drill_scenario_end_to_end(scenario: str, drill_stack: DrillStack,
         assert [a["decision"] for a in result.approvals] == ["approve"]
     if result.severity in {"P0", "P1"}:
         assert result.pages_sent >= 1 and result.mtta_s is not None
+        # on-call acknowledged in PagerDuty (the stand-in's app), and its V3 webhook reached the stack's intake
+        assert any("acknowledged: Acknowledged by Dana Drill via pagerduty" in a for a in result.actions), \
+            result.actions
     # The incident is in the one store the other commands read (the state dir above drills/), marked a drill.
     async with open_store(shared_store_url(tmp_path, {})) as store:
         recorded = await store.get(result.incident_id or "")

@@ -101,7 +101,7 @@ async def test_mtta_mttr_and_time_to_approve_are_computed(store: IncidentStore) 
     markdown = (await write_report(store, incident.id)).markdown
     assert "- MTTA (declared → acknowledged): 4m 00s" in markdown
     assert "- MTTR (declared → resolved): 30m 00s" in markdown
-    assert "- Time to approve (database-rollback, approve by alex): 3m 00s" in markdown
+    assert "- Time to approve (database-rollback, approve by alex via api): 3m 00s" in markdown
 
 
 async def test_missing_sections_say_not_recorded_yet(store: IncidentStore) -> None:

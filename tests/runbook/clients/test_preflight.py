@@ -90,3 +90,17 @@ def test_check_with_nothing_configured_exits_non_zero_and_says_what_to_set(
     captured = capsys.readouterr()
     assert code == 2 and "unconfigured" in captured.out
     assert "nothing is configured" in captured.err and "RUNBOOK_PAGERDUTY_ROUTING_KEY" in captured.err
+
+
+async def test_slack_says_when_messages_have_no_buttons(drill: DrillStack, settings: Settings) -> None:
+    """Webhooks only: the slack row says there are no buttons; a bot token without signing secret fails."""
+    results = {r.integration: r for r in await run_preflight(settings)}
+    assert results["slack"].state == "ok" and "no Approve / Reject / Acknowledge buttons" in results["slack"].detail
+    app = drill.slack
+    with_app = settings.model_copy(update={"slack_bot_token": SecretStr(app.bot_token),
+                                           "slack_signing_secret": SecretStr(app.signing_secret)})
+    row = {r.integration: r for r in await run_preflight(with_app)}["slack"]
+    assert row.state == "ok" and "messages carry buttons" in row.detail
+    unsigned = settings.model_copy(update={"slack_bot_token": SecretStr(app.bot_token)})
+    row = {r.integration: r for r in await run_preflight(unsigned)}["slack"]
+    assert row.state == "failed" and "SIGNING_SECRET" in row.detail and app.bot_token not in row.detail

@@ -1,0 +1,85 @@
+"""Slack's request signature, the approvers map and the store's one-decision-per-plan claim."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from runbook.errors import ConfigError
+from runbook.intake.signatures import sign_slack, verify_slack
+from runbook.models import Approval, ApprovalRequest, utcnow
+from runbook.policy import load_policy, two_person_violation
+from runbook.store import IncidentStore
+from tests.runbook.test_store import store, store_url  # noqa: F401 - fixtures (SQLite and PostgreSQL)
+
+# Slack's own worked example ("Verifying requests from Slack", api.slack.com/authentication/verifying-requests-
+# from-slack): this secret, timestamp and body give exactly this signature.
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+TS = "1531420618"
+BODY = (b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&"
+        b"channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&"
+        b"response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
+        b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c")
+SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+
+
+def _headers(signature: str = SIGNATURE, ts: str = TS) -> dict[str, str]:
+    return {"x-slack-signature": signature, "x-slack-request-timestamp": ts}
+
+
+def test_sign_slack_reproduces_slacks_documented_example() -> None:
+    """Our signer gives the signature of Slack's documentation for its example request."""
+    assert sign_slack(BODY, SECRET, TS) == SIGNATURE
+
+
+def test_verify_slack_accepts_fresh_and_refuses_forged_or_replayed() -> None:
+    """Within 5 minutes the example verifies; a changed body or secret, or an old timestamp, does not."""
+    from pydantic import SecretStr
+
+    now = int(TS) + 299
+    assert verify_slack(_headers(), BODY, SecretStr(SECRET), now) == "ok"
+    assert verify_slack(_headers(), BODY + b"x", SecretStr(SECRET), now) == "bad-signature"
+    assert verify_slack(_headers(), BODY, SecretStr("another-secret"), now) == "bad-signature"
+    assert verify_slack(_headers(), BODY, SecretStr(SECRET), int(TS) + 301) == "stale"
+    assert verify_slack(_headers(ts="not-a-number"), BODY, SecretStr(SECRET), now) == "stale"
+    assert verify_slack(_headers(), BODY, None, now) == "unconfigured"
+
+
+def test_approvers_map_loads_and_rejects_non_slack_ids(tmp_path: Path) -> None:
+    """`approvers` maps Slack user ids to people and actions; a key that is no Slack id is a clear error."""
+    good = tmp_path / "p.yaml"
+    good.write_text("approvers:\n  U012ABC: {name: Ben, may_approve: [database-rollback]}\n")
+    ben = load_policy(good).approver("U012ABC")
+    assert ben is not None and ben.allowed("database-rollback") and not ben.allowed("code-rollback")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("approvers:\n  ben: {name: Ben}\n")
+    with pytest.raises(ConfigError, match="not Slack user ids"):
+        load_policy(bad)
+
+
+def test_two_person_rule_compares_identities_when_both_have_one() -> None:
+    """Same verified id → refused even under another name; different ids → allowed even with the same name."""
+    assert two_person_violation("Ben", "U1", "benjamin", "U1")
+    assert two_person_violation("Ben", "U2", "Ben", "U1") is None
+    assert two_person_violation("ben", "U2", "Ben", None)  # no requester identity: the names decide
+
+
+async def test_concurrent_claims_give_one_decision(store: IncidentStore) -> None:  # noqa: F811 - the fixture
+    """Ten claims of the same pending request at once: exactly one wins; a newer plan supersedes the old one."""
+    request = ApprovalRequest(flow_run_id="run-1", action="code-rollback", plan_hash="aaaa1111")
+    assert (await store.open_approval_request(request))[1]
+    assert not (await store.open_approval_request(request))[1]  # a re-run of the same plan: the same request
+
+    def claim(n: int) -> Approval:
+        return Approval(decision="approve", approver=f"p{n}", plan_hash="aaaa1111", via="slack", identity=f"U{n}")
+
+    results = await asyncio.gather(*(store.claim_approval("run-1", "aaaa1111", claim(n)) for n in range(10)))
+    winners = [current for current, won in results if won]
+    assert len(winners) == 1
+    stored = await store.approval_request("run-1", "aaaa1111")
+    assert stored is not None and stored.status == "claimed" and stored.claim is not None
+    await store.open_approval_request(request.model_copy(update={"plan_hash": "bbbb2222", "requested_at": utcnow()}))
+    latest = await store.approval_request("run-1", action="code-rollback")
+    assert latest is not None and latest.plan_hash == "bbbb2222" and latest.status == "pending"

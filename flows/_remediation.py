@@ -40,7 +40,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, RunbookError, UnsafeOperation
-from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind, utcnow
+from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind
 from runbook.policy import two_person_violation
 from runbook.settings import get_settings
 from runbook.store import open_store

@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -205,7 +204,7 @@ class SlackStandIn(StandIn):
             if not body.get("text") and not body.get("blocks"):
                 return fail("no_text")
             ts = self._next_ts()
-            message = {"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"), "ts": ts,
+            message: dict[str, Any] = {"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"), "ts": ts,
                        "time": time.time(), "payload": body, "via": "api", "updates": []}
             with self._lock:
                 self._messages.append(message)

@@ -217,7 +217,7 @@ class Interactions:
                     _, action_name, plan_hash = parse_approval_value(value)
                     view = reject_modal(value, action=action_name, plan_hash=plan_hash, message=message)
                     trigger = str(payload.get("trigger_id") or "")
-                    await self._slack(lambda s: s.open_view(trigger, view))
+                    await self._slack(lambda s, t=trigger, v=view: s.open_view(t, v))
             except Refused as refusal:
                 log.info("slack: %s by %s refused: %s", action_id, user_id, refusal)
                 await self.say(response_url, str(refusal))

@@ -236,7 +236,8 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
 
             approver = slack_approver(stack.slack, SLACK_APPROVER_ID, stop, answered, {incident.id})
         else:
-            approver = auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto" else asyncio.sleep(0)
+            approver = (auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto"
+                        else asyncio.sleep(0))
         if approve == "ui":
             print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
                   file=sys.stderr, flush=True)

@@ -117,7 +117,21 @@ async def _pagerduty(settings: Settings, policy: RetryPolicy) -> str:
     problem = routing_key_shape(settings.pagerduty_routing_key)
     if problem:
         raise _Failed(f"routing key {problem}")
-    return "routing key well-formed; not sent (Events v2 has no harmless authenticated call)"
+    sent = "routing key well-formed; not sent (Events v2 has no harmless authenticated call)"
+    secret, token = settings.pagerduty_webhook_secret, settings.pagerduty_api_token
+    webhooks = bool(secret and secret.get_secret_value())
+    if token and token.get_secret_value():
+        from runbook.clients.pagerduty import PagerDutyRestClient
+
+        async with PagerDutyRestClient.from_settings(settings, policy=policy) as rest:  # a read: harmless
+            await rest.incidents("runbook-preflight")
+        how = "V3 webhooks, and the REST API polled as a safety net" if webhooks else "the REST API, polled"
+        return f"{sent}; REST API token works; acknowledgements made in PagerDuty are seen through {how}"
+    if webhooks:
+        return f"{sent}; acknowledgements made in PagerDuty arrive as V3 webhooks (POST /pagerduty/webhooks)"
+    return (f"{sent}; WARNING: neither {ENV_PREFIX}PAGERDUTY_WEBHOOK_SECRET nor {ENV_PREFIX}PAGERDUTY_API_TOKEN "
+            "is set: acknowledgements made in PagerDuty will not be seen (the escalation pages the lead and the "
+            "CTO anyway)")
 
 
 async def _slack(settings: Settings, policy: RetryPolicy) -> str:

@@ -104,3 +104,17 @@ async def test_slack_says_when_messages_have_no_buttons(drill: DrillStack, setti
     unsigned = settings.model_copy(update={"slack_bot_token": SecretStr(app.bot_token)})
     row = {r.integration: r for r in await run_preflight(unsigned)}["slack"]
     assert row.state == "failed" and "SIGNING_SECRET" in row.detail and app.bot_token not in row.detail
+
+
+async def test_pagerduty_row_says_how_pager_acknowledgements_are_seen(settings: Settings) -> None:
+    """With the REST token the check reads PagerDuty's REST API once; with neither token nor webhook secret it
+    warns that acknowledgements made in PagerDuty will not be seen."""
+    both = {r.integration: r for r in await run_preflight(settings)}["pagerduty"]
+    assert both.state == "ok" and "REST API token works" in both.detail and "V3 webhooks" in both.detail
+    bare = settings.model_copy(update={"pagerduty_api_token": None, "pagerduty_webhook_secret": None})
+    neither = {r.integration: r for r in await run_preflight(bare)}["pagerduty"]
+    assert "WARNING" in neither.detail and "will not be seen" in neither.detail
+    assert "RUNBOOK_PAGERDUTY_WEBHOOK_SECRET" in neither.detail and "RUNBOOK_PAGERDUTY_API_TOKEN" in neither.detail
+    wrong = settings.model_copy(update={"pagerduty_api_token": SecretStr("u+wrong-pagerduty-token-000")})
+    failed = {r.integration: r for r in await run_preflight(wrong)}["pagerduty"]
+    assert failed.state == "failed" and "401" in failed.detail and "wrong-pagerduty" not in failed.detail

@@ -177,8 +177,9 @@ class PagerDutyStandIn(StandIn):
         if sub is None or (sub["events"] is not None and event_type not in sub["events"]):
             return
         data = {k: copy.deepcopy(incident[k]) for k in (
-            "id", "type", "self", "html_url", "number", "status", "incident_key", "created_at", "title", "service",
+            "id", "type", "self", "html_url", "status", "incident_key", "created_at", "title", "service",
             "urgency", "resolve_reason")}
+        data["number"] = incident["incident_number"]  # the webhook's name for it; REST says incident_number
         data["assignees"] = [a["assignee"] for a in incident["assignments"]]
         data["escalation_policy"] = {"id": "PESC001", "type": "escalation_policy_reference", "summary": "Default",
                                      "self": f"{API}/escalation_policies/PESC001",
@@ -332,7 +333,7 @@ class PagerDutyStandIn(StandIn):
         incident = {
             "id": incident_id, "type": "incident", "summary": f"[#{number}] {payload['summary']}",
             "self": f"{API}/incidents/{incident_id}", "html_url": f"{WEB}/incidents/{incident_id}",
-            "number": number, "incident_number": number, "title": payload["summary"], "status": "triggered",
+            "incident_number": number, "title": payload["summary"], "status": "triggered",
             "incident_key": dedup_key, "created_at": iso(now), "updated_at": iso(now), "service": self.service,
             "assignments": [{"at": iso(now), "assignee": oncall}], "acknowledgements": [],
             "last_status_change_at": iso(now), "last_status_change_by": self.service, "resolved_at": None,

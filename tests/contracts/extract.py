@@ -62,6 +62,15 @@ SOURCES: dict[str, dict[str, Any]] = {
         "note": "HEAD at extraction. The REST API (reference/REST/openapiv3.json) is not extracted: no client of "
                 "ours calls it (paging, acknowledge and resolve all go through the Events API v2).",
     },
+    "pagerduty-rest": {
+        "repository": "PagerDuty/api-schema",
+        "path": "reference/REST/openapiv3.json",
+        "commit": "91a06fb3c64b0ab2b2bd6c485d12b327dfb55c18",
+        "note": "HEAD at extraction. Only the read the escalation polls (GET /incidents?incident_key=). The V3 "
+                "webhook payload is not in this document: its shape, the X-PagerDuty-Signature rules and the "
+                "delivery behaviour are PagerDuty/developer-docs docs/webhooks/01-Overview.md, 02-Behavior.md, "
+                "04-Signatures.md @ 94224391aa3eac8fa73ea6a6af542dee0613d3e8 (extract: pagerduty-webhooks.json).",
+    },
     "sentry": {
         "repository": "getsentry/sentry-api-schema",
         "path": "openapi-derefed.json",
@@ -116,6 +125,7 @@ OPERATIONS: dict[str, list[tuple[str, str]]] = {
         ("delete", "/v9/projects/{idOrName}/env/{id}"),
     ],
     "pagerduty-events": [("post", "/enqueue")],
+    "pagerduty-rest": [("get", "/incidents")],
     "sentry": [
         ("get", "/api/0/organizations/{organization_id_or_slug}/events/"),
         ("get", "/api/0/organizations/{organization_id_or_slug}/events-timeseries/"),

@@ -153,8 +153,8 @@ def _webhook(stack: DrillStack, incident_id: str) -> bytes:
     user = {"id": ONCALL_USER["id"], "type": "user_reference", "summary": ONCALL_USER["name"]}
     event = {"id": f"evt-{incident_id}", "event_type": "incident.acknowledged", "resource_type": "incident",
              "occurred_at": datetime.now().astimezone().isoformat(), "agent": user, "client": {"name": "PagerDuty"},
-             "data": {**{k: pd[k] for k in ("id", "type", "self", "html_url", "number", "title", "incident_key")},
-                      "status": "acknowledged", "assignees": [user]}}
+             "data": {**{k: pd[k] for k in ("id", "type", "self", "html_url", "title", "incident_key")},
+                      "number": pd["incident_number"], "status": "acknowledged", "assignees": [user]}}
     return json.dumps({"event": event}).encode()
 
 

@@ -26,8 +26,8 @@ from runbook.errors import IntegrationError
 from runbook.escalation import page_roles, record_pager_change
 from runbook.models import EventKind, Incident, Severity
 from runbook.policy import Contact
-from runbook.store import open_store
 from runbook.settings import get_settings
+from runbook.store import open_store
 from tasks.common import open_client
 from tasks.incident import record
 

@@ -180,7 +180,8 @@ def pointer(doc: Any, ref: str) -> Any:
     """Resolve a '#/a/b' JSON pointer."""
     node = doc
     for part in ref[2:].split("/"):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
+        key = part.replace("~1", "/").replace("~0", "~")
+        node = node[int(key)] if isinstance(node, list) else node[key]
     return node
 
 
@@ -217,6 +218,8 @@ def extract(doc: dict[str, Any], operations: list[tuple[str, str]]) -> dict[str,
     done: set[str] = set()
     while pending:
         ref = pending.pop()
+        # a reference into a component (PagerDuty's '#/components/schemas/Tag/allOf/0') keeps the whole component
+        ref = "#/" + "/".join(ref[2:].split("/")[:3]) if ref.startswith("#/components/") else ref
         if ref in done:
             continue
         done.add(ref)

@@ -22,7 +22,7 @@ async def test_rest_incidents_read_matches_the_document(drill: DrillStack, recor
     """GET /incidents?incident_key= carries the documented auth and Accept; the stand-in answers only documented
     incident fields with documented statuses and acknowledger types.
 
-    (The full exchange checker cannot resolve this document's references into `Tag/allOf/0` yet.)"""
+    (contract.Spec cannot follow this document's references into a list, `Tag/allOf/0`, yet: fields by hand.)"""
     settings = drill.settings()
     async with PagerDutyClient.from_settings(settings) as events:
         await events.trigger("inc-20260101-c0ffee", "[P0] contract")

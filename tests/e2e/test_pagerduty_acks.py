@@ -161,8 +161,8 @@ def _webhook(stack: DrillStack, incident_id: str) -> bytes:
 async def test_bad_signatures_are_401_and_record_nothing(incident: Incident, webhooks_only: DrillStack) -> None:
     """A wrong signature, no signature, or a replayed body under another body's signature answers 401, changes
     nothing; the same body correctly signed is recorded (so the 401s are the signature's doing)."""
-    from tasks.pagerduty import page_contact
     from runbook.policy import get_policy
+    from tasks.pagerduty import page_contact
 
     stack = webhooks_only
     await page_contact(incident, get_policy().chain()[0])

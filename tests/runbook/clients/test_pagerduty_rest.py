@@ -61,8 +61,8 @@ async def test_429_waits_for_ratelimit_reset(pd: DrillStack) -> None:
 
     from runbook.clients.pagerduty import REST_POLICY
 
-    client = PagerDutyRestClient.from_settings(pd.settings(), policy=REST_POLICY.with_(max_retry_after=120, max_total_wait=120),
-                                               sleep=sleep)
+    patient = REST_POLICY.with_(max_retry_after=120, max_total_wait=120)
+    client = PagerDutyRestClient.from_settings(pd.settings(), policy=patient, sleep=sleep)
     async with client as rest:
         await rest.incidents("inc-20260101-abcdef")
         assert await rest.incidents("inc-20260101-abcdef") == []

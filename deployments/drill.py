@@ -94,7 +94,7 @@ def prefect_server() -> Iterator[str]:
 
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from deployments.local_server import prefect_on_postgres
+    from deployments.local_server import drain_api_workers, prefect_on_postgres
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if PREFECT_API_URL.value():
@@ -108,7 +108,10 @@ def prefect_server() -> Iterator[str]:
             progress(f"Prefect server ready at {server.url} ({server.startup_seconds:.0f} s)")
             with temporary_settings(updates={PREFECT_API_URL: server.api_url,
                                              PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                yield server.api_url
+                try:
+                    yield server.api_url
+                finally:
+                    drain_api_workers()
     finally:
         import shutil
 
@@ -201,11 +204,11 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     saved = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
     store_url = shared_store_url(state_root, saved)
     os.environ.update(stack.env)
+    if approve == "slack":  # the Slack app: buttons on messages, signed clicks back to the intake
+        os.environ.update(stack.slack.app_env())
     os.environ["RUNBOOK_STATE_DIR"] = str(state)  # this drill's reports, backups and snapshots
     os.environ["RUNBOOK_STORE_URL"] = store_url  # its incident in the one store every command reads (drill=True)
     # The monitor's breach counters and baselines are the drill's own: each drill detects from a clean slate.
-    if approve == "slack":  # the Slack app: buttons on messages, signed clicks back to the intake
-        os.environ.update(stack.slack.app_env())
     os.environ["RUNBOOK_MONITOR_STORE_URL"] = f"sqlite+aiosqlite:///{(state / 'monitor.db').resolve()}"
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
     try:
@@ -286,9 +289,6 @@ async def _close_unresolved(result: DrillResult) -> None:
                                        "closed by the drill", details={"drill_closed": True})
 
 
-async def _vendor_recovery(stack: Any, scenario: str) -> None:
-    """Play the third party: an outage of a vendor ends on its own after a while."""
-    if scenario == "third-party-outage":
 @contextlib.asynccontextmanager
 async def slack_intake(stack: Any, enabled: bool) -> AsyncIterator[None]:
     """Serve the intake (POST /slack/interactions) on a free 127.0.0.1 port as the Slack app's request URL."""
@@ -317,6 +317,9 @@ async def slack_intake(stack: Any, enabled: bool) -> AsyncIterator[None]:
             await task
 
 
+async def _vendor_recovery(stack: Any, scenario: str) -> None:
+    """Play the third party: an outage of a vendor ends on its own after a while."""
+    if scenario == "third-party-outage":
         await asyncio.sleep(VENDOR_RECOVERY_SECONDS)
         stack.repair(scenario)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -32,12 +31,9 @@ def prefect_harness() -> Iterator[None]:
     loaded machine. The server is `prefect server start` (deployments/local_server.py), as `runbook up` runs it.
     """
     import prefect.context
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from deployments.local_server import prefect_on_postgres
+    from deployments.local_server import drain_api_workers, prefect_on_postgres
 
     home = Path(tempfile.mkdtemp(prefix="runbook-prefect-"))
     try:
@@ -46,14 +42,10 @@ def prefect_harness() -> Iterator[None]:
             with temporary_settings(updates=updates):  # type: ignore[dict-item]
                 # also the process-global settings, for contexts copied before this fixture ran
                 with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
-                    yield
-
-                    async def drain() -> None:  # logs and events out before the server stops
-                        with contextlib.suppress(RuntimeError):
-                            await APILogWorker.instance().drain()  # type: ignore[misc]
-                        await EventsWorker.drain_all()  # type: ignore[misc]
-
-                    run_coro_as_sync(drain())
+                    try:
+                        yield
+                    finally:
+                        drain_api_workers()  # logs and events out before the server stops
     finally:
         if not os.environ.get("KEEP_PREFECT_HARNESS"):  # set it to keep the server's log for a post-mortem
             shutil.rmtree(home, ignore_errors=True)

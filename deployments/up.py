@@ -28,6 +28,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.local_server import drain_api_workers
 from runbook.settings import get_settings
 
 
@@ -149,6 +152,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping ...", flush=True)
         # A second Ctrl-C / SIGTERM must not cut the cleanup short (the server would outlive us).
         with signals_ignored():
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                drain_api_workers()  # the last log lines reach the server before it stops (no "Error logging…")
             stack.close()
     print("stopped", flush=True)
     return 0

@@ -29,11 +29,12 @@ from runbook import clock
 from runbook.escalation import escalation_schedule, wait_limit
 from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident
 from runbook.policy import get_policy
+from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
 from tasks.incident import read_incident, record
 from tasks.pagerduty import acknowledge_pages, page_contact, pager_acknowledgement, pager_poll_seconds
-from tasks.slack import post_slack_message
+from tasks.slack import post_ack_request, post_slack_message
 
 RESOLVED_FIRST = "resolved before anyone acknowledged"
 GAVE_UP = "nobody acknowledged within the escalation window"
@@ -101,6 +102,8 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
                                       if step.contact.after_minutes else "")
             outcome.pages.append(step.contact.role)
             get_run_logger().info("paged %s (%s)", step.contact.role, sent.get("dedup_key"))
+            await _offer_slack_ack(incident, step.contact.role + (f" ({step.contact.name})"
+                                                                  if step.contact.name else ""))
         elif step.action == "remind":
             await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
                                      f"is not acknowledged; respond by {incident.response_due:%H:%M} UTC",
@@ -116,6 +119,26 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
         stop.set()
         if run_id:
             await _resume_when_paused(run_id, None, resumed)
+
+
+async def _offer_slack_ack(incident: Incident, who: str) -> None:
+    """With the Slack app configured, post the page to #incidents with an Acknowledge button (once per contact).
+
+    The first page may have gone out from the response before this run started; its button is posted here too.
+    """
+    if not get_settings().slack_bot_token:  # incoming webhooks only: no buttons (runbook check says so)
+        return
+    text = (f"Paged {who}: {incident.severity} {incident.title} ({incident.id}). "
+            "Acknowledge to take the incident and stop the escalation.")
+    async with open_store() as store:
+        posted = [e for e in await store.timeline(incident.id, kind=EventKind.SLACK)
+                  if e.details.get("acknowledge") and str(e.details.get("text", "")).startswith(f"Paged {who}:")]
+    if posted:
+        return
+    try:
+        await post_ack_request(incident.id, text)
+    except Exception as exc:  # Slack down must not stop the escalation; the page went out anyway
+        get_run_logger().warning("could not post the Acknowledge button to Slack: %s", exc)
 
 
 async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: str | None, stop: asyncio.Event,

@@ -24,7 +24,6 @@ from runbook.errors import ApprovalDenied
 from runbook.intake import create_app
 from runbook.models import Approval, EventKind
 from runbook.store import open_store
-from tasks.slack import post_ack_request
 from tests.conftest import write_policy
 from tests.flows.remediation_support import new_incident, paused_run, timeline
 from tests.waiting import eventually
@@ -196,11 +195,12 @@ async def test_two_concurrent_clicks_give_one_decision(slack: DrillStack) -> Non
 
 
 async def test_acknowledge_button_stops_the_escalation(slack: DrillStack) -> None:
-    """The Acknowledge button acknowledges through the store (via slack); the escalation stops like any ack."""
+    """The page's message has an Acknowledge button; a click acknowledges through the store (via slack) and the
+    escalation stops like any ack. A re-run of the escalation does not post the button twice."""
     incident = await new_incident()
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident)))
-    await post_ack_request(incident, f"Paged on-call for {incident}")
-    message = await eventually(lambda: _with_button(slack, ACKNOWLEDGE), "the Acknowledge button")
+    message = await eventually(lambda: _with_button(slack, ACKNOWLEDGE), "the Acknowledge button of the page")
+    assert "Paged On-Call Engineer" in message["text"]
     await slack.slack.click(message["ts"], ACKNOWLEDGE, "U0BEN")
     outcome = await asyncio.wait_for(run, 120)
     assert outcome.acknowledged_by == "Ben"
@@ -208,3 +208,6 @@ async def test_acknowledge_button_stops_the_escalation(slack: DrillStack) -> Non
     assert event.details["via"] == "slack" and event.details["identity"] == "U0BEN"
     assert "Acknowledged by Ben" in slack.slack.message(message["ts"])["text"]
     assert slack.slack.buttons(slack.slack.message(message["ts"])) == {}
+    await escalate_incident(EscalateParams(incident_id=incident))  # acknowledged: returns at once
+    posted = [e for e in await timeline(incident, EventKind.SLACK) if e.details.get("acknowledge")]
+    assert len(posted) == 1 and len(slack.slack.messages("incidents")) == 1

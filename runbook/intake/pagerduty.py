@@ -66,8 +66,8 @@ async def _incident_key(store: Any, event: dict[str, Any]) -> str | None:
 
 async def handle(event: dict[str, Any], delivery_id: str) -> dict[str, Any]:
     """Record one verified V3 webhook event; return the answer's body."""
-    from runbook.escalation import incident_of_key, page_roles, record_pager_change
-    from runbook.models import EventKind, TimelineEvent
+    from runbook.escalation import incident_of_key, is_person, page_roles, record_pager_change
+    from runbook.models import EventKind, TimelineEvent, utcnow
     from runbook.store import open_store
 
     kind = str(event.get("event_type") or "")
@@ -106,6 +106,16 @@ async def handle(event: dict[str, Any], delivery_id: str) -> dict[str, Any]:
                 kind=EventKind.NOTE, actor=who, summary=text,
                 details={"dedup_key": key, "pagerduty_event": kind, **ref}))
             meaning = "noted"
+            if kind in ("incident.reassigned", "incident.escalated") and is_person(agent) \
+                    and incident.acknowledged_at is None:
+                # A person routed the page in PagerDuty: that is a response ("if no response" is over), and
+                # PagerDuty now pages whom they chose; our chain paging the lead and the CTO too would double up.
+                assert agent is not None
+                _, newly = await store.acknowledge(
+                    incident.id, who, at=at if at is not None and incident.created_at <= at <= utcnow() else None,
+                    via="pagerduty", identity=str(agent.get("id") or "") or None,
+                    details={"dedup_key": key, "pagerduty_event": kind, "response": text, **ref})
+                meaning = "acknowledged" if newly else meaning
     log.info("pagerduty %s for %s (%s): %s", kind, incident.id, key, meaning)
     return {"status": "accepted", "incident_id": incident.id, "recorded": meaning}
 

@@ -146,6 +146,24 @@ async def test_ack_of_the_leads_page_stops_before_the_cto(incident: Incident, we
     assert ack.details["page_role"] == "Engineering Lead" and ack.details["identity"] == lead["id"]
 
 
+async def test_a_reassign_in_pagerduty_is_a_response(incident: Incident, webhooks_only: DrillStack,
+                                                      manual: ManualClock) -> None:
+    """On-call reassigns the page to a colleague in PagerDuty: PagerDuty pages the colleague, and our chain stops
+    (no engineering lead, no CTO); the timeline says who routed it to whom."""
+    stack = webhooks_only
+    colleague = stack.pagerduty.add_user("Dana Backup", "dana@permit.school")
+    run = await _start(incident)
+    await _paged(stack, 1)
+    stack.pagerduty.press_reassign(incident.id, colleague["id"])
+    await asyncio.to_thread(stack.pagerduty.wait_delivered, "incident.reassigned", incident.id)
+    outcome = await asyncio.wait_for(run, timeout=120)
+    manual.advance(CTO_AT * 2)
+    assert _paged_roles(stack) == ["On-Call Engineer"] and outcome.pages == ["On-Call Engineer"]
+    [ack] = await _acks(incident.id)
+    assert ack.actor == ONCALL_USER["name"] and ack.details["via"] == "pagerduty"
+    assert ack.details["pagerduty_event"] == "incident.reassigned" and "Dana Backup" in ack.details["response"]
+
+
 def _webhook(stack: DrillStack, incident_id: str) -> bytes:
     """Return a V3 incident.acknowledged body for the stand-in's incident (as PagerDuty would send it)."""
     pd = stack.pagerduty.incident(incident_id)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from flows.escalate_incident import EscalateParams, escalate_incident
-from runbook.clock import ManualClock, use_clock
+from runbook.clock import ManualClock
 from runbook.drill import DrillStack, Fault
 from runbook.drill.approver import wait_for_pause
 from runbook.drill.pagerduty import ONCALL_USER
@@ -28,6 +28,7 @@ from runbook.report import build_report, render_markdown
 from runbook.store import open_store
 from tasks.pagerduty import resolve_pages
 from tests.conftest import write_policy
+from tests.paging import clock_stopped_at_declaration, paged, paged_roles
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -66,18 +67,8 @@ def polling_only(drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch) -> Iter
 @pytest.fixture
 def manual(incident: Incident) -> Iterator[ManualClock]:
     """Stop the escalation's clock at the moment the incident was declared."""
-    with use_clock(ManualClock(incident.created_at)) as fixed:
-        assert isinstance(fixed, ManualClock)
+    with clock_stopped_at_declaration(incident) as fixed:
         yield fixed
-
-
-def _paged_roles(stack: DrillStack) -> list[str]:
-    return [r.body["payload"]["custom_details"]["role"] for r in stack.pagerduty.requests
-            if r.path.endswith("/enqueue") and r.body.get("event_action") == "trigger"]
-
-
-async def _paged(stack: DrillStack, count: int) -> list[str]:
-    return await eventually(lambda: len(_paged_roles(stack)) >= count and _paged_roles(stack), f"{count} page(s)")
 
 
 async def _acks(incident_id: str) -> list[Any]:
@@ -97,12 +88,12 @@ async def test_ack_in_pagerduty_stops_the_escalation(incident: Incident, webhook
     PagerDuty user, MTTA ends at PagerDuty's acknowledgement, and the report shows channel and person."""
     stack = webhooks_only
     run = await _start(incident)
-    assert await _paged(stack, 1) == ["On-Call Engineer"]
+    assert await paged(stack, 1) == ["On-Call Engineer"]
     pressed = stack.pagerduty.press_acknowledge(incident.id)
     delivery = await asyncio.to_thread(stack.pagerduty.wait_delivered, "incident.acknowledged", incident.id)
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance(CTO_AT * 2)  # long past the lead's and the CTO's steps: nobody else is paged
-    assert _paged_roles(stack) == ["On-Call Engineer"] and outcome.pages == ["On-Call Engineer"]
+    assert paged_roles(stack) == ["On-Call Engineer"] and outcome.pages == ["On-Call Engineer"]
     assert outcome.acknowledged_by == ONCALL_USER["name"] and outcome.channel == "pagerduty"
     [ack] = await _acks(incident.id)
     assert ack.actor == ONCALL_USER["name"] and ack.details["via"] == "pagerduty"
@@ -134,13 +125,13 @@ async def test_ack_of_the_leads_page_stops_before_the_cto(incident: Incident, we
     stack = webhooks_only
     lead = stack.pagerduty.add_user("Ben Lead", "ben@permit.school")
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     manual.advance_to(incident.created_at + LEAD_AT)
-    assert await _paged(stack, 2) == ["On-Call Engineer", "Engineering Lead"]
+    assert await paged(stack, 2) == ["On-Call Engineer", "Engineering Lead"]
     stack.pagerduty.press_acknowledge(f"{incident.id}-engineering-lead", lead["id"])
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance_to(incident.created_at + CTO_AT * 2)
-    assert _paged_roles(stack) == ["On-Call Engineer", "Engineering Lead"]
+    assert paged_roles(stack) == ["On-Call Engineer", "Engineering Lead"]
     assert outcome.acknowledged_by == "Ben Lead" and outcome.pages == ["On-Call Engineer", "Engineering Lead"]
     [ack] = await _acks(incident.id)
     assert ack.details["page_role"] == "Engineering Lead" and ack.details["identity"] == lead["id"]
@@ -153,12 +144,12 @@ async def test_a_reassign_in_pagerduty_is_a_response(incident: Incident, webhook
     stack = webhooks_only
     colleague = stack.pagerduty.add_user("Dana Backup", "dana@permit.school")
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     stack.pagerduty.press_reassign(incident.id, colleague["id"])
     await asyncio.to_thread(stack.pagerduty.wait_delivered, "incident.reassigned", incident.id)
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance(CTO_AT * 2)
-    assert _paged_roles(stack) == ["On-Call Engineer"] and outcome.pages == ["On-Call Engineer"]
+    assert paged_roles(stack) == ["On-Call Engineer"] and outcome.pages == ["On-Call Engineer"]
     [ack] = await _acks(incident.id)
     assert ack.actor == ONCALL_USER["name"] and ack.details["via"] == "pagerduty"
     assert ack.details["pagerduty_event"] == "incident.reassigned" and "Dana Backup" in ack.details["response"]
@@ -211,7 +202,7 @@ async def test_a_webhook_delivered_three_times_is_one_acknowledgement(incident: 
     """PagerDuty delivers at least once: the same webhook (same X-Webhook-Id) three times is one acknowledgement."""
     stack = webhooks_only
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     stack.pagerduty.press_acknowledge(incident.id)
     first = await asyncio.to_thread(stack.pagerduty.wait_delivered, "incident.acknowledged", incident.id)
     await asyncio.wait_for(run, timeout=120)
@@ -229,19 +220,19 @@ async def test_endpoint_down_for_a_while_then_the_retry_stops_the_escalation(
     delivery still stops it (the CTO is never paged)."""
     stack = webhooks_only
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     stack.intake.inject(Fault.error(503, path="/pagerduty/webhooks", times=None))
     stack.pagerduty.press_acknowledge(incident.id)
     await eventually(lambda: [d for d in stack.pagerduty.deliveries if d["event_type"] == "incident.acknowledged"
                               and d["statuses"].count(503) >= 3], "three refused deliveries")
     manual.advance_to(incident.created_at + LEAD_AT)  # still unacknowledged for us: the lead is paged
-    assert await _paged(stack, 2) == ["On-Call Engineer", "Engineering Lead"]
+    assert await paged(stack, 2) == ["On-Call Engineer", "Engineering Lead"]
     assert not run.done() and await _acks(incident.id) == []
     stack.intake.clear_faults()
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance_to(incident.created_at + CTO_AT * 2)
     assert outcome.acknowledged_by == ONCALL_USER["name"]
-    assert _paged_roles(stack) == ["On-Call Engineer", "Engineering Lead"]
+    assert paged_roles(stack) == ["On-Call Engineer", "Engineering Lead"]
     delivery = stack.pagerduty.wait_delivered("incident.acknowledged", incident.id, timeout=5)
     assert delivery["statuses"][-1] == 202 and delivery["statuses"].count(503) >= 3
 
@@ -251,11 +242,11 @@ async def test_polling_notices_an_ack_through_the_rest_api(incident: Incident, p
     """Without webhooks, the escalation reads the pages' status through the REST API and stops on the ack."""
     stack = polling_only
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     stack.pagerduty.press_acknowledge(incident.id)
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance(CTO_AT * 2)
-    assert outcome.acknowledged_by == ONCALL_USER["name"] and _paged_roles(stack) == ["On-Call Engineer"]
+    assert outcome.acknowledged_by == ONCALL_USER["name"] and paged_roles(stack) == ["On-Call Engineer"]
     [ack] = await _acks(incident.id)
     assert ack.details["source"] == "rest-poll" and ack.details["identity"] == ONCALL_USER["id"]
     assert stack.pagerduty.deliveries == []
@@ -271,7 +262,7 @@ async def test_a_resolve_in_pagerduty_leaves_our_incident_open(incident: Inciden
     until verification, and our later resolve of the pages neither re-resolves nor re-triggers it."""
     stack = webhooks_only
     run = await _start(incident)
-    await _paged(stack, 1)
+    await paged(stack, 1)
     stack.pagerduty.press_resolve(incident.id)
     await asyncio.wait_for(run, timeout=120)
     async with open_store() as store:

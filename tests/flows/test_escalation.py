@@ -11,13 +11,13 @@ import pytest
 
 from flows.escalate_incident import EscalateParams, escalate_incident
 from runbook.cli import main as cli_main
-from runbook.clock import ManualClock, use_clock
+from runbook.clock import ManualClock
 from runbook.drill import DrillStack
 from runbook.drill.approver import pause_form, resume, wait_for_pause
 from runbook.models import Incident, Severity
 from runbook.store import open_store
 from tests.conftest import write_policy
-from tests.waiting import eventually
+from tests.paging import clock_stopped_at_declaration, paged, paged_roles
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -42,18 +42,8 @@ async def incident(drill_env: DrillStack, tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.fixture
 def manual(incident: Incident) -> Iterator[ManualClock]:
     """Stop the escalation's clock at the moment the incident was declared."""
-    with use_clock(ManualClock(incident.created_at)) as fixed:
-        assert isinstance(fixed, ManualClock)
+    with clock_stopped_at_declaration(incident) as fixed:
         yield fixed
-
-
-def _paged_roles(stack: DrillStack) -> list[str]:
-    return [r.body["payload"]["custom_details"]["role"] for r in stack.pagerduty.requests
-            if r.path.endswith("/enqueue") and r.body.get("event_action") == "trigger"]
-
-
-async def _paged(stack: DrillStack, count: int) -> list[str]:
-    return await eventually(lambda: len(_paged_roles(stack)) >= count and _paged_roles(stack), f"{count} page(s)")
 
 
 async def test_no_ack_pages_lead_then_cto_in_order(incident: Incident, drill_env: DrillStack,
@@ -61,11 +51,11 @@ async def test_no_ack_pages_lead_then_cto_in_order(incident: Incident, drill_env
     """Without an acknowledgement, on-call, the engineering lead and the CTO are paged in that order, each on time."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     paused = await wait_for_pause(["escalate-incident"], timeout=120)
-    assert await _paged(drill_env, 1) == ["On-Call Engineer"]
+    assert await paged(drill_env, 1) == ["On-Call Engineer"]
     manual.advance_to(incident.created_at + LEAD_AT)
-    assert await _paged(drill_env, 2) == ["On-Call Engineer", "Engineering Lead"]
+    assert await paged(drill_env, 2) == ["On-Call Engineer", "Engineering Lead"]
     manual.advance_to(incident.created_at + CTO_AT)
-    assert await _paged(drill_env, 3) == ["On-Call Engineer", "Engineering Lead", "CTO"]
+    assert await paged(drill_env, 3) == ["On-Call Engineer", "Engineering Lead", "CTO"]
     await resume(paused, {"by": "chen"})
     outcome = await run
     assert outcome.acknowledged_by == "chen" and outcome.sla_missed
@@ -82,11 +72,11 @@ async def test_ack_from_the_ui_after_first_page_stops_escalation(incident: Incid
     paused = await wait_for_pause(["escalate-incident"], timeout=120)
     schema, description = await pause_form(paused)
     assert "by" in schema["properties"] and incident.id in description
-    await _paged(drill_env, 1)
+    await paged(drill_env, 1)
     await resume(paused, {"by": "ana", "note": "on it"})
     outcome = await run
     manual.advance(CTO_AT * 2)  # long past the lead's and the CTO's steps: the run has ended, nobody is paged
-    assert _paged_roles(drill_env) == ["On-Call Engineer"]
+    assert paged_roles(drill_env) == ["On-Call Engineer"]
     assert outcome.acknowledged_by == "ana" and outcome.via == "ui" and not outcome.sla_missed
     assert outcome.pages == ["On-Call Engineer"]
     assert drill_env.pagerduty.alert(incident.id)["status"] == "acknowledged"
@@ -97,26 +87,26 @@ async def test_ack_from_the_cli_stops_escalation(incident: Incident, drill_env: 
     """`runbook ack` writes the store; the waiting run notices, resumes itself and pages nobody else."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     await wait_for_pause(["escalate-incident"], timeout=120)
-    await _paged(drill_env, 1)
+    await paged(drill_env, 1)
     code = await asyncio.get_running_loop().run_in_executor(None, cli_main, ["ack", incident.id, "--by", "ana"])
     assert code == 0
     outcome = await asyncio.wait_for(run, timeout=120)
     manual.advance(CTO_AT * 2)
     assert outcome.acknowledged_by == "ana" and outcome.via == "store"
-    assert outcome.pages == ["On-Call Engineer"] and _paged_roles(drill_env) == ["On-Call Engineer"]
+    assert outcome.pages == ["On-Call Engineer"] and paged_roles(drill_env) == ["On-Call Engineer"]
 
 
 async def test_rerun_does_not_page_twice(incident: Incident, drill_env: DrillStack, manual: ManualClock) -> None:
     """Running the escalation again for an acknowledged incident pages nobody (dedup by incident id)."""
     first = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     paused = await wait_for_pause(["escalate-incident"], timeout=120)
-    await _paged(drill_env, 1)
+    await paged(drill_env, 1)
     await resume(paused, {"by": "ana"})
     await first
     manual.advance(CTO_AT * 2)
     again = await escalate_incident(EscalateParams(incident_id=incident.id))
     assert again.acknowledged_by == "ana" and again.pages == []
-    assert _paged_roles(drill_env) == ["On-Call Engineer"]
+    assert paged_roles(drill_env) == ["On-Call Engineer"]
 
 
 async def test_the_escalation_window_ends_on_the_clock(incident: Incident, drill_env: DrillStack,
@@ -124,9 +114,9 @@ async def test_the_escalation_window_ends_on_the_clock(incident: Incident, drill
     """Nobody acknowledges: when the clock passes the window, the run stops waiting and says so (no real wait)."""
     run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     await wait_for_pause(["escalate-incident"], timeout=120)
-    await _paged(drill_env, 1)
+    await paged(drill_env, 1)
     manual.advance_to(incident.created_at + CTO_AT)
-    await _paged(drill_env, 3)
+    await paged(drill_env, 3)
     assert not run.done()  # the window is open until the last step plus one response time
     manual.advance(timedelta(minutes=16))
     outcome = await asyncio.wait_for(run, timeout=120)

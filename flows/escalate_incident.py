@@ -106,13 +106,13 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
                                                                   if step.contact.name else ""))
         elif step.action == "remind":
             await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
-                                     f"is not acknowledged; respond by {incident.response_due:%H:%M} UTC",
+                                     f"is not acknowledged; respond by {get_policy().response_due(incident):%H:%M} UTC",
                                      incident_id=incident.id, kind=EventKind.REMINDER)
         elif step.action == "sla":
             outcome.sla_missed = True
             await record(incident.id, EventKind.SLA_MISSED,
                          f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
-                         {"response_due": incident.response_due.isoformat()})
+                         {"response_due": get_policy().response_due(incident).isoformat()})
     # Chain exhausted: keep watching the store so a late acknowledgement still ends the wait, until the window
     # (on the injectable clock, like every step) runs out; then the run stops waiting.
     if not await _watch(incident.id, incident.created_at + wait_limit(incident, policy), poll, run_id, stop, resumed):
@@ -184,7 +184,7 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     run_id = flow_run_id()
     pager = asyncio.create_task(_clock(incident, run_id, stop, resumed, outcome))
     description = (f"## Acknowledge {incident.severity} {incident.id}\n\n**{incident.title}**\n\n"
-                   f"Response due by {incident.response_due:%Y-%m-%d %H:%M} UTC. Acknowledging stops the "
+                   f"Response due by {get_policy().response_due(incident):%Y-%m-%d %H:%M} UTC. Acknowledging stops the "
                    "escalation (engineering lead, then CTO) and makes you the owner of the response.")
     ack: Any = None
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runbook.errors import ConfigError, InputError
-from runbook.models import Alert, ImpactLevel, Severity
+from runbook.models import Alert, ImpactLevel, Incident, Severity
 
 
 class _Table(BaseModel):
@@ -317,6 +317,10 @@ class Policy(_Table):
     def response_time(self, severity: Severity) -> timedelta:
         """Return the response time of a severity."""
         return self.severities[severity].response_time
+
+    def response_due(self, incident: Incident) -> datetime:
+        """Return when the incident's response time (this policy's, not the model's default) runs out."""
+        return incident.escalation_start + self.response_time(incident.severity)
 
     def rule(self, name: str) -> AlertRule:
         """Return the alert rule with that name."""

@@ -57,6 +57,7 @@ from runbook.models import (
     TimelineEvent,
     utcnow,
 )
+from runbook.policy import get_policy
 
 SCHEMA_VERSION = 1
 
@@ -195,6 +196,11 @@ def _pk(result: Any) -> int:
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
+
+
+def _response_due(incident: Incident) -> datetime:
+    """When the response time of the policy in force runs out (the runbook's default without a policy file)."""
+    return get_policy().response_due(incident)
 
 
 class IncidentStore:
@@ -467,7 +473,7 @@ class IncidentStore:
                 update={"acknowledged_at": at, "acknowledged_by": by.strip(), "acknowledged_via": via}
             )
             await self._save(conn, changed)
-            late = at > current.created_at + current.severity.response_time
+            late = at > _response_due(current)
             extra = {"via": via, **({"identity": identity} if identity else {}), **(details or {})}
             await self._event(
                 conn,

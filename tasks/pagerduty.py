@@ -25,7 +25,7 @@ from runbook.clients.pagerduty import PagerDutyClient, PagerDutyRestClient
 from runbook.errors import IntegrationError
 from runbook.escalation import page_roles, record_pager_change
 from runbook.models import EventKind, Incident, Severity
-from runbook.policy import Contact
+from runbook.policy import Contact, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import open_client
@@ -107,7 +107,8 @@ async def page_contact(incident: Incident, contact: Contact, reason: str = "") -
     first = contact.after_minutes == 0
     who = f"{contact.role}{f' ({contact.name})' if contact.name else ''}"
     details = {"incident_id": incident.id, "severity": incident.severity.value, "role": contact.role,
-               "name": contact.name, "scenario": incident.scenario, "response_due": incident.response_due.isoformat(),
+               "name": contact.name, "scenario": incident.scenario,
+               "response_due": get_policy().response_due(incident).isoformat(),
                "reason": reason}
     page = {"dedup_key": key, "page_pending": True, "who": who, "role": contact.role, "name": contact.name,
             "first": first, "reason": reason, "summary": f"[{incident.severity}] {incident.title} ({incident.id})",

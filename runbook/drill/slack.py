@@ -204,8 +204,8 @@ class SlackStandIn(StandIn):
             if not body.get("text") and not body.get("blocks"):
                 return fail("no_text")
             ts = self._next_ts()
-            message: dict[str, Any] = {"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"), "ts": ts,
-                       "time": time.time(), "payload": body, "via": "api", "updates": []}
+            message: dict[str, Any] = {"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"),
+                                       "ts": ts, "time": time.time(), "payload": body, "via": "api", "updates": []}
             with self._lock:
                 self._messages.append(message)
             return JSONResponse({"ok": True, "channel": self.channel_ids[channel], "ts": ts,

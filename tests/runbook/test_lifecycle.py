@@ -12,9 +12,9 @@ from runbook.cli.main import main
 from runbook.errors import InputError, InvalidTransition
 from runbook.escalation import escalation_schedule
 from runbook.models import Alert, Incident, Severity, Status, utcnow
-from runbook.policy import Policy
+from runbook.policy import Policy, get_policy
 from runbook.store import IncidentStore, open_store
-from tests.runbook.test_store import store, store_url  # noqa: F401  (fixtures: a fresh store on each backend)
+from tests.conftest import write_policy
 
 
 async def _declare(store: IncidentStore, title: str = "Checkout returns 500", **kw: object) -> Incident:
@@ -30,7 +30,8 @@ async def test_resolve_needs_a_reason_and_records_who_and_via(store: IncidentSto
     resolved, changed = await lifecycle.resolve(store, inc.id, reason="hotfix deployed", by="ana", via="prefect-ui")
     assert changed and resolved.status is Status.RESOLVED and resolved.resolved_at is not None
     event = (await store.timeline(inc.id, kind="status_changed"))[-1]
-    assert event.actor == "ana" and event.details["via"] == "prefect-ui" and event.details["reason"] == "hotfix deployed"
+    assert event.actor == "ana" and event.details["via"] == "prefect-ui"
+    assert event.details["reason"] == "hotfix deployed"
     assert (await lifecycle.resolve(store, inc.id, reason="again", by="ana"))[1] is False
 
 
@@ -139,3 +140,15 @@ def test_cli_controls_change_the_record_and_say_what_was_not_told(
     incident, kinds = asyncio.run(read())
     assert incident.severity is Severity.P0 and incident.status is Status.RESOLVED
     assert {"severity_changed:ana:cli", "note:ana:cli", "status_changed:ana:cli"} <= set(kinds)
+
+
+async def test_response_due_and_late_acks_follow_the_policy(store: IncidentStore, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy with a 5-minute P1 response time: due 5 minutes after declaration, an ack at 7 minutes is late
+    (the model's default P1 of 1 hour would have called it on time)."""
+    write_policy(tmp_path, monkeypatch, "severities:\n  P1: {response_minutes: 5}\n")
+    inc = await _declare(store)
+    assert get_policy().response_due(inc) == inc.created_at + timedelta(minutes=5)
+    await store.acknowledge(inc.id, "ana", at=inc.created_at + timedelta(minutes=7), via="cli")
+    [ack] = await store.timeline(inc.id, kind="acknowledged")
+    assert ack.details["late"] is True and ack.details["via"] == "cli"

@@ -12,7 +12,6 @@ from runbook.intake.signatures import sign_slack, verify_slack
 from runbook.models import Approval, ApprovalRequest, utcnow
 from runbook.policy import load_policy, two_person_violation
 from runbook.store import IncidentStore
-from tests.runbook.test_store import store, store_url  # noqa: F401 - fixtures (SQLite and PostgreSQL)
 
 # Slack's own worked example ("Verifying requests from Slack", api.slack.com/authentication/verifying-requests-
 # from-slack): this secret, timestamp and body give exactly this signature.

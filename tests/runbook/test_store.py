@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -23,34 +20,7 @@ from runbook.models import (
     TimelineEvent,
     utcnow,
 )
-from runbook.store import SCHEMA_VERSION, IncidentStore, open_store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Return a fresh store URL on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'incidents.db'}"
-    base: str = request.getfixturevalue("postgres_url")
-    schema_db = f"runbook_{uuid.uuid4().hex[:10]}"
-    import asyncpg
-
-    async def create() -> None:
-        conn = await asyncpg.connect(base)
-        try:
-            await conn.execute(f'CREATE DATABASE "{schema_db}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return base.replace("/postgres?", f"/{schema_db}?").replace("postgresql://", "postgresql+asyncpg://")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[IncidentStore]:
-    """Open a fresh store."""
-    async with open_store(store_url) as s:
-        yield s
+from runbook.store import SCHEMA_VERSION, IncidentStore
 
 
 def _incident(fp: str | None = "fp-app-down", **kw: object) -> Incident:

@@ -56,10 +56,12 @@ def _database(p: CycleProbes, checks: dict[str, dict[str, Any]]) -> tuple[float 
             evidence.append((None, f"app database check timed out while {len(waiting)} queries wait on locks"))
         else:
             evidence.append((status != "unhealthy", f"app database check {status}" + (f": {err}" if err else "")))
-    if isinstance(p.rest, ProbeFailure) and p.rest.kind == "timeout" and waiting:
-        # Queries queued behind a lock: the database answers (the direct view just did), it is slow. That is
-        # degradation (query_time_ms says how slow), not an outage: no database_up=0 from this timeout.
-        evidence.append((None, f"REST count timed out while {len(waiting)} queries wait on locks (degraded)"))
+    if isinstance(p.rest, ProbeFailure) and p.rest.kind == "timeout" and isinstance(p.database, DatabaseHealth):
+        # The database answered the direct connection in this very cycle: a REST count that timed out is a slow
+        # database (queries queued behind a lock, or a busy machine), degradation that query_time_ms measures
+        # (at least the REST probe's wait), not an outage: no database_up=0 from this timeout.
+        why = f"{len(waiting)} queries wait on locks" if waiting else "the direct connection answers"
+        evidence.append((None, f"REST count timed out while {why} (slow, not down)"))
     elif isinstance(p.rest, ProbeFailure):
         # A table the REST API cannot count (400/404 after a bad migration) is the database failing the app.
         down = p.rest.kind in _DB_DOWN_KINDS or p.rest.kind == "rejected"
@@ -217,20 +219,27 @@ def _lock_wait_ms(db: DatabaseHealth | ProbeFailure) -> float:
 def _database_metrics(p: CycleProbes, checks: dict[str, dict[str, Any]], db_down: bool) -> list[Measurement]:
     out: list[Measurement] = []
     db = p.database
+    rest = p.rest
+    rest_ms = round(rest.elapsed_s * 1000, 1) if isinstance(rest, ProbeFailure) and rest.kind == "timeout" \
+        and rest.elapsed_s else 0.0
     app_ms = checks.get("database", {}).get("latency_ms") if check_status(checks, "database") in HEALTHY | {
         "degraded"} else None
     if db_down:
         out.append(_m("query_time_ms", "database", None, "database", "database unavailable", state="masked"))
-    elif isinstance(app_ms, int | float) and float(app_ms) >= _lock_wait_ms(db):
+    elif isinstance(app_ms, int | float) and float(app_ms) >= max(_lock_wait_ms(db), rest_ms):
         out.append(_m("query_time_ms", "database", float(app_ms), "app",
                       f"the app's profiles query took {app_ms:g} ms", scenario="database"))
-    elif isinstance(db, DatabaseHealth) and (db.mean_query_ms is not None or blocked_queries(db)):
+    elif isinstance(db, DatabaseHealth) and (db.mean_query_ms is not None or blocked_queries(db) or rest_ms):
         # No answer from the app's own check (or its query slipped between two holds of a lock others still wait
-        # on): the direct view, where a query waiting on a lock counts too.
+        # on): the direct view, where a query waiting on a lock counts too, and a REST count that timed out.
         waited = _lock_wait_ms(db)
-        value = round(max(db.mean_query_ms or 0.0, waited), 1)
-        detail = (f"queries waiting on locks for up to {waited:g} ms" if waited > (db.mean_query_ms or 0.0)
-                  else f"mean query time ({db.mean_query_source})")
+        value = round(max(db.mean_query_ms or 0.0, waited, rest_ms), 1)
+        if rest_ms >= max(waited, db.mean_query_ms or 0.0):
+            detail = f"the REST count timed out after {rest_ms:g} ms"
+        elif waited > (db.mean_query_ms or 0.0):
+            detail = f"queries waiting on locks for up to {waited:g} ms"
+        else:
+            detail = f"mean query time ({db.mean_query_source})"
         out.append(_m("query_time_ms", "database", value, "database", detail, scenario="database"))
     else:
         reason = db.message if isinstance(db, ProbeFailure) else "no query time available"

@@ -336,10 +336,17 @@ def test_timeouts_behind_a_lock_are_degradation_not_an_outage(over: dict[str, st
     assert findings["database_degradation:database"].breached
 
 
-def test_timeouts_without_waiting_queries_stay_an_outage() -> None:
-    """The same REST timeout with no query waiting on a lock is the database not answering: database_unavailable."""
-    findings = {f.key: f for f in evaluate(Policy().alert_rules, measure(_probes(rest=_fail("timeout"))))}
-    assert findings["database_unavailable:database"].breached
+def test_a_rest_timeout_is_slow_while_the_database_answers_and_down_when_it_does_not() -> None:
+    """REST timing out while the direct connection answers: degradation (query time at least the REST wait), not
+    database_unavailable; with the direct connection failing too, it is an outage."""
+    slow = _fail("timeout", "no response within 10s").model_copy(update={"elapsed_s": 10.2})
+    findings = {f.key: f for f in evaluate(Policy().alert_rules, measure(_probes(rest=slow)))}
+    assert findings["database_unavailable:database"].state == "ok"
+    degraded = findings["database_degradation:database"]
+    assert degraded.breached and degraded.value == 10200.0
+    down = {f.key: f for f in evaluate(Policy().alert_rules,
+                                       measure(_probes(rest=slow, database=_fail("timeout"))))}
+    assert down["database_unavailable:database"].breached
 
 
 def test_query_time_comes_from_the_apps_database_check() -> None:

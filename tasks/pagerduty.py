@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from runbook.clients._http import RetryHook
-from runbook.clients.pagerduty import PagerDutyClient, PagerDutyRestClient
+from runbook.clients.pagerduty import PagerDutyClient, PagerDutyRestClient, with_email
 from runbook.errors import IntegrationError
 from runbook.escalation import page_roles, record_pager_change
 from runbook.models import EventKind, Incident, Severity
@@ -203,6 +203,7 @@ async def pager_acknowledgement(incident: Incident) -> str | None:
     for key, pi in found:
         person = pi.person()
         if pi.status in ("acknowledged", "resolved") and person is not None:
+            person = await with_email(person, get_settings())
             async with open_store() as store:
                 current = await store.get(incident.id)
                 if current.acknowledged_at is not None:

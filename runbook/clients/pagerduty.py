@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, SecretStr
 
@@ -158,6 +159,10 @@ class PagerIncident(BaseModel):
         return None
 
 
+# One quick try: a webhook answers PagerDuty within seconds, and the email is a nicety, not the acknowledgement.
+LOOKUP_POLICY = RetryPolicy(max_attempts=1, connect_timeout=2.0, read_timeout=3.0)
+
+
 class PagerDutyRestClient(BaseClient):
     """The REST API, read-only: the incidents of the dedup keys we sent."""
 
@@ -174,6 +179,16 @@ class PagerDutyRestClient(BaseClient):
         http = HttpClient(VENDOR, settings.pagerduty_api_url.rstrip("/"), headers=headers, policy=policy,
                           secrets=settings_secrets(settings), sleep=sleep)
         return cls(http)
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        """Return a user's id, name, email and html_url (`GET /users/{id}`: webhooks name a person, not their email)."""
+        if not user_id:
+            raise InputError("a PagerDuty user id is required")
+        data = await self.http.json("GET", f"/users/{quote(user_id, safe='')}", operation="get user")
+        user = data.get("user") if isinstance(data, dict) else None
+        if not isinstance(user, dict) or not user.get("id"):
+            raise RequestRejected(VENDOR, "get user", "the answer has no user object")
+        return {k: user[k] for k in ("id", "name", "email", "html_url") if user.get(k)}
 
     async def incidents(self, incident_key: str) -> list[PagerIncident]:
         """Return the incidents whose incident key (our dedup key) is `incident_key`, newest last."""
@@ -192,3 +207,20 @@ class PagerDutyRestClient(BaseClient):
                 last_status_change_by=item.get("last_status_change_by"),
                 last_status_change_at=item.get("last_status_change_at")))
         return out
+
+
+async def with_email(agent: dict[str, Any] | None, settings: Settings) -> dict[str, Any] | None:
+    """Return a person's `user_reference` with their email added from the REST API when a token is configured.
+
+    V3 webhooks and the REST incident name who acted (id, summary) but not their email; the record names both.
+    Never raises: without a token, or when PagerDuty does not answer, the reference is returned as it came.
+    """
+    if not agent or agent.get("email") or agent.get("type") != "user_reference" or not agent.get("id") \
+            or settings.pagerduty_api_token is None:
+        return agent
+    try:
+        async with PagerDutyRestClient.from_settings(settings, policy=LOOKUP_POLICY) as rest:
+            user = await rest.user(str(agent["id"]))
+    except Exception:  # the acknowledgement counts without the email
+        return agent
+    return {**agent, **({"email": user["email"]} if user.get("email") else {})}

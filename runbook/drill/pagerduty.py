@@ -267,18 +267,20 @@ class PagerDutyStandIn(StandIn):
     def routes(self) -> list[BaseRoute]:
         """Return the Events API and REST routes."""
         return [Route("/v2/enqueue", self._enqueue, methods=["POST"]),
-                Route("/incidents", self._list_incidents, methods=["GET"])]
+                Route("/incidents", self._list_incidents, methods=["GET"]),
+                Route("/users/{id}", self._get_user, methods=["GET"])]
 
     @staticmethod
     def _rest_error(status: int, message: str, code: int, headers: dict[str, str] | None = None) -> Response:
         return json_response({"error": {"message": message, "code": code}}, status, headers)
 
-    async def _list_incidents(self, request: Request) -> Response:
+    def _rest_refusal(self, request: Request) -> tuple[Response | None, dict[str, str]]:
+        """Check the REST API's auth, Accept header and per-minute limit; return (refusal or None, rate headers)."""
         auth = request.headers.get("authorization", "")
         if not self.api_token or auth != f"Token token={self.api_token}":
-            return self._rest_error(401, "Authentication Required" if not auth else "Unauthorized", 2006)
+            return self._rest_error(401, "Authentication Required" if not auth else "Unauthorized", 2006), {}
         if request.headers.get("accept", "") != REST_ACCEPT:
-            return self._rest_error(400, "Invalid Accept header: use " + REST_ACCEPT, 2001)
+            return self._rest_error(400, "Invalid Accept header: use " + REST_ACCEPT, 2001), {}
         now = time.time()
         with self._lock:
             self._rest_window = [t for t in self._rest_window if now - t < 60] + [now]
@@ -287,7 +289,27 @@ class PagerDutyStandIn(StandIn):
         limit_headers = {"ratelimit-limit": str(self.rest_limit),
                          "ratelimit-remaining": str(max(0, self.rest_limit - used)), "ratelimit-reset": str(reset)}
         if used > self.rest_limit:
-            return self._rest_error(429, "Rate Limit Exceeded", 2020, limit_headers)
+            return self._rest_error(429, "Rate Limit Exceeded", 2020, limit_headers), limit_headers
+        return None, limit_headers
+
+    async def _get_user(self, request: Request) -> Response:
+        """GET /users/{id}: the documented user object (id, type user, summary, name, email, self, html_url…)."""
+        refusal, limit_headers = self._rest_refusal(request)
+        if refusal is not None:
+            return refusal
+        with self._lock:
+            user = copy.deepcopy(self.users.get(request.path_params["id"]))
+        if user is None:
+            return self._rest_error(404, "Not Found", 2100, limit_headers)
+        body = {**user_reference(user), "type": "user", "name": user["name"], "email": user["email"],
+                "time_zone": "Etc/UTC", "color": "green", "role": "user", "description": None,
+                "job_title": user.get("job_title", "On-call engineer"), "invitation_sent": False}
+        return json_response({"user": body}, 200, limit_headers)
+
+    async def _list_incidents(self, request: Request) -> Response:
+        refusal, limit_headers = self._rest_refusal(request)
+        if refusal is not None:
+            return refusal
         key = request.query_params.get("incident_key")
         statuses = request.query_params.getlist("statuses[]")
         with self._lock:

@@ -66,8 +66,10 @@ async def _incident_key(store: Any, event: dict[str, Any]) -> str | None:
 
 async def handle(event: dict[str, Any], delivery_id: str) -> dict[str, Any]:
     """Record one verified V3 webhook event; return the answer's body."""
+    from runbook.clients.pagerduty import with_email
     from runbook.escalation import incident_of_key, is_person, page_roles, record_pager_change
     from runbook.models import EventKind, TimelineEvent, utcnow
+    from runbook.settings import get_settings
     from runbook.store import open_store
 
     kind = str(event.get("event_type") or "")
@@ -88,6 +90,7 @@ async def handle(event: dict[str, Any], delivery_id: str) -> dict[str, Any]:
         if await _already(store, incident.id, delivery_id):
             return {"status": "duplicate", "incident_id": incident.id}
         agent = event.get("agent") if isinstance(event.get("agent"), dict) else None
+        agent = await with_email(agent, get_settings())  # the person's email, when a REST token is set
         ref = {"pagerduty_webhook_id": delivery_id, "pagerduty_event_id": event.get("id"), "source": "webhook",
                "pagerduty_incident": data.get("id") if data.get("type") == "incident"
                else (data.get("incident") or {}).get("id"),

@@ -125,7 +125,7 @@ OPERATIONS: dict[str, list[tuple[str, str]]] = {
         ("delete", "/v9/projects/{idOrName}/env/{id}"),
     ],
     "pagerduty-events": [("post", "/enqueue")],
-    "pagerduty-rest": [("get", "/incidents")],
+    "pagerduty-rest": [("get", "/incidents"), ("get", "/users/{id}")],
     "sentry": [
         ("get", "/api/0/organizations/{organization_id_or_slug}/events/"),
         ("get", "/api/0/organizations/{organization_id_or_slug}/events-timeseries/"),

@@ -249,6 +249,8 @@ async def test_polling_notices_an_ack_through_the_rest_api(incident: Incident, p
     assert outcome.acknowledged_by == ONCALL_USER["name"] and paged_roles(stack) == ["On-Call Engineer"]
     [ack] = await _acks(incident.id)
     assert ack.details["source"] == "rest-poll" and ack.details["identity"] == ONCALL_USER["id"]
+    assert ack.details["email"] == ONCALL_USER["email"]  # looked up: GET /users/{id} (the incident names no email)
+    assert stack.pagerduty.requests_to(f"/users/{ONCALL_USER['id']}", "GET")
     assert stack.pagerduty.deliveries == []
     reads = stack.pagerduty.requests_to("/incidents", "GET")
     assert reads and all(r.headers["authorization"] == f"Token token={stack.pagerduty.api_token}"

@@ -8,7 +8,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install test test-stress drill drill-stress up bench lint clean
 
+# Debian's Chromium for the browser tests (tests/e2e/test_ui_browser.py): installed with apt only when missing.
+CHROMIUM := /usr/bin/chromium
+APT_LOG := $(VENV)/apt-chromium.log
+
 install: $(STAMP)
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests (apt-get) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; SUDO=$$(test "$$(id -u)" = 0 || echo sudo -n); \
+	  { $$SUDO apt-get install -y -qq chromium || { $$SUDO apt-get update -qq && \
+	    $$SUDO apt-get install -y -qq chromium; }; } >$(APT_LOG) 2>&1 \
+	  || { tail -20 $(APT_LOG); echo "could not install chromium (see $(APT_LOG))"; exit 1; }; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

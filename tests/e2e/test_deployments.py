@@ -13,7 +13,6 @@ import sys
 import time
 import typing
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -147,21 +146,6 @@ async def test_triggered_declare_run_executes(registered_deployments: dict[str, 
 
 
 # -- prefect deploy --all against a real local server, and a process worker running a deployed flow --------------
-
-
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPrefectServer, dict[str, str]]]:
-    """Start a local Prefect server (SQLite), create runbook-pool and run `prefect --no-prompt deploy --all`."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    # No scheduler: the monitor's every-minute runs would otherwise queue up for the worker below.
-    with LocalPrefectServer(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
-        env = server.env(PWD=str(PROJECT_DIR), RUNBOOK_STATE_DIR=str(home / "state"),
-                         PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="2")
-        for args in (["work-pool", "create", "runbook-pool", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
-            done = subprocess.run([*prefect_command(), *args], env=env, cwd=PROJECT_DIR, capture_output=True,
-                                  text=True, timeout=120)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield server, env
 
 
 def api(server: LocalPrefectServer, path: str, body: dict[str, Any] | None = None) -> Any:

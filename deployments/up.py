@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import quote
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -188,11 +187,10 @@ async def _states(runs: list[Any]) -> list[tuple[str, str]]:
 
 def ready_banner(ui_url: str, names: list[str]) -> str:
     """Return what `runbook up` prints once every deployment is ready: the UI and its direct links."""
-    paused = quote('["PAUSED"]')
     return (f"\nready: {len(names)} deployments served, every one ready\n"
             f"Prefect UI:   {ui_url}\n"
             f"  deployments:          {ui_url}/deployments\n"
-            f"  waiting for you:      {ui_url}/runs?tab=flow-runs&state-types={paused}  (paused runs: approvals, "
+            f"  waiting for you:      {ui_url}/runs?tab=flow-runs&state=Paused  (paused runs: approvals, "
             "acknowledgements, confirmations)\n"
             f"  artifacts (reports):  {ui_url}/artifacts\n"
             "Ctrl-C stops everything (runs in flight end Cancelled).\n")

@@ -241,7 +241,7 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
         output = "".join(lines)
         ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
         assert ui and f"ready: {len(BY_NAME)} deployments served" in output, output
-        assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state-types=" in output
+        assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state=Paused" in output
         found = api_post(ui[1], "/deployments/filter", {"limit": 200})
         assert {d["name"] for d in found} == set(BY_NAME) and {d["status"] for d in found} == {"READY"}
         monitor = next(d for d in found if d["name"] == "monitor")

@@ -100,8 +100,6 @@ def test_the_printed_ui_lists_the_servers_deployments_in_a_browser(
     page.close()
 
 
-@pytest.mark.xfail(strict=True, reason="deployments/up.py prints ...state-types=[\"PAUSED\"], which Prefect 3.9's UI "
-                   "ignores (its Runs page reads ?state=Paused): the link lists every run (issue 13)")
 def test_the_printed_paused_runs_link_loads_filtered_to_paused(
         deployed: tuple[LocalPrefectServer, dict[str, str]], browser: Any, tmp_path: Path) -> None:
     """The printed "waiting for you" link opens the flow runs page with the Paused filter applied, without error."""

@@ -187,6 +187,17 @@ async def background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
             await task
 
 
+def with_drill_approver(user_policy: Path, out: Path) -> Path:
+    """Write `user_policy` with the drill's Slack approver added to its approvers to `out`; return `out`."""
+    import yaml
+
+    from runbook.policy import Approver, load_policy
+
+    base = load_policy(user_policy)
+    approvers = {**base.approvers, SLACK_APPROVER_ID: Approver(name=APPROVER, may_approve=["*"])}
+    out.write_text(yaml.safe_dump(base.model_copy(update={"approvers": approvers}).model_dump(mode="json")))
+    return out
+
 async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
                   inject_params: dict[str, Any] | None = None) -> DrillResult:
     """Run one scenario end to end against a running stack; return what happened."""
@@ -210,6 +221,10 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     os.environ["RUNBOOK_STORE_URL"] = store_url  # its incident in the one store every command reads (drill=True)
     # The monitor's breach counters and baselines are the drill's own: each drill detects from a clean slate.
     os.environ["RUNBOOK_MONITOR_STORE_URL"] = f"sqlite+aiosqlite:///{(state / 'monitor.db').resolve()}"
+    if saved.get("RUNBOOK_POLICY_FILE") and approve == "slack":
+        # A person's own policy is the drill's (their chain, their numbers), plus the drill's Slack user among
+        # its approvers: otherwise the drill's clicks are refused as an unknown user and the drill waits in vain.
+        os.environ["RUNBOOK_POLICY_FILE"] = str(with_drill_approver(Path(saved["RUNBOOK_POLICY_FILE"]), policy))
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
     try:
         with contextlib.suppress(ImportError):  # config rollbacks restore from the last scheduled snapshot

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.drill import DrillResult, register_deployments, run_one, shared_store_url
+from deployments.drill import DRILL_POLICY, DrillResult, register_deployments, run_one, shared_store_url
 from runbook.drill import DrillStack
 from runbook.drill.scenarios import SCENARIOS
 from runbook.store import open_store
@@ -95,8 +95,13 @@ def test_runbook_drill_from_a_terminal_is_clean(tmp_path: Path) -> None:
     assert len(logs) == 1 and str(logs[0]) in done.stderr and logs[0].stat().st_size > 0
 
 
-async def test_drill_approves_through_slack(drill_stack: DrillStack, registered: None, tmp_path: Path) -> None:
-    """`runbook drill --approve slack`: the fix is approved by clicking Approve in Slack (signed, via the intake)."""
+async def test_drill_approves_through_slack(drill_stack: DrillStack, registered: None, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runbook drill --approve slack`: the fix is approved by clicking Approve in Slack (signed, via the intake),
+    also when the person running the drill has a policy file of their own (with approvers of their own)."""
+    own = tmp_path / "my-policy.yaml"
+    own.write_text(DRILL_POLICY + "approvers:\n  U0BEN: {name: Ben, may_approve: [code-rollback]}\n")
+    monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(own))
     result: DrillResult = await run_one(drill_stack, "bad-deploy", "slack", tmp_path)
     assert result.error is None, result.error
     assert result.health_restored and result.resolved

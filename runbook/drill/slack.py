@@ -255,11 +255,8 @@ class SlackStandIn(StandIn):
             target = self._response_urls.get(request.path_params["token"])
         if target is None:
             return PlainTextResponse("invalid_token", 404)
-        try:
-            body = await request.json()
-        except ValueError:
-            return PlainTextResponse("invalid_payload", 400)
-        if not isinstance(body, dict):
+        body = await _json_object(request)
+        if body is None:
             return PlainTextResponse("invalid_payload", 400)
         if body.get("replace_original") and body.get("response_type") != "ephemeral":
             self._update(target["channel"], target["ts"], body.get("text"), body.get("blocks") or [],
@@ -277,11 +274,8 @@ class SlackStandIn(StandIn):
             return PlainTextResponse("no_service", 404)
         if not secrets.compare_digest(request.path_params["token"], self.tokens[channel]):
             return PlainTextResponse("invalid_token", 403)
-        try:
-            body = await request.json()
-        except ValueError:
-            return PlainTextResponse("invalid_payload", 400)
-        if not isinstance(body, dict):
+        body = await _json_object(request)
+        if body is None:
             return PlainTextResponse("invalid_payload", 400)
         if not body.get("text") and not body.get("blocks"):
             return PlainTextResponse("no_text", 400)
@@ -289,3 +283,12 @@ class SlackStandIn(StandIn):
             self._messages.append({"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"),
                                    "time": time.time(), "payload": body, "via": "webhook", "updates": []})
         return PlainTextResponse("ok")
+
+
+async def _json_object(request: Request) -> dict[str, Any] | None:
+    """Return the request's JSON object body, or None when it is not one (Slack answers `invalid_payload`)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

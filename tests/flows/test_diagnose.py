@@ -165,6 +165,8 @@ async def test_webhook_secret_never_appears(
     new = drill_env.stripe.endpoint.secret
     incident = await new_incident()
     caplog.set_level(logging.DEBUG)
+    # not the store driver's own chatter: its worker thread logs each operation, late ones onto the terminal
+    caplog.set_level(logging.INFO, logger="aiosqlite")
     result = await run_diagnostic("payment", incident)
     rows = await artifact_rows(artifact_key("payment", incident))
     events = await diagnosis_events(incident)

@@ -1,10 +1,14 @@
 """PagerDuty tasks: page a contact of the escalation chain, acknowledge and resolve, idempotently.
 
-A page is durable: before it is sent the timeline records it as pending (`details.page_pending`, with everything
-needed to send it again); while PagerDuty throttles or fails, the client retries for minutes and the timeline says
-the page is still pending; the `paged`/`escalated` event closes it. A page still pending after a crash (or after
-the retries gave up) is found by `pending_pages` and sent again by `resend_pending_pages` (same dedup_key: PagerDuty
-does not page twice).
+A page is durable: before it is sent the timeline (the incident store) records it as pending (`details.page_pending`,
+with everything needed to send it again); while PagerDuty throttles or fails, the client retries for minutes
+(Retry-After honoured) and the timeline says the page is still pending; the `paged`/`escalated` event closes it.
+When the retries give up, the timeline says so and when the next try is due (PagerDuty's Retry-After, else 15 s
+doubling to 5 min, on the runbook clock); the response goes on. `pending_pages` reads that state back;
+`send_pending_pages` (the escalation's wait loop, every poll) tries each due page again while the incident is open
+and unacknowledged, and `resend_pending_pages` (a re-run or a sweep) sends them now. A page whose sender crashed is
+due once it has had no news for longer than the page task's limit. The dedup_key keeps it single in PagerDuty, and
+a page already recorded sent is not recorded twice.
 
 What people do in PagerDuty comes back two ways: V3 webhooks (the intake's POST /pagerduty/webhooks) and, with a
 REST API token, `pager_acknowledgement`, which the escalation's wait loop calls to read the status of every page
@@ -15,21 +19,24 @@ chain is the incident's acknowledgement; our own acknowledge/resolve calls are r
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
-from runbook.clients._http import RetryHook
-from runbook.clients.pagerduty import PagerDutyClient, PagerDutyRestClient, with_email
-from runbook.errors import IntegrationError
+from runbook import clock
+from runbook.clients._http import RetryHook, RetryPolicy
+from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient, PagerDutyRestClient, with_email
+from runbook.errors import IntegrationError, RateLimited, TransientError
 from runbook.escalation import page_roles, record_pager_change
 from runbook.models import EventKind, Incident, Severity
 from runbook.policy import Contact, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import open_client
-from tasks.incident import record
+from tasks.incident import read_incident, record
 
 PD_SEVERITY = {Severity.P0: "critical", Severity.P1: "error", Severity.P2: "warning", Severity.P3: "info"}
 
@@ -48,17 +55,51 @@ async def _already_paged(incident_id: str, key: str) -> bool:
                for e in events)
 
 
+# A pending page whose sender has said nothing for longer than page_contact's task limit was lost with its sender
+# (a crash): it is due again. Younger, it is still being retried by its sender and is left to it.
+IN_FLIGHT_S = 900.0
+# Between later tries of a page whose retries gave up: 15 s, doubling, at most 5 minutes; Retry-After when given.
+RESEND_MIN_S, RESEND_MAX_S = 15.0, 300.0
+# One try per due page: the caller (the escalation's wait loop) comes back at its next poll, so nothing blocks it.
+RESEND_POLICY = RetryPolicy(max_attempts=1, connect_timeout=5.0, read_timeout=10.0)
+
+
 async def pending_pages(incident_id: str) -> list[dict[str, Any]]:
-    """Return the pages recorded as pending and never confirmed sent (each with what is needed to resend it)."""
+    """Return the pages recorded as pending and never confirmed sent (each with what is needed to resend it).
+
+    Each carries its state from the timeline: `state` "in-flight" (its sender is retrying; `last_at` its last
+    news) or "failed" (the retries gave up; `failures` so far, `retry_at` on the runbook clock, or None).
+    """
     async with open_store() as store:
         events = await store.timeline(incident_id)
-    sent = {e.details.get("dedup_key") for e in events if e.kind in {EventKind.PAGED, EventKind.ESCALATED}}
     pending: dict[str, dict[str, Any]] = {}
     for e in events:
         key = e.details.get("dedup_key")
-        if e.kind == EventKind.NOTE and e.details.get("page_pending") and key not in sent and key not in pending:
-            pending[str(key)] = dict(e.details)
+        if not key:
+            continue
+        key = str(key)
+        if e.kind in {EventKind.PAGED, EventKind.ESCALATED} or e.details.get("page_closed"):
+            pending.pop(key, None)
+        elif e.kind == EventKind.NOTE and e.details.get("page_pending"):
+            page = pending.setdefault(key, {**e.details, "failures": 0, "retry_at": None})
+            page.update(state="in-flight", last_at=_noted_at(e))
+        elif key in pending and e.details.get("page_failed"):
+            retry_at = e.details.get("retry_at")
+            pending[key].update(state="failed", last_at=_noted_at(e), failures=int(pending[key]["failures"]) + 1,
+                                retry_at=datetime.fromisoformat(retry_at) if retry_at else None)
+        elif key in pending and (e.details.get("page_retry") is not None):
+            pending[key].update(state="in-flight", last_at=_noted_at(e))
     return list(pending.values())
+
+
+def _noted_at(event: Any) -> datetime:
+    """Return when a page note was written on the runbook clock (`clock_at`), else its record time."""
+    at = event.details.get("clock_at")
+    return datetime.fromisoformat(at) if at else event.at
+
+
+def _now() -> str:
+    return clock.now().isoformat()
 
 
 def _retry_note(incident_id: str, key: str, who: str) -> RetryHook:
@@ -68,23 +109,48 @@ def _retry_note(incident_id: str, key: str, who: str) -> RetryHook:
         if attempt == 1 or attempt % 5 == 0:
             await record(incident_id, EventKind.NOTE,
                          f"Page to {who} still pending: {error}; retrying in {delay:.0f}s (attempt {attempt})",
-                         {"dedup_key": key, "page_retry": attempt, "status": error.status}, actor="pagerduty")
+                         {"dedup_key": key, "page_retry": attempt, "status": error.status, "clock_at": _now()},
+                         actor="pagerduty")
 
     return on_retry
 
 
-async def _send_page(incident_id: str, page: dict[str, Any], first: bool, reason: str) -> dict[str, Any]:
-    """Send one pending page (retried for minutes) and record it sent; a final failure is recorded, then raised."""
+def _next_try_in(error: IntegrationError, failures: int) -> float:
+    """Return how long to wait before the next try of a page that failed `failures` times (this one included)."""
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        return max(1.0, error.retry_after)  # PagerDuty said how long
+    if isinstance(error, TransientError):
+        return min(RESEND_MAX_S, RESEND_MIN_S * 2 ** max(0, failures - 1))
+    return RESEND_MAX_S  # refused (400, 401, 403): a person must fix the settings; keep trying, slowly
+
+
+async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPolicy = PAGE_POLICY,
+                     raise_refused: bool = False) -> dict[str, Any]:
+    """Send one pending page and record it sent; a failure is recorded (still pending, when to try next), not lost.
+
+    Returns {"sent": True, …}, or {"sent": False, "pending": True, "error": …, "retry_at": …} after a failure;
+    with `raise_refused`, PagerDuty refusing the event (not a throttle or an outage) is raised once recorded.
+    """
     key, who = str(page["dedup_key"]), str(page["who"])
+    first, reason = bool(page.get("first")), str(page.get("reason") or "")
     try:
-        async with open_client(PagerDutyClient) as pd:
+        async with PagerDutyClient.from_settings(get_settings(), policy=policy) as pd:
             result = await pd.trigger(key, page["summary"], severity=page["severity"],
                                       custom_details=page.get("custom_details") or {},
                                       on_retry=_retry_note(incident_id, key, who))
     except IntegrationError as exc:
-        await record(incident_id, EventKind.NOTE, f"Page to {who} NOT delivered, still pending: {exc}",
-                     {"dedup_key": key, "page_failed": True, "status": exc.status}, actor="pagerduty")
-        raise
+        failures = int(page.get("failures") or 0) + 1
+        wait = _next_try_in(exc, failures)
+        retry_at = clock.now() + timedelta(seconds=wait)
+        await record(incident_id, EventKind.NOTE,
+                     f"Page to {who} NOT delivered, still pending: {exc}; next try in {wait:.0f}s",
+                     {"dedup_key": key, "page_failed": True, "status": exc.status, "failures": failures,
+                      "retry_at": retry_at.isoformat(), "clock_at": _now()}, actor="pagerduty")
+        if raise_refused and not isinstance(exc, TransientError):
+            raise
+        return {"sent": False, "pending": True, "dedup_key": key, "error": str(exc), "retry_at": retry_at}
+    if await _already_paged(incident_id, key):  # another sender of the same pending page was first
+        return {"sent": False, "dedup_key": key, "reason": "already paged"}
     await record(
         incident_id,
         EventKind.PAGED if first else EventKind.ESCALATED,
@@ -95,11 +161,14 @@ async def _send_page(incident_id: str, page: dict[str, Any], first: bool, reason
     return {"sent": True, "dedup_key": key, "status": result.status}
 
 
-@task(name="page_contact", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
+@task(name="page_contact", retries=0, timeout_seconds=IN_FLIGHT_S, cache_policy=NO_CACHE)
 async def page_contact(incident: Incident, contact: Contact, reason: str = "") -> dict[str, Any]:
     """Page one contact of the escalation chain (PagerDuty Events v2, dedup_key per incident and contact).
 
-    The page is recorded as pending first, so that a crash while PagerDuty is unreachable loses nothing.
+    The page is recorded as pending first, so that a crash while PagerDuty is unreachable loses nothing. When the
+    retries (minutes) give up on a throttled or failing PagerDuty, the page stays pending on the timeline and the
+    call returns `pending` (the response goes on; `send_pending_pages` tries again); PagerDuty refusing the event
+    (400, 401/403: our settings) is raised, after the timeline says so.
     """
     key = dedup_key(incident, contact)
     if await _already_paged(incident.id, key):
@@ -113,19 +182,73 @@ async def page_contact(incident: Incident, contact: Contact, reason: str = "") -
     page = {"dedup_key": key, "page_pending": True, "who": who, "role": contact.role, "name": contact.name,
             "first": first, "reason": reason, "summary": f"[{incident.severity}] {incident.title} ({incident.id})",
             "severity": PD_SEVERITY[incident.severity], "custom_details": details}
-    if not any(p["dedup_key"] == key for p in await pending_pages(incident.id)):
-        await record(incident.id, EventKind.NOTE, f"Page to {who} pending", page, actor="pagerduty")
-    return await _send_page(incident.id, page, first, reason)
+    earlier = next((p for p in await pending_pages(incident.id) if p["dedup_key"] == key), None)
+    if earlier is None:
+        await record(incident.id, EventKind.NOTE, f"Page to {who} pending", {**page, "clock_at": _now()},
+                     actor="pagerduty")
+    else:  # a re-run: send the page recorded earlier, and say it is being sent again
+        page = earlier
+        await record(incident.id, EventKind.NOTE, f"Sending the pending page to {who} again",
+                     {"dedup_key": key, "page_retry": 0, "clock_at": _now()}, actor="pagerduty")
+    result = await _send_page(incident.id, page, raise_refused=True)
+    if result.get("pending"):
+        _log_warning(f"page to {who} not delivered yet, still pending: {result['error']}")
+    return result
 
 
-@task(name="resend_pending_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)
+def _due(page: dict[str, Any], *, honour_retry_at: bool) -> bool:
+    """Return True when a pending page should be tried now (not while its sender still retries it)."""
+    if page["state"] == "in-flight":
+        return (clock.now() - page["last_at"]).total_seconds() > IN_FLIGHT_S
+    return not honour_retry_at or page["retry_at"] is None or clock.now() >= page["retry_at"]
+
+
+async def _close_pending(incident: Incident, pages: list[dict[str, Any]], why: str) -> None:
+    for page in pages:
+        await record(incident.id, EventKind.NOTE, f"Pending page to {page['who']} not sent: {why}",
+                     {"dedup_key": page["dedup_key"], "page_closed": True}, actor="pagerduty")
+
+
+async def send_pending_pages(incident: Incident, *, policy: RetryPolicy = RESEND_POLICY,
+                             honour_retry_at: bool = True) -> list[str]:
+    """Send the incident's pending pages that are due; return the dedup keys sent.
+
+    Not a task: the escalation's wait loop calls it at every poll, so a page whose retries gave up is tried again
+    (one try each time it is due: 15 s doubling to 5 min, or PagerDuty's Retry-After) for as long as the incident
+    is open and unacknowledged; once it is closed or acknowledged its pending pages are closed with a note.
+    """
+    pages = await pending_pages(incident.id)
+    if not pages:
+        return []
+    current = await read_incident(incident.id)
+    if not current.status.is_open:
+        await _close_pending(current, pages, f"the incident is {current.status.value}")
+        return []
+    if current.acknowledged_at is not None:
+        await _close_pending(current, pages, f"acknowledged by {current.acknowledged_by}")
+        return []
+    sent = []
+    for page in pages:
+        if _due(page, honour_retry_at=honour_retry_at) and (await _send_page(current.id, page, policy=policy))["sent"]:
+            sent.append(str(page["dedup_key"]))
+    return sent
+
+
+@task(name="resend_pending_pages", retries=0, timeout_seconds=IN_FLIGHT_S, cache_policy=NO_CACHE)
 async def resend_pending_pages(incident: Incident) -> list[str]:
-    """Send again every page of the incident still pending (after a crash or exhausted retries); return their keys."""
-    keys = []
-    for page in await pending_pages(incident.id):
-        await _send_page(incident.id, page, bool(page.get("first")), str(page.get("reason") or ""))
-        keys.append(str(page["dedup_key"]))
-    return keys
+    """Send again every page of the incident still pending (after a crash or exhausted retries); return their keys.
+
+    For a re-run or a sweep: each page is retried for minutes, now (not at its next-try time); a page whose sender
+    is still retrying it is left to that sender.
+    """
+    return await send_pending_pages(incident, policy=PAGE_POLICY, honour_retry_at=False)
+
+
+def _log_warning(line: str) -> None:
+    try:
+        get_run_logger().warning(line)
+    except MissingContextError:  # called outside a run (tests, scripts)
+        pass
 
 
 def _resolved_in_pagerduty(events: list[Any]) -> set[str]:
@@ -219,8 +342,6 @@ async def pager_acknowledgement(incident: Incident) -> str | None:
 
 
 def _parse_time(value: str | None) -> Any:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
     except ValueError:

@@ -1,8 +1,11 @@
 """POST /alerts: our Alert shape, Sentry (issue alerts and issue webhooks) and Vercel webhooks, as incidents.
 
-Order on every POST: authenticate the raw body (401, nothing parsed; signatures.py) → parse and validate (400 with
-the reason; the raw payload is kept in the incident store; nothing started) → start `declare-incident` through
-Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id and the fingerprint.
+Order on every POST: no credential offered at all → 401 before the body is read; the body read in chunks up to
+MAX_BODY_BYTES (413 past it, the rest never read); authenticate the raw body (401, nothing parsed; signatures.py) →
+parse strict JSON and validate (400 with the reason; the raw payload is kept in the incident store; nothing started)
+→ trim what would not fit Prefect's parameter limit (kept in full in the store) → start `declare-incident` through
+Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id and the fingerprint. Without credentials
+(--insecure-local, loopback only) a browser-like post (cross-site, an Origin elsewhere, not application/json) is 403.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from runbook.intake.common import (
     DECLARE_DEPLOYMENT,
     MAX_BODY_BYTES,
     Respond,
+    fit_parameters,
     keep_raw,
     log,
+    read_body,
     rejected,
     start_declare,
+    strict_json,
 )
-from runbook.intake.signatures import authenticate
+from runbook.intake.signatures import authenticate, cross_site, offers_credentials
 from runbook.models import Alert
 from runbook.settings import Settings
 
@@ -118,7 +124,10 @@ def to_alert(payload: Any, headers: Any = None) -> Alert:
     if not isinstance(payload, dict):
         raise InputError(f"malformed alert: expected a JSON object, got {type(payload).__name__}")
     shape = shape_of(payload, headers)
-    fields = {"generic": lambda p: p, "sentry": from_sentry, "vercel": from_vercel}[shape](payload)
+    try:
+        fields = {"generic": lambda p: p, "sentry": from_sentry, "vercel": from_vercel}[shape](payload)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a field of an unexpected type
+        raise InputError(f"malformed {shape} alert: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         alert = Alert.model_validate({**fields, "raw": payload})
     except ValidationError as exc:
@@ -133,29 +142,37 @@ def to_alert(payload: Any, headers: Any = None) -> Alert:
 # -- the route ------------------------------------------------------------------------------------------------
 
 
+def _unauthorized(request: Request) -> JSONResponse:
+    log.warning("rejected an unauthenticated alert from %s", request.client.host if request.client else "?")
+    return JSONResponse({"status": "rejected", "error": "unauthorized"}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
 def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
     """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication."""
 
     async def alerts(request: Request) -> JSONResponse:
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        if open_access:
+            browser = cross_site(request.headers)
+            if browser:
+                log.warning("refused a browser-like post to the open (--insecure-local) intake: %s", browser)
+                return rejected(403, f"refused: {browser}; the open intake takes only JSON posts from this machine")
+        elif not offers_credentials(request.headers, settings.intake_token):  # refused before the body is read
+            return _unauthorized(request)
+        body = await read_body(request)
+        if body is None:
             return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
         how = "insecure-local" if open_access else authenticate(
             request.headers, body, settings.intake_token, settings.intake_hmac_secret)
         if how is None:
-            log.warning("rejected an unauthenticated alert from %s", request.client.host if request.client else "?")
-            return JSONResponse({"status": "rejected", "error": "unauthorized"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return _unauthorized(request)
         try:
-            payload: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            reason = f"malformed alert: body is not JSON ({exc})"
-            kept = await keep_raw({"body": body.decode("utf-8", "replace")[:20_000]}, reason)
-            return rejected(400, reason, kept_alert_id=kept)
+            payload: Any = strict_json(body)
+        except InputError as exc:
+            kept = await keep_raw({"body": body.decode("utf-8", "replace")[:20_000]}, str(exc))
+            return rejected(400, str(exc), kept_alert_id=kept)
         try:
-            alert = to_alert(payload, request.headers)
+            alert = await fit_parameters(to_alert(payload, request.headers))
         except InputError as exc:
             raw = payload if isinstance(payload, dict) else {"payload": payload}
             kept = await keep_raw(raw, str(exc))

@@ -1,20 +1,88 @@
-"""What every sender's routes share: the body limit, the rejection answer, keeping a payload that was not turned
-into an incident, and starting `declare-incident` through Prefect's API."""
+"""What every sender's routes share: the body limit (read in chunks, stopped at the limit), strict JSON, the
+rejection answer, keeping a payload that was not turned into an incident, and starting `declare-incident` through
+Prefect's API with parameters that fit what Prefect accepts."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from runbook.errors import InputError
 from runbook.models import Alert
 
 DECLARE_DEPLOYMENT = "declare-incident/declare-incident"
 MAX_BODY_BYTES = 1_000_000
 Respond = Literal["deployment", "inline", "none"]
 
+# Prefect refuses flow-run parameters over 512 KiB (a 503-looking failure for the sender, retried for ever): an alert
+# whose parameters would be larger is passed with a trimmed `raw`, its payload kept in full in the store.
+PARAMETERS_LIMIT_BYTES = 400_000
+# Deeper JSON than any sender's real payload; Prefect's JSON (orjson) refuses more than 254 levels anyway.
+MAX_JSON_DEPTH = 64
+
 log = logging.getLogger("runbook.intake")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """Return the body, read in chunks; None as soon as it passes `limit` (the rest is never read or kept)."""
+    if int(request.headers.get("content-length") or 0) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise InputError(f"malformed alert: {name} is not a JSON number")
+
+
+def _check_tree(value: Any, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InputError(f"malformed alert: nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("malformed alert: a string holds a lone surrogate (not valid Unicode)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, depth + 1)
+            _check_tree(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_tree(item, depth + 1)
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse a body as strict JSON (RFC 8259): UTF-8, no NaN/Infinity, no lone surrogates, bounded depth and number
+    size; InputError names the problem (what Python's json would accept and Prefect would later refuse)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"malformed alert: body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except InputError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise InputError(f"malformed alert: body is not JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"malformed alert: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise InputError(f"malformed alert: {str(exc).split(';')[0]}") from None
+    try:
+        _check_tree(value)
+    except RecursionError:
+        raise InputError(f"malformed alert: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    return value
 
 
 def rejected(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -34,8 +102,23 @@ async def keep_raw(raw: dict[str, Any], reason: str) -> int | None:
         return None
 
 
+async def fit_parameters(alert: Alert) -> Alert:
+    """Return the alert as it can be passed to Prefect: when its parameters would pass PARAMETERS_LIMIT_BYTES, the
+    payload is kept in full in the store and the alert carries a trimmed `raw` naming where it is."""
+    if len(json.dumps(alert.model_dump(mode="json"))) <= PARAMETERS_LIMIT_BYTES:
+        return alert
+    kept = await keep_raw(alert.raw, f"kept in full: larger than the {PARAMETERS_LIMIT_BYTES} bytes passed to "
+                                     "Prefect; the incident's alert carries a trimmed copy")
+    scalars = {k: v for k, v in alert.raw.items() if isinstance(v, str | int | float | bool) and len(str(v)) < 500}
+    trimmed = alert.model_copy(update={"raw": {**scalars, "trimmed": True, "kept_alert_id": kept}})
+    if len(json.dumps(trimmed.model_dump(mode="json"))) > PARAMETERS_LIMIT_BYTES:
+        raise InputError(f"alert too large: its fields alone pass {PARAMETERS_LIMIT_BYTES} bytes")
+    return trimmed
+
+
 async def start_declare(alert: Alert, respond: Respond) -> str:
-    """Start declare-incident for a validated alert through Prefect's API; return the flow-run id."""
+    """Start declare-incident for a validated alert (passed through `fit_parameters` first) through Prefect's API;
+    return the flow-run id."""
     from prefect.deployments.flow_runs import arun_deployment
 
     run = await arun_deployment(

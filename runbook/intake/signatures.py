@@ -54,6 +54,39 @@ def authenticate(headers: Any, body: bytes, token: SecretStr | None, hmac_secret
     return None
 
 
+SIGNATURE_HEADERS = ("x-runbook-signature", "sentry-hook-signature", "x-vercel-signature")
+
+
+def offers_credentials(headers: Any, token: SecretStr | None) -> bool:
+    """Whether a request could authenticate at all: a correct bearer token, or a signature header to check against
+    the body. A request with neither is refused before its body is read; one with a wrong token and no signature
+    too (a token is checked without the body)."""
+    if any(headers.get(h) for h in SIGNATURE_HEADERS):
+        return True
+    auth, expected = headers.get("authorization", ""), secret_bytes(token)
+    return bool(expected and auth[:7].lower() == "bearer "
+                and hmac.compare_digest(auth[7:].strip().encode(), expected))
+
+
+def cross_site(headers: Any) -> str | None:
+    """Why a request looks like a browser's cross-site form post, or None: what an unauthenticated (loopback-only,
+    --insecure-local) endpoint must refuse, since any web page the user opens can post to 127.0.0.1."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in {"cross-site", "same-site"}:
+        return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("origin", "")
+    if origin:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(origin).hostname or origin
+        if host not in {"127.0.0.1", "localhost", "::1"}:
+            return f"Origin {origin[:100]}"
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return f"Content-Type {kind or 'missing'} (application/json is required)"
+    return None
+
+
 # -- signed timestamps (replay protection) ------------------------------------------------------------------------
 
 REPLAY_WINDOW_SECONDS = 5 * 60

@@ -16,7 +16,8 @@ import uvicorn
 
 from deployments.local_server import free_port
 from runbook.cli import main
-from runbook.intake import create_app, sign
+from runbook.intake import MAX_BODY_BYTES, create_app, sign
+from runbook.intake.common import PARAMETERS_LIMIT_BYTES
 from runbook.store import open_store
 from tests.e2e.deploy_support import delete_runs, read_run, runs_of
 
@@ -156,7 +157,17 @@ async def test_unauthenticated_alert_is_401_and_starts_nothing(
     (json.dumps({"type": "deployment.error", "payload": {}}), "payload.project.id"),
     (json.dumps({"data": {"event": {"title": "x"}}}), "no issue id"),
     ("this is not json", "not JSON"),
-], ids=["no-summary", "unknown-rule", "vercel-no-project", "sentry-no-issue", "not-json"])
+    # what Python's json accepts and Prefect would refuse later (the sender saw 500 or an endless 503 "retry")
+    ('{"source": "x", "fingerprint": "x:1", "summary": "s", "labels": {"load": NaN}}', "NaN is not a JSON number"),
+    ('{"source": "x", "fingerprint": "x:1", "summary": "s", "score": -Infinity}', "Infinity is not a JSON number"),
+    ('{"source": "x", "fingerprint": "x:1", "summary": "s", "n": ' + "9" * 5000 + "}", "digits"),
+    ('{"source": "x", "fingerprint": "x:1", "summary": "s", "d": ' + "[" * 100 + "]" * 100 + "}", "nested deeper"),
+    ('{"a": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested deeper"),
+    ('{"source": "x", "fingerprint": "x:1", "summary": "s", "labels": {"\\ud800k": "v"}}', "lone surrogate"),
+    (json.dumps({"data": {"event": {"issue_id": "1", "title": "t", "tags": [[["env"], "prod"]]}}}), "malformed sentry"),
+    (json.dumps({"data": {"event": {"issue_id": "1", "title": "t", "tags": 7}}}), "malformed sentry"),
+], ids=["no-summary", "unknown-rule", "vercel-no-project", "sentry-no-issue", "not-json", "nan", "infinity",
+        "huge-number", "deep-100", "deep-50000", "lone-surrogate", "sentry-tag-list-key", "sentry-tags-number"])
 async def test_malformed_alert_is_400_kept_and_starts_nothing(
         client: httpx.AsyncClient, registered_deployments: dict[str, UUID], body: str, reason: str) -> None:
     """A malformed payload answers 400 with the reason, is kept in the store as received, and starts no run."""
@@ -167,7 +178,8 @@ async def test_malformed_alert_is_400_kept_and_starts_nothing(
     async with open_store() as store:
         kept: Any = await store.alerts(valid=False)  # (IncidentStore.list shadows the builtin for mypy)
     assert len(kept) == 1 and reason in kept[0]["error"]
-    assert kept[0]["raw"] == (json.loads(body) if body.startswith("{") else {"body": body})
+    unparsed = any(word in reason for word in ("not JSON", "not a JSON number", "digits", "nested", "surrogate"))
+    assert kept[0]["raw"] == ({"body": body[:20_000]} if unparsed else json.loads(body))
     assert kept[0]["id"] == response.json()["kept_alert_id"]
 
 
@@ -196,3 +208,69 @@ def test_intake_refuses_to_start_without_credentials(state_dir: Path, capsys: py
     assert "RUNBOOK_INTAKE_TOKEN" in capsys.readouterr().err
     assert main(["intake", "--insecure-local", "--host", "0.0.0.0"]) == 2
     assert "only binds to 127.0.0.1" in capsys.readouterr().err
+
+
+class CountingBody:
+    """A streamed request body (no Content-Length) that counts the chunks the server pulled from it."""
+
+    def __init__(self, chunks: int, size: int = 64 * 1024) -> None:
+        self.chunks, self.size, self.pulled = chunks, size, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.pulled += 1
+            yield b" " * self.size
+
+
+async def test_no_credentials_is_refused_before_the_body_is_read(client: httpx.AsyncClient) -> None:
+    """Without a token or a signature header the intake answers 401 without reading the (huge, chunked) body; with
+    credentials a chunked body is read only up to the limit, then 413; nothing is kept either way."""
+    unauthenticated = CountingBody(chunks=3200)  # 200 MB if it were all read
+    response = await client.post("/alerts", content=unauthenticated, headers={"Content-Type": "application/json"})
+    assert response.status_code == 401 and unauthenticated.pulled <= 1
+    oversized = CountingBody(chunks=3200)
+    response = await client.post("/alerts", content=oversized, headers=bearer())
+    assert response.status_code == 413
+    assert oversized.pulled == MAX_BODY_BYTES // oversized.size + 1  # read up to the limit, not one chunk more
+    async with open_store() as store:
+        assert await store.alerts() == []
+
+
+async def test_an_alert_over_prefects_parameter_limit_is_trimmed_and_kept_in_full(
+        client: httpx.AsyncClient) -> None:
+    """A 600 kB Sentry alert (Prefect refuses parameters over 512 KiB) starts declare-incident with a trimmed raw
+    payload that names where the full one is kept; the store holds it byte for byte."""
+    payload = json.loads(json.dumps(SENTRY_EVENT))
+    payload["data"]["event"]["exception"] = {"values": [{"stacktrace": "frame\n" * 100_000}]}
+    body = json.dumps(payload).encode()
+    assert PARAMETERS_LIMIT_BYTES < len(body) < MAX_BODY_BYTES
+    response = await client.post("/alerts", content=body, headers={
+        "Sentry-Hook-Signature": sign(body, SECRET), "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    run = await read_run(response.json()["incident_flow_run_id"])
+    alert = run.parameters["params"]["alert"]
+    assert alert["fingerprint"] == "sentry:4711" and alert["raw"]["trimmed"] is True
+    assert len(json.dumps(run.parameters)) < PARAMETERS_LIMIT_BYTES
+    async with open_store() as store:
+        kept = {a["id"]: a for a in await store.alerts(valid=False)}
+    assert kept[alert["raw"]["kept_alert_id"]]["raw"] == payload
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "text/plain"},  # what an HTML form or fetch(no-cors) may send cross-site without a preflight
+    {"Content-Type": "application/json", "Origin": "https://evil.example"},
+    {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+], ids=["text-plain", "foreign-origin", "sec-fetch-cross-site"])
+async def test_the_open_local_intake_refuses_browser_cross_site_posts(
+        state_dir: Path, registered_deployments: dict[str, UUID], headers: dict[str, str]) -> None:
+    """--insecure-local (no credentials, loopback) answers 403 to what a web page could post to 127.0.0.1, and
+    takes a JSON post from a local script."""
+    before = await declare_runs(registered_deployments)
+    transport = httpx.ASGITransport(app=create_app(insecure_local=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        refused = await http.post("/alerts", content=json.dumps(GENERIC), headers=headers)
+        assert refused.status_code == 403 and "refused" in refused.json()["error"]
+        assert await declare_runs(registered_deployments) == before
+        local = await http.post("/alerts", json=GENERIC, headers={"Origin": "http://127.0.0.1:4200"})
+        assert local.status_code == 202, local.text
+    await delete_runs([local.json()["incident_flow_run_id"]])

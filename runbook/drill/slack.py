@@ -13,6 +13,12 @@ errors: not_authed, invalid_auth, channel_not_found, no_text, message_not_found,
 expired_trigger_id, invalid_arguments. `POST /actions/<token>` is an interaction's response_url
 ({text, blocks, replace_original, response_type: ephemeral}).
 
+Rate limits, as Slack answers them: past a limit the Web API answers HTTP 429 with `Retry-After: <seconds>` and
+the body `{"ok": false, "error": "ratelimited"}` (an injected 5xx answers `{"ok": false, "error":
+"service_unavailable"}`); incoming webhooks answer in plain text (`rate_limited`). chat.postMessage is limited per
+channel ("1 per second, short bursts allowed"): `post_rate_limit = (30, 30.0)` messages per rolling window; a test
+can tighten it (e.g. `(1, 5.0)`).
+
 Slack's side of a click: `click()` builds the block_actions payload of a stored message's button for a user and
 sends it, form-encoded and signed (`X-Slack-Signature: v0=…`, `X-Slack-Request-Timestamp`) with the app's signing
 secret, to the interactivity request URL (the intake); `submit_view()` does the same for a modal's submission.
@@ -21,8 +27,11 @@ secret, to the interactivity request URL (the intake); `submit_view()` does the 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
+from collections import deque
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,6 +44,9 @@ from runbook.drill.standin import StandIn, bearer, read_params
 from runbook.intake.signatures import sign_slack
 
 CHANNELS = ("incidents", "engineering", "operations")
+POST_RATE_LIMIT = (30, 30.0)  # chat.postMessage per channel: messages per rolling window (seconds)
+BOT_ID = "B0DRILLBOT1"  # Slack's bot ids: B + at least 8 of [A-Z0-9]
+_PATH: ContextVar[str] = ContextVar("slack_standin_path", default="")
 
 
 class SlackStandIn(StandIn):
@@ -55,6 +67,8 @@ class SlackStandIn(StandIn):
         self._triggers: dict[str, float] = {}
         self._response_urls: dict[str, dict[str, Any]] = {}
         self._seq = 0
+        self.post_rate_limit: tuple[int, float] = POST_RATE_LIMIT
+        self._posted: dict[str, deque[float]] = {}
         super().__init__()
 
     def app_env(self, prefix: str = "RUNBOOK_") -> dict[str, str]:
@@ -73,6 +87,7 @@ class SlackStandIn(StandIn):
         self._messages = []
         self._ephemeral, self._views, self._triggers, self._response_urls = [], [], {}, {}
         self.interaction_url = None
+        self.post_rate_limit, self._posted = POST_RATE_LIMIT, {}
 
     def ephemeral(self, user: str | None = None) -> list[dict[str, Any]]:
         """Return the ephemeral answers shown to users (to one user), oldest first."""
@@ -109,12 +124,18 @@ class SlackStandIn(StandIn):
         """POST a payload to the interactivity request URL, form-encoded and signed as Slack signs it."""
         if not self.interaction_url:
             raise RuntimeError("the Slack app has no interactivity request URL (set slack.interaction_url)")
+        body, headers = self.signed_request(payload, timestamp=timestamp, secret=secret)
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.post(self.interaction_url, content=body, headers=headers)
+
+    def signed_request(self, payload: dict[str, Any], *, timestamp: int | None = None, secret: str | None = None
+                       ) -> tuple[bytes, dict[str, str]]:
+        """Return the body (`payload=<json>`, form-encoded) and headers Slack sends, signed with the app's secret."""
         body = urlencode({"payload": json.dumps(payload)}).encode()
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
                    "X-Slack-Signature": sign_slack(body, secret or self.signing_secret, ts)}
-        async with httpx.AsyncClient(timeout=10) as client:
-            return await client.post(self.interaction_url, content=body, headers=headers)
+        return body, headers
 
     def click_payload(self, ts: str, action_id: str, user_id: str, user_name: str = "drill-user") -> dict[str, Any]:
         """Return the block_actions payload Slack sends when a user clicks a stored message's button."""
@@ -128,18 +149,18 @@ class SlackStandIn(StandIn):
         with self._lock:
             self._triggers[trigger] = time.time()
             self._response_urls[token] = {"ts": ts, "channel": channel, "user": user_id}
-        user = {"id": user_id, "username": user_name, "name": user_name, "team_id": self.team_id}
+        user = {"id": user_id, "name": user_name, "team_id": self.team_id}
         return {
             "type": "block_actions", "team": {"id": self.team_id, "domain": "drill"}, "user": user,
             "api_app_id": self.app_id, "token": "legacy-verification-token-unused",
             "container": {"type": "message", "message_ts": ts, "channel_id": self.channel_ids[channel],
                           "is_ephemeral": False},
             "trigger_id": trigger, "channel": {"id": self.channel_ids[channel], "name": channel},
-            "message": {"type": "message", "ts": ts, "text": message.get("text") or "", "bot_id": "B0DRILL",
+            "message": {"type": "message", "ts": ts, "text": message.get("text") or "", "bot_id": BOT_ID,
                         "blocks": message.get("blocks") or []},
             "response_url": f"{self.base_url}/actions/{token}",
             "actions": [{"type": "button", "action_id": action_id, "block_id": button.get("block_id"),
-                         "text": button.get("text"), "value": button.get("value"), "style": button.get("style"),
+                         "text": button.get("text"), "value": button.get("value"),
                          "action_ts": f"{time.time():.6f}"}],
         }
 
@@ -149,24 +170,53 @@ class SlackStandIn(StandIn):
 
     async def submit_view(self, view_id: str, user_id: str, values: dict[str, dict[str, str]]) -> httpx.Response:
         """Submit an opened modal as a user: `values` is {block_id: {action_id: text}} (plain_text_input)."""
+        return await self.send_interaction(self.view_submission_payload(view_id, user_id, values))
+
+    def view_submission_payload(self, view_id: str, user_id: str, values: dict[str, dict[str, str]]
+                                ) -> dict[str, Any]:
+        """Return the view_submission payload Slack sends when a user submits an opened modal."""
         view = next(v for v in self.views() if v["id"] == view_id)
         state = {b: {a: {"type": "plain_text_input", "value": t} for a, t in acts.items()}
                  for b, acts in values.items()}
-        user = {"id": user_id, "username": "drill-user", "name": "drill-user", "team_id": self.team_id}
+        user = {"id": user_id, "name": "drill-user", "team_id": self.team_id}
         payload = {"type": "view_submission", "team": {"id": self.team_id, "domain": "drill"}, "user": user,
                    "api_app_id": self.app_id, "token": "legacy-verification-token-unused",
                    "trigger_id": f"{int(time.time())}.{secrets.token_hex(8)}",
                    "view": {**view, "state": {"values": state}}, "response_urls": []}
-        return await self.send_interaction(payload)
+        return payload
 
     def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
         """Return the messages posted (to one channel, or all), oldest first."""
         with self._lock:
             return [dict(m) for m in self._messages if channel is None or m["channel"] == channel.lstrip("#")]
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        token = _PATH.set(str(scope.get("path") or ""))  # error_body answers in the shape of the route hit
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _PATH.reset(token)
+
     def error_body(self, status: int, message: str) -> Any:
-        """Return Slack's plain-text error."""
-        return "rate_limited" if status == 429 else "service_unavailable"
+        """Return Slack's error: JSON `{"ok": false, "error"}` from the Web API, plain text from webhooks."""
+        code = "ratelimited" if status == 429 else "service_unavailable"
+        if _PATH.get().startswith("/api/"):
+            return {"ok": False, "error": code}
+        return "rate_limited" if status == 429 else code
+
+    def _throttle_post(self, channel: str) -> Response | None:
+        """Count a chat.postMessage to a channel; 429 + Retry-After + `ratelimited` when its window is full."""
+        limit, window = self.post_rate_limit
+        now = time.monotonic()
+        with self._lock:
+            recent = self._posted.setdefault(channel, deque())
+            while recent and recent[0] <= now - window:
+                recent.popleft()
+            if len(recent) >= limit:
+                wait = max(1, math.ceil(recent[0] + window - now))
+                return JSONResponse({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": str(wait)})
+            recent.append(now)
+        return None
 
     def routes(self) -> list[BaseRoute]:
         """Return the webhook, Web API and response_url routes."""
@@ -203,6 +253,9 @@ class SlackStandIn(StandIn):
                 return fail("channel_not_found")
             if not body.get("text") and not body.get("blocks"):
                 return fail("no_text")
+            throttled = self._throttle_post(channel)
+            if throttled is not None:
+                return throttled
             ts = self._next_ts()
             message: dict[str, Any] = {"channel": channel, "text": body.get("text"), "blocks": body.get("blocks"),
                                        "ts": ts, "time": time.time(), "payload": body, "via": "api", "updates": []}
@@ -210,7 +263,7 @@ class SlackStandIn(StandIn):
                 self._messages.append(message)
             return JSONResponse({"ok": True, "channel": self.channel_ids[channel], "ts": ts,
                                  "message": {"type": "message", "subtype": "bot_message", "text": body.get("text"),
-                                             "ts": ts, "bot_id": "B0DRILL"}})
+                                             "ts": ts, "bot_id": BOT_ID}})
         if method == "chat.update":
             channel = self._channel(body.get("channel"))
             if channel is None:
@@ -234,8 +287,11 @@ class SlackStandIn(StandIn):
                 view = json.loads(view)
             if not isinstance(view, dict) or view.get("type") != "modal":
                 return fail("invalid_arguments")
-            opened = {**view, "id": "V" + secrets.token_hex(5).upper(), "team_id": self.team_id,
-                      "state": {"values": {}}, "hash": secrets.token_hex(6)}
+            view_id = "V" + secrets.token_hex(5).upper()
+            opened = {"private_metadata": "", "callback_id": "", "external_id": "", "clear_on_close": False,
+                      "notify_on_close": False, **view, "id": view_id, "team_id": self.team_id,
+                      "app_id": self.app_id, "bot_id": BOT_ID, "root_view_id": view_id, "previous_view_id": None,
+                      "state": {"values": {}}, "hash": f"{int(time.time())}.{secrets.token_hex(4)}"}
             with self._lock:
                 self._views.append(opened)
             return JSONResponse({"ok": True, "view": opened})

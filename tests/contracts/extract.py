@@ -98,11 +98,14 @@ SOURCES: dict[str, dict[str, Any]] = {
         "repository": "slackapi/slack-api-specs",
         "path": "web-api/slack_web_openapi_v2.json",
         "commit": "dfea73e06d146c368d7f94b52ac90796dc4e27e1",
-        "note": "HEAD at extraction (Slack's own Web API document, Swagger 2.0; the repository is no longer "
-                "updated, so newer details — views.open taken by POST with JSON, block_actions payloads, "
-                "response_url — come from Slack's SDKs: see allowlist.py and runbook/drill/slack.py). The request "
-                "signature (v0=HMAC-SHA256 over 'v0:{timestamp}:{body}', a 5-minute window) is in "
+        "note": "The last commit that changed the document (HEAD bc08db4 only edits the contributing notes); "
+                "Slack's own Web API document, Swagger 2.0, converted to the OpenAPI 3 shape the checker reads "
+                "(`convert: swagger2`, see swagger2_to_openapi3). The repository is no longer updated, so newer "
+                "details — views.open taken by POST with JSON, block_actions payloads, response_url — come from "
+                "Slack's SDKs: see allowlist_slack.py and slack-interactions.json. The request signature "
+                "(v0=HMAC-SHA256 over 'v0:{timestamp}:{body}', a 5-minute window) is in "
                 "slackapi/python-slack-sdk slack_sdk/signature/__init__.py.",
+        "convert": "swagger2",
     },
 }
 
@@ -202,6 +205,96 @@ def prune(doc: dict[str, Any], at: list[str]) -> None:
         node[key] = {"x-pruned": "not read by our clients; the full schema is in the published document"}
 
 
+def _rewrite_refs(node: Any) -> Any:
+    """Return a copy of `node` whose '#/definitions/X' references read '#/components/schemas/X'."""
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rewrite_refs(v) for k, v in node.items()}
+    ref = out.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/definitions/"):
+        out["$ref"] = "#/components/schemas/" + ref[len("#/definitions/"):]
+    return out
+
+
+_SCHEMA_KEYS = ("type", "format", "enum", "items", "pattern", "minimum", "maximum", "minLength", "maxLength",
+                "default")
+SWAGGER2_CONVERSION = (
+    "Converted from Swagger 2.0 by extract.py swagger2_to_openapi3: definitions → components.schemas (references "
+    "rewritten), securityDefinitions → components.securitySchemes (oauth2 accessCode → authorizationCode), "
+    "host + basePath → servers; per operation: the `token` header parameter (the OAuth token, sent as "
+    "`Authorization: Bearer` per RFC 6750) is dropped for the security requirement, query parameters get a "
+    "`schema`, formData parameters become one object schema per media type in `consumes` (a JSON body carries "
+    "an argument documented as a JSON-encoded string as that JSON value itself: string, array or object), "
+    "responses get `content` by `produces`; examples are left out.")
+
+
+def swagger2_to_openapi3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return a Swagger 2.0 document in the OpenAPI 3.0 shape the checker reads (SWAGGER2_CONVERSION says how)."""
+    out: dict[str, Any] = {"openapi": "3.0.0", "info": doc.get("info", {}),
+                           "servers": [{"url": f"{(doc.get('schemes') or ['https'])[0]}://{doc.get('host', '')}"
+                                               f"{doc.get('basePath', '')}"}],
+                           "components": {"schemas": _rewrite_refs(doc.get("definitions", {}))}, "paths": {}}
+    schemes: dict[str, Any] = {}
+    for name, scheme in (doc.get("securityDefinitions") or {}).items():
+        if scheme.get("type") == "oauth2":
+            flow = {"accessCode": "authorizationCode", "application": "clientCredentials"}.get(scheme.get("flow"),
+                                                                                                  scheme.get("flow"))
+            schemes[name] = {"type": "oauth2", "flows": {flow: {k: scheme[k] for k in (
+                "authorizationUrl", "tokenUrl", "scopes") if k in scheme}}}
+        else:
+            schemes[name] = scheme
+    out["components"]["securitySchemes"] = schemes
+    if "security" in doc:
+        out["security"] = doc["security"]
+    for path, item in doc.get("paths", {}).items():
+        kept: dict[str, Any] = {}
+        for method, op in item.items():
+            if method not in METHODS:
+                continue
+            kept[method] = _convert_operation(_rewrite_refs(op), doc)
+        out["paths"][path] = kept
+    return out
+
+
+def _convert_operation(op: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    consumes = op.get("consumes") or doc.get("consumes") or ["application/json"]
+    produces = op.get("produces") or doc.get("produces") or ["application/json"]
+    new = {k: v for k, v in op.items() if k not in ("parameters", "responses", "consumes", "produces")}
+    params, form, required = [], {}, []
+    for p in op.get("parameters", []):
+        if p.get("in") == "header" and p.get("name") == "token":
+            continue  # the OAuth token: the security requirement says how it is sent
+        schema = {k: p[k] for k in _SCHEMA_KEYS if k in p}
+        if p.get("in") == "formData":
+            form[p["name"]] = {**schema, **({"description": p["description"]} if "description" in p else {})}
+            if p.get("required"):
+                required.append(p["name"])
+        else:
+            params.append({**{k: v for k, v in p.items() if k not in _SCHEMA_KEYS}, "schema": schema})
+    if params:
+        new["parameters"] = params
+    if form:
+        content = {}
+        for media in consumes:
+            props = form if media != "application/json" else {
+                name: ({**{k: v for k, v in field.items() if k != "type"},
+                        "anyOf": [{"type": "string"}, {"type": "array"}, {"type": "object"}]}
+                       if "JSON" in field.get("description", "") and field.get("type") == "string" else field)
+                for name, field in form.items()}
+            content[media] = {"schema": {"type": "object", "additionalProperties": False, "properties": props,
+                                         **({"required": required} if required else {})}}
+        new["requestBody"] = {"required": bool(required), "content": content}
+    new["responses"] = {}
+    for code, response in (op.get("responses") or {}).items():
+        converted = {k: v for k, v in response.items() if k not in ("schema", "examples")}
+        if "schema" in response:
+            converted["content"] = {media: {"schema": response["schema"]} for media in produces}
+        new["responses"][code] = converted
+    return new
+
+
 def extract(doc: dict[str, Any], operations: list[tuple[str, str]]) -> dict[str, Any]:
     """Return the document reduced to `operations` and the components they reference."""
     out: dict[str, Any] = {key: doc[key] for key in ("openapi", "swagger", "servers", "security") if key in doc}
@@ -236,6 +329,8 @@ def build(vendor: str, text: str, committed: str, *, commit: str, fixtures: dict
     """Return the extract of one vendor from its document's text."""
     source = SOURCES[vendor]
     doc = parse(text, source["path"])
+    if source.get("convert") == "swagger2":
+        doc = swagger2_to_openapi3(doc)
     prune(doc, source.get("prune", []))
     missing = [f"{m.upper()} {p}" for m, p in OPERATIONS[vendor] if m not in doc.get("paths", {}).get(p, {})]
     if missing:
@@ -251,6 +346,7 @@ def build(vendor: str, text: str, committed: str, *, commit: str, fixtures: dict
         "note": source["note"],
         "pruned": source.get("prune", []),
         "script": "tests/contracts/extract.py",
+        **({"converted": SWAGGER2_CONVERSION} if source.get("convert") == "swagger2" else {}),
     }
     if fixtures is not None:
         out["x-fixtures"] = fixtures

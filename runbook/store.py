@@ -855,11 +855,14 @@ class IncidentStore:
         async with self.engine.begin() as conn:
             return await self._alert(conn, raw, valid=False, error=error, incident_id=None)
 
-    async def alerts(self, *, valid: bool | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        """Return stored alerts, newest first."""
+    async def alerts(self, *, valid: bool | None = None, fingerprint: str | None = None,
+                     limit: int = 100) -> builtins.list[dict[str, Any]]:
+        """Return stored alerts, newest first (only those of one fingerprint when given)."""
         q = select(alerts_t).order_by(alerts_t.c.id.desc()).limit(limit)
         if valid is not None:
             q = q.where(alerts_t.c.valid.is_(valid))
+        if fingerprint is not None:
+            q = q.where(alerts_t.c.fingerprint == fingerprint)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings().all()]
 

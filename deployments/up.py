@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -30,6 +31,7 @@ from typing import Any
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import drain_api_workers
+from deployments.workers import redacted
 from runbook.settings import get_settings
 
 
@@ -40,7 +42,11 @@ def register(sub: Any) -> None:
     up.add_argument("--no-drill", action="store_true", help="do not start the drill stack; use your RUNBOOK_* settings")
     up.add_argument("--file", default="prefect.yaml", help="the deployments file (default: prefect.yaml)")
     up.add_argument("--limit", type=int, default=None, help="at most this many flow runs at a time")
-    up.add_argument("--query-seconds", type=float, default=5.0, help="how often to look for due runs (default 5)")
+    up.add_argument("--query-seconds", type=float, default=None,
+                    help="how often to look for due runs (default 5 served, 1 with --workers)")
+    up.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="deploy prefect.yaml to the process pool runbook-pool and run N `prefect worker start` "
+                         "processes sharing one incident store on PostgreSQL (default 0: served from this process)")
     up.set_defaults(func=cmd_up)
 
 
@@ -102,6 +108,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Run a local Prefect server, the drill stack and every deployment until Ctrl-C."""
     from deployments.serve import load_deployments
 
+    if args.workers < 0:
+        print(f"runbook up: --workers must be 0 (served) or more (got {args.workers})", file=sys.stderr)
+        return 2
     state_dir = get_settings().state_dir.resolve()
     deployments = load_deployments(args.file)  # a broken prefect.yaml fails before anything starts
     with contextlib.ExitStack() as stack, interrupt_signals():
@@ -135,8 +144,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 # restarts, in the store every `runbook` command reads (marked drill: RUNBOOK_DRILL=true).
                 env["RUNBOOK_STATE_DIR"] = str(state_dir)
                 print(f"drill stack ready (app {drill.env.get('RUNBOOK_APP_URL')})", flush=True)
-            print(f"incident store: {store_url_of(state_dir)}; reports in {state_dir / 'reports'}", flush=True)
             stack.enter_context(patched_environ(env))
+            if args.workers:
+                return _up_with_workers(args, stack, state_dir, api_url, ui_url, [d.name for d in deployments])
+            print(f"incident store: {redacted(store_url_of(state_dir))}; reports in {state_dir / 'reports'}",
+                  flush=True)
         except KeyboardInterrupt:
             with signals_ignored():
                 stack.close()
@@ -144,7 +156,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 130
         print(f"registering {len(deployments)} deployments ...", flush=True)
         try:
-            asyncio.run(_serve(api_url, ui_url, args.file, args.limit, args.query_seconds,
+            asyncio.run(_serve(api_url, ui_url, args.file, args.limit,
+                               5.0 if args.query_seconds is None else args.query_seconds,
                                [d.name for d in deployments]))
         except KeyboardInterrupt:
             pass
@@ -156,6 +169,53 @@ def cmd_up(args: argparse.Namespace) -> int:
             stack.close()
     print("stopped", flush=True)
     return 0
+
+
+def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, state_dir: Path, api_url: str,
+                     ui_url: str, names: list[str]) -> int:
+    """The deployed topology: runbook-pool, prefect.yaml deployed to it, N workers, the shared store; until Ctrl-C.
+
+    Called inside cmd_up's ExitStack (server, drill stack) and its interrupt_signals(); it stops the workers and
+    their runs before that stack stops the drill stack and the server.
+    """
+    from deployments.workers import WORKER_QUERY_SECONDS, Topology
+
+    query = WORKER_QUERY_SECONDS if args.query_seconds is None else args.query_seconds
+    topology = Topology(api_url, workers=args.workers, state_dir=state_dir, file=args.file, query_seconds=query)
+    try:
+        print(f"deploying {len(names)} deployments to the process pool {topology.pool}, starting "
+              f"{args.workers} worker(s) (PREFECT_WORKER_QUERY_SECONDS={query:g}) ...", flush=True)
+        topology.start()
+        print(f"incident store: {redacted(topology.store_url)} (shared by the workers); reports in "
+              f"{state_dir / 'reports'}", flush=True)
+        print(workers_banner(ui_url, names, topology), flush=True)
+        while True:  # until Ctrl-C / SIGTERM (KeyboardInterrupt); a worker that died is restarted
+            time.sleep(1)
+            for line in topology.reap():
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # a worker that would not start: one line, then the same clean stop
+        print(f"runbook up: {exc}; stopping", file=sys.stderr, flush=True)
+    with signals_ignored():
+        busy = sum(1 for _ in topology.running)
+        print(f"stopping: cancelling the runs in flight, then {busy} worker(s) ...", flush=True)
+        for name, state in topology.stop():
+            print(f"  {name}: {state}", flush=True)
+        print("stopping ...", flush=True)
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            drain_api_workers()
+        stack.close()
+    print("stopped", flush=True)
+    return 0
+
+
+def workers_banner(ui_url: str, names: list[str], topology: Any) -> str:
+    """Return what `runbook up --workers N` prints once its workers are polling."""
+    return ready_banner(ui_url, names).replace(
+        f"ready: {len(names)} deployments served, every one ready",
+        f"ready: {len(names)} deployments deployed to {topology.pool}, {topology.workers} worker(s) polling "
+        f"({', '.join(topology.worker_names)})")
 
 
 async def _runs_in_flight() -> list[Any]:

@@ -227,18 +227,9 @@ def processes_mentioning(text: str) -> list[int]:
 def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     """`runbook up` says ready (with links) once every deployment is; Ctrl-C mid-run cancels it and leaves nothing."""
     state = tmp_path / "up-state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOK_"))}
-    env["RUNBOOK_STATE_DIR"] = str(state)
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("runbook")), "up"], cwd=PROJECT_DIR, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_runbook_up(state)
     try:
-        lines = []
-        assert proc.stdout is not None
-        for line in proc.stdout:  # "ready" comes only after every deployment is registered and ready
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        output = "".join(lines)
+        output = read_until_ready(proc)
         ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
         assert ui and f"ready: {len(BY_NAME)} deployments served" in output, output
         assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state=Paused" in output
@@ -259,6 +250,7 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0 and rest.rstrip().endswith("stopped"), rest[-2000:]
+    assert "Traceback" not in output + rest, rest[-3000:]  # the cancelled run's process says nothing of it
     assert re.search(rf"{re.escape(name)}: Cancelled", rest), rest[-2000:]  # not Crashed
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{ui[1]}/api/health", timeout=2)
@@ -268,6 +260,81 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     assert (state / "prefect" / "postgres" / "PG_VERSION").is_file()
     assert not list((state / "prefect").glob("*.db"))
     assert (state / "incidents.db").is_file()
+
+
+def start_runbook_up(state: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `runbook up` as a person does (own session, no PREFECT_/RUNBOOK_ settings but the state dir)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOK_"))}
+    env["RUNBOOK_STATE_DIR"] = str(state)
+    return subprocess.Popen([str(Path(sys.executable).with_name("runbook")), "up", *args], cwd=PROJECT_DIR,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def read_until_ready(proc: subprocess.Popen[str]) -> str:
+    """Return `runbook up`'s output up to its ready banner ("ready" comes only once everything is)."""
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return "".join(lines)
+
+
+def wait_final(ui: str, run_id: str, timeout: float = 180) -> dict[str, Any]:
+    """Wait until a flow run reaches a final state; return it."""
+    deadline = time.monotonic() + timeout
+    while (now := api_get(ui, f"/flow_runs/{run_id}"))["state_type"] not in FINAL:
+        assert time.monotonic() < deadline, now["state_type"]
+        time.sleep(0.3)
+    return now
+
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@pytest.mark.slow
+def test_runbook_up_with_workers_runs_deployments_on_them_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """`runbook up --workers 2`: runs execute in a worker (shared Postgres store); Ctrl-C cancels the run in flight
+    and stops workers, server and both databases: no process, no port, no database directory left."""
+    state = tmp_path / "upw"
+    proc = start_runbook_up(state, "--workers", "2")
+    try:
+        output = read_until_ready(proc)
+        ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
+        store = re.search(r"incident store: (postgresql://\S+host=(\S+)) \(shared by the workers\)", output)
+        assert ui and store and "2 worker(s) polling (runbook-worker-1, runbook-worker-2)" in output, output
+        assert "PREFECT_WORKER_QUERY_SECONDS=1" in output
+        found = {d["name"]: d for d in api_post(ui[1], "/deployments/filter", {"limit": 200})}
+        assert set(found) == set(BY_NAME) and {d["work_pool_name"] for d in found.values()} == {"runbook-pool"}
+        title = f"Checkout returns 500 ({uuid.uuid4().hex[:6]})"
+        declare = api_post(ui[1], f"/deployments/{found['declare-incident']['id']}/create_flow_run",
+                           {"parameters": {"params": {"title": title, "respond": "none"}}})
+        done = wait_final(ui[1], declare["id"])
+        assert done["state_type"] == "COMPLETED", done["state"]
+        assert done["labels"]["prefect.worker.name"] in {"runbook-worker-1", "runbook-worker-2"}
+        assert title in asyncio.run(_titles(store[1]))  # the worker wrote into the shared PostgreSQL store
+        monitor = api_post(ui[1], f"/deployments/{found['monitor']['id']}/create_flow_run",
+                           {"parameters": {"params": {"respond": "none", "cycles": 200, "interval_seconds": 1}}})
+        deadline = time.monotonic() + 120
+        while api_get(ui[1], f"/flow_runs/{monitor['id']}")["state_type"] != "RUNNING":  # mid-flight
+            assert time.monotonic() < deadline, "the monitor run did not start"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and rest.rstrip().endswith("stopped"), rest[-2000:]
+    assert "Traceback" not in output + rest, rest[-3000:]
+    ended = re.search(r"  (monitor[^:]*): (\w+)", rest)
+    assert ended and ended[2] == "Cancelled", rest[-2000:]  # not Crashed
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{ui[1]}/api/health", timeout=2)
+    store_dir = Path(store[2])
+    assert processes_mentioning(str(state)) == [] and processes_mentioning(str(store_dir)) == []
+    assert not store_dir.exists()  # the store's database was ours: removed
 
 
 def api_post(ui: str, path: str, body: dict[str, Any]) -> Any:

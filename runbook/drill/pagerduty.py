@@ -1,6 +1,9 @@
 """PagerDuty stand-in: the Events API v2, the incidents it opens, the REST view, the app's buttons, V3 webhooks.
 
-    POST /v2/enqueue        trigger / acknowledge / resolve with a dedup_key (Events API v2)
+    POST /v2/enqueue        trigger / acknowledge / resolve with a dedup_key (Events API v2); past about 120 events
+                            a minute per routing key (a rolling 60 s window) `429 Request Limit Exceeded`, no
+                            Retry-After, the event not ingested (PagerDuty/developer-docs
+                            docs/events-API-v2/05-Rate-Limits.md); `events_clock` lets a test drive that window
     GET  /incidents         REST API v2 (`Authorization: Token token=…`, `Accept: application/vnd.pagerduty+json;
                             version=2`): `?incident_key=` and `statuses[]=`; 429 + `ratelimit-*` past the limit
     press_acknowledge / press_resolve / press_reassign   what a person does in the PagerDuty app (a call here)
@@ -24,6 +27,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -53,13 +57,16 @@ class PagerDutyStandIn(StandIn):
 
     name = "pagerduty"
 
-    def __init__(self, *, routing_key: str, api_token: str = "", rest_limit: int = 960,
+    def __init__(self, *, routing_key: str, api_token: str = "", rest_limit: int = 960, events_limit: int = 120,
                  retry_for: float = 120.0) -> None:
         super().__init__()
         self._changed = threading.Condition(self._lock)  # deliveries and state changes, waited for by tests
         self.routing_key = routing_key
         self.api_token = api_token
         self.rest_limit = rest_limit  # requests per minute per key, as the REST API allows
+        self.events_limit = self._events_limit = events_limit  # Events API v2: ~120 a minute per routing key
+        self.events_clock: Callable[[], float] = time.monotonic
+        self._events_window: dict[str, list[float]] = {}
         self.retry_for = retry_for    # PagerDuty retries a webhook for 48 hours; the drill for two minutes
         self.service = {"id": "PSVC001", "type": "service_reference", "summary": "Permit School",
                         "self": f"{API}/services/PSVC001", "html_url": f"{WEB}/service-directory/PSVC001"}
@@ -79,6 +86,7 @@ class PagerDutyStandIn(StandIn):
         with self._changed:
             self.alerts, self.incidents, self.events, self.deliveries = [], [], [], []
             self._rest_window = []
+            self._events_window, self.events_limit, self.events_clock = {}, self._events_limit, time.monotonic
             self.users = {ONCALL_USER["id"]: dict(ONCALL_USER)}
             if self.subscription is not None:
                 self.subscription["generation"] += 1  # queued deliveries of before the reset are dropped
@@ -365,6 +373,17 @@ class PagerDutyStandIn(StandIn):
         self._emit("incident.triggered", incident, self.service, now)
         return incident
 
+    def _throttled(self, routing_key: str) -> bool:
+        """Count an event against its routing key's rolling minute; True when past the limit (not ingested)."""
+        now = self.events_clock()
+        with self._lock:
+            window = [t for t in self._events_window.get(routing_key, []) if now - t < 60.0]
+            throttled = len(window) >= self.events_limit
+            if not throttled:
+                window.append(now)
+            self._events_window[routing_key] = window
+            return throttled
+
     async def _enqueue(self, request: Request) -> Response:
         try:
             event = await request.json()
@@ -374,6 +393,9 @@ class PagerDutyStandIn(StandIn):
             return self._invalid("Event must be a JSON object")
         if problems := self._problems(event):
             return self._invalid(*problems)
+        if self._throttled(str(event["routing_key"])):
+            return json_response({"status": "throttle event", "message": "Request Limit Exceeded",
+                                  "errors": ["Request Limit Exceeded"]}, 429)
         action = event["event_action"]
         dedup_key = str(event.get("dedup_key") or uuid.uuid4().hex)
         now = time.time()

@@ -82,3 +82,27 @@ async def test_throttling_with_retry_after_is_waited_out(drill: DrillStack, reco
     assert [e.status for e in recorder.exchanges] == [429, 429, 202]
     assert drill.pagerduty.alert("inc-contract-429") is not None
     assert_conforms(VENDOR, recorder.exchanges)
+
+
+async def test_past_the_per_key_limit_a_page_backs_off_until_the_minute_rolls(drill: DrillStack,
+                                                                              recorder: Recorder) -> None:
+    """PagerDuty takes about 120 events a minute per routing key and answers 429 without Retry-After past it: the
+    page backs off (on a clock the stand-in's rolling window reads) until the window has room, then lands."""
+    now = [1000.0]
+    drill.pagerduty.events_limit = 3
+    drill.pagerduty.events_clock = lambda: now[0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=sleep) as pd:
+        for n in range(3):
+            await pd.trigger(f"inc-contract-burst-{n}", "A burst")
+        recorder.watch(pd.http)
+        result = await pd.trigger("inc-contract-burst-3", "One too many this minute")
+    statuses = [e.status for e in recorder.exchanges]
+    assert result.status == "success" and statuses[-1] == 202 and set(statuses[:-1]) == {429}
+    assert now[0] >= 1060.0  # not accepted before the first event of the burst left the 60 s window
+    assert all("retry-after" not in {k.lower() for k in e.response_headers} for e in recorder.exchanges[:-1])
+    assert drill.pagerduty.alert("inc-contract-burst-3") is not None
+    assert_conforms(VENDOR, recorder.exchanges)

@@ -156,6 +156,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+def epoch_wait(value: str | None, now: float | None = None) -> float | None:
+    """Return the seconds until a reset given in UTC epoch seconds, or None when absent or malformed."""
+    try:
+        reset = float(value) if value else None
+    except ValueError:
+        return None
+    return None if reset is None else max(0.0, reset - (now if now is not None else time.time()))
+
+
 def vendor_message(response: httpx.Response) -> str:
     """Extract the vendor's error code/message from a response body (JSON shapes of every vendor, or text)."""
     text = response.text.strip() if response.content else ""
@@ -197,9 +206,12 @@ def error_for_status(
     status = response.status_code
     message = (redact or (lambda s: s))(vendor_message(response))[:MAX_MESSAGE]
     if status in RATE_LIMIT_STATUSES:
-        # Retry-After, else the RateLimit headers' reset (seconds; PagerDuty's REST API sends `ratelimit-reset`)
-        wait = response.headers.get("retry-after") or response.headers.get("ratelimit-reset")
-        return RateLimited(vendor, operation, parse_retry_after(wait), status)
+        # Retry-After, else the RateLimit headers' reset (seconds; PagerDuty's REST API sends `ratelimit-reset`),
+        # else Sentry's X-Sentry-Rate-Limit-Reset (UTC epoch seconds; getsentry/sentry-docs docs/api/ratelimits.mdx)
+        wait = parse_retry_after(response.headers.get("retry-after") or response.headers.get("ratelimit-reset"))
+        if wait is None:
+            wait = epoch_wait(response.headers.get("x-sentry-rate-limit-reset"))
+        return RateLimited(vendor, operation, wait, status)
     if status in (401, 403):
         return AuthError(vendor, operation, message or "not authorised", status)
     if status >= 500:

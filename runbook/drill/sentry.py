@@ -18,6 +18,11 @@ It answers the Discover endpoints as Sentry's published OpenAPI document describ
     GET /api/0/organizations/{org}/events-timeseries/?dataset=errors&yAxis=count()&statsPeriod=30m&interval=60
         → {"timeSeries": [{"yAxis": "count()", "values": [{"timestamp": ms, "value": n, "incomplete": b}, …],
           "meta": {…}}], "meta": {"dataset", "start", "end"}}   (interval in seconds, like the document says)
+
+Rate limits as Sentry documents them (getsentry/sentry-docs docs/api/ratelimits.mdx): a fixed window per caller and
+endpoint (`rate_limit` requests per `rate_window` seconds, on `rate_clock`); every answer carries
+`X-Sentry-Rate-Limit-Limit/-Remaining/-Reset` (reset in UTC epoch seconds) and `-ConcurrentLimit/-ConcurrentRemaining`;
+past the limit 429 {"detail": …} with those headers and no Retry-After.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -116,6 +122,10 @@ class SentryStandIn(StandIn):
         self.transactions: list[SentryEvent] = []  # segment spans: one per request served
         self.child_spans: list[SentryEvent] = []
         self.performance = True
+        self.rate_limit, self.rate_window, self.concurrent_limit = 40, 1.0, 25
+        self.rate_clock: Callable[[], float] = time.time
+        self._windows: dict[tuple[str, str], tuple[int, int]] = {}  # (caller, endpoint) → (window number, used)
+        self._in_flight = 0
         super().__init__()
 
     def reset_state(self) -> None:
@@ -124,6 +134,8 @@ class SentryStandIn(StandIn):
         self.transactions = []
         self.child_spans = []
         self.performance = True
+        self.rate_limit, self.rate_window, self.rate_clock = 40, 1.0, time.time
+        self._windows = {}
 
     def capture(self, title: str, **fields: Any) -> SentryEvent:
         """Record an error event (what the Sentry SDK in the app sends)."""
@@ -209,9 +221,44 @@ class SentryStandIn(StandIn):
     def routes(self) -> list[BaseRoute]:
         """Return the Sentry routes."""
         return [
-            Route("/api/0/organizations/{org}/events/", self._events, methods=["GET"]),
-            Route("/api/0/organizations/{org}/events-timeseries/", self._timeseries, methods=["GET"]),
+            Route("/api/0/organizations/{org}/events/", self._limited("events", self._events), methods=["GET"]),
+            Route("/api/0/organizations/{org}/events-timeseries/", self._limited("events-timeseries",
+                                                                                 self._timeseries), methods=["GET"]),
         ]
+
+    def _limited(self, endpoint: str, handler: Callable[[Request], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """Count the request in its caller's window for the endpoint; answer 429 past the limit; add the headers."""
+
+        async def limited(request: Request) -> Response:
+            now = self.rate_clock()
+            number = int(now // self.rate_window)
+            key = (request.headers.get("authorization", ""), endpoint)
+            with self._lock:
+                seen, used = self._windows.get(key, (number, 0))
+                used = (used if seen == number else 0) + 1
+                self._windows[key] = (number, used)
+                self._in_flight += 1
+                concurrent = self._in_flight
+            headers = {"X-Sentry-Rate-Limit-Limit": str(self.rate_limit),
+                       "X-Sentry-Rate-Limit-Remaining": str(max(0, self.rate_limit - used)),
+                       "X-Sentry-Rate-Limit-Reset": str(int((number + 1) * self.rate_window)),
+                       "X-Sentry-Rate-Limit-ConcurrentLimit": str(self.concurrent_limit),
+                       "X-Sentry-Rate-Limit-ConcurrentRemaining": str(max(0, self.concurrent_limit - concurrent))}
+            try:
+                if used > self.rate_limit:
+                    response: Response = json_response(
+                        {"detail": f"You are attempting to use this endpoint too frequently. Limit is "
+                                   f"{self.rate_limit} requests in {self.rate_window:g} seconds"}, 429)
+                else:
+                    response = await handler(request)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+            response.headers.update(headers)
+            return response
+
+        return limited
 
     async def _events(self, request: Request) -> Response:
         if (denied := self._guard(request)) is not None:

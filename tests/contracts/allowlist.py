@@ -122,8 +122,10 @@ ALLOWED: list[Allowed] = [
         source="getsentry/sentry-cli src/api/errors/sentry_error.rs @ 594c7716 (401 => \"unauthorized\")"),
     Allowed(
         "sentry", "status", "*", "*", "429",
-        why="Sentry rate limits API calls with 429 and Retry-After.",
-        source="https://docs.sentry.io/api/ratelimits/"),
+        why="Sentry rate limits every API request per caller and endpoint (fixed windows, and concurrent requests) "
+            "and rejects past the limit with 429; every answer carries X-Sentry-Rate-Limit-Limit/-Remaining/-Reset "
+            "(UTC epoch seconds) and -ConcurrentLimit/-ConcurrentRemaining, which the client waits on.",
+        source="getsentry/sentry-docs docs/api/ratelimits.mdx @ 74c8ef61 (source of docs.sentry.io/api/ratelimits)"),
     # -- Statuspage -----------------------------------------------------------------------------------------
     Allowed(
         "statuspage", "request-field", "*", "*", "incident.components.*",

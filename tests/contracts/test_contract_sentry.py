@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import pytest
@@ -90,4 +91,30 @@ async def test_throttled_and_unauthorised_answers_conform(drill: DrillStack, rec
         recorder.watch(sentry.http)
         assert await sentry.request_count("15m") is None
     assert [e.status for e in recorder.exchanges] == [429, 200, 401]
+    assert_conforms(VENDOR, recorder.exchanges)
+
+
+async def test_past_the_documented_window_limit_the_read_waits_for_its_reset(drill: DrillStack,
+                                                                             recorder: Recorder) -> None:
+    """Sentry counts requests per caller and endpoint in fixed windows and says so in X-Sentry-Rate-Limit-* on every
+    answer; past the limit its 429 has no Retry-After, so the client waits until X-Sentry-Rate-Limit-Reset."""
+    reset = (int(time.time() + 15) // 10 + 1) * 10.0  # a window boundary 15-25 s from now (Retry-After's bound: 30)
+    now = [reset - 5]
+    drill.sentry.rate_limit, drill.sentry.rate_window, drill.sentry.rate_clock = 2, 10.0, lambda: now[0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds  # the stand-in's window rolls while the client waits
+
+    async with SentryClient.from_settings(drill.settings(), sleep=sleep) as sentry:
+        recorder.watch(sentry.http)
+        for _ in range(3):
+            assert await sentry.error_count("15m") is not None
+    assert [e.status for e in recorder.exchanges] == [200, 200, 429, 200]
+    throttled = recorder.exchanges[2].response_headers
+    assert "retry-after" not in {k.lower() for k in throttled}
+    assert int(throttled["x-sentry-rate-limit-reset"]) == reset
+    assert [e.response_headers["x-sentry-rate-limit-remaining"] for e in recorder.exchanges] == ["1", "0", "0", "1"]
+    assert len(waits) == 1 and 1 < waits[0] <= 25  # until the reset (the backoff would be under 0.5 s)
     assert_conforms(VENDOR, recorder.exchanges)

@@ -9,6 +9,9 @@ without acknowledgement is recorded.
 
 "Is it time for the next step?" is asked of `runbook.clock` (the system clock; a manual one in tests), re-read on
 every poll, so a step fires because its time has come, not because the machine was slow to deliver an ack.
+A person's set-severity re-plans the running escalation: from the change on it follows the new severity's steps
+and response time (a P0 lowered to P2 pages no lead or CTO; a P2 raised to P0 pages the P0 chain), and a contact
+already paged is not paged again.
 """
 
 
@@ -26,9 +29,9 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook import clock
-from runbook.escalation import escalation_schedule, wait_limit
-from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident
-from runbook.policy import get_policy
+from runbook.escalation import Step, escalation_schedule, wait_limit
+from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, Severity
+from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
@@ -89,36 +92,83 @@ async def _resume_when_paused(run_id: str, current: Incident | None, resumed: as
             await asyncio.sleep(0.5)
 
 
+def _plan_of(incident: Incident) -> tuple[str, datetime]:
+    """Return what the schedule is computed from: the severity and when its escalation started."""
+    return incident.severity.value, incident.escalation_start
+
+
+def _step_key(step: Step, incident: Incident) -> tuple[str, ...]:
+    """Return what makes a step done: a contact is paged once per incident, a reminder or SLA once per plan."""
+    if step.action == "page" and step.contact is not None:
+        return ("page", step.contact.role)
+    return (step.action, *map(str, _plan_of(incident)))
+
+
 async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, resumed: asyncio.Event,
                  outcome: EscalationOutcome) -> None:
-    """Page, remind and record the SLA per the schedule until the incident is acknowledged."""
+    """Page, remind and record the SLA per the schedule until the incident is acknowledged.
+
+    The schedule is that of the incident's severity now: a person's set-severity re-plans it from the change (a
+    contact already paged is not paged again; the new severity's reminder, pages and SLA count from the change).
+    """
     policy = get_policy()
     poll = policy.response.ack_poll_seconds
-    for step in escalation_schedule(incident, policy):
-        if await _watch(incident.id, step.at, poll, run_id, stop, resumed):
+    done: set[tuple[str, ...]] = set()
+    current = incident
+    while True:
+        pending = [s for s in escalation_schedule(current, policy) if _step_key(s, current) not in done]
+        # After the last step keep watching, so a late acknowledgement still ends the wait, until the window (on
+        # the injectable clock, like every step) runs out; then the run stops waiting.
+        until = pending[0].at if pending else current.escalation_start + wait_limit(current, policy)
+        seen = await _watch(current, until, poll, run_id, stop, resumed)
+        if seen is None:
             return
-        if step.action == "page" and step.contact is not None:
-            sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
-                                      if step.contact.after_minutes else "")
-            outcome.pages.append(step.contact.role)
-            get_run_logger().info("paged %s (%s)", step.contact.role, sent.get("dedup_key"))
-            await _offer_slack_ack(incident, step.contact.role + (f" ({step.contact.name})"
-                                                                  if step.contact.name else ""))
-        elif step.action == "remind":
-            await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
-                                     f"is not acknowledged; respond by {get_policy().response_due(incident):%H:%M} UTC",
-                                     incident_id=incident.id, kind=EventKind.REMINDER)
-        elif step.action == "sla":
-            outcome.sla_missed = True
-            await record(incident.id, EventKind.SLA_MISSED,
-                         f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
-                         {"response_due": get_policy().response_due(incident).isoformat()})
-    # Chain exhausted: keep watching the store so a late acknowledgement still ends the wait, until the window
-    # (on the injectable clock, like every step) runs out; then the run stops waiting.
-    if not await _watch(incident.id, incident.created_at + wait_limit(incident, policy), poll, run_id, stop, resumed):
-        stop.set()
-        if run_id:
-            await _resume_when_paused(run_id, None, resumed)
+        if _plan_of(seen) != _plan_of(current):
+            current = seen
+            await _record_replan(current, policy, done)
+            continue
+        current = seen
+        if not pending:
+            stop.set()
+            if run_id:
+                await _resume_when_paused(run_id, None, resumed)
+            return
+        step = pending[0]
+        done.add(_step_key(step, current))
+        await _take(step, current, policy, outcome)
+
+
+async def _take(step: Step, incident: Incident, policy: Policy, outcome: EscalationOutcome) -> None:
+    """Take one step of the schedule: page a contact, post the reminder, or record the missed SLA."""
+    if step.action == "page" and step.contact is not None:
+        sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
+                                  if step.contact.after_minutes else "")
+        outcome.pages.append(step.contact.role)
+        get_run_logger().info("paged %s (%s)", step.contact.role, sent.get("dedup_key"))
+        await _offer_slack_ack(incident, step.contact.role + (f" ({step.contact.name})"
+                                                              if step.contact.name else ""))
+    elif step.action == "remind":
+        await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
+                                 f"is not acknowledged; respond by {policy.response_due(incident):%H:%M} UTC",
+                                 incident_id=incident.id, kind=EventKind.REMINDER)
+    elif step.action == "sla":
+        outcome.sla_missed = True
+        await record(incident.id, EventKind.SLA_MISSED,
+                     f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
+                     {"response_due": policy.response_due(incident).isoformat(), "severity": incident.severity.value})
+
+
+async def _record_replan(incident: Incident, policy: Policy, done: set[tuple[str, ...]]) -> None:
+    """Record that the escalation now follows the incident's new severity, and what comes next."""
+    ahead = [s for s in escalation_schedule(incident, policy) if _step_key(s, incident) not in done]
+    nxt = ", ".join(f"{s.contact.role if s.contact else s.action} at {s.at:%H:%M}" for s in ahead) or "nothing"
+    await record(incident.id, EventKind.NOTE,
+                 f"Escalation re-planned for {incident.severity} (counted from the change): next {nxt} UTC",
+                 {"escalation_replanned": True, "severity": incident.severity.value,
+                  "escalation_start": incident.escalation_start.isoformat(),
+                  "steps": [{"at": s.at.isoformat(), "action": s.action,
+                             "role": s.contact.role if s.contact else None} for s in ahead]})
+    get_run_logger().info("escalation re-planned for %s: next %s", incident.severity, nxt)
 
 
 async def _offer_slack_ack(incident: Incident, who: str) -> None:
@@ -141,18 +191,23 @@ async def _offer_slack_ack(incident: Incident, who: str) -> None:
         get_run_logger().warning("could not post the Acknowledge button to Slack: %s", exc)
 
 
-async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: str | None, stop: asyncio.Event,
-                 resumed: asyncio.Event) -> bool:
-    """Wait until `until` (None: until stopped); return True when acknowledged, closed or stopped meanwhile."""
+async def _watch(incident: Incident, until: datetime, poll: float, run_id: str | None, stop: asyncio.Event,
+                 resumed: asyncio.Event) -> Incident | None:
+    """Wait until `until` or until the incident's severity changes; return the incident as it is then.
+
+    None: acknowledged, closed or stopped meanwhile (the wait is over).
+    """
     pager_every = pager_poll_seconds(poll)
     last_pager = float("-inf")
     while not stop.is_set():
-        current = await read_incident(incident_id)
+        current = await read_incident(incident.id)
         if current.acknowledged_at is not None or not current.status.is_open:
             stop.set()
             if run_id:
                 await _resume_when_paused(run_id, current, resumed)
-            return True
+            return None
+        if _plan_of(current) != _plan_of(incident):
+            return current
         if pager_every is not None and time.monotonic() - last_pager >= pager_every:
             last_pager = time.monotonic()  # rate of the REST reads: real time, not the escalation's clock
             try:
@@ -160,12 +215,12 @@ async def _watch(incident_id: str, until: datetime | None, poll: float, run_id: 
                     continue  # the store now says acknowledged
             except Exception as exc:  # PagerDuty's REST API down or throttling: the next poll tries again
                 get_run_logger().warning("could not read the pages' status in PagerDuty: %s", exc)
-        wait = poll if until is None else min(poll, (until - clock.now()).total_seconds())
+        wait = min(poll, (until - clock.now()).total_seconds())
         if wait <= 0:
-            return False
+            return current
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=wait)
-    return True
+    return None
 
 
 def _run_name() -> str:
@@ -190,8 +245,10 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     try:
         ack = await apause_flow_run(
             wait_for_input=Acknowledge.with_initial_data(description=description, by=""),
-            # A bound only: the window is ended by the clock above; this one ends a run whose clock died.
-            timeout=int(2 * wait_limit(incident, policy).total_seconds()) + 60,
+            # A bound only: the window is ended by the clock above; this one ends a run whose clock died. It allows
+            # the longest window of any severity, since a person may re-plan the escalation into it.
+            timeout=int(2 * max(wait_limit(incident.model_copy(update={"severity": s}), policy)
+                                for s in Severity).total_seconds()) + 60,
             poll_interval=max(1, int(policy.response.ack_poll_seconds)),
         )
     except FlowPauseTimeout:

@@ -5,9 +5,10 @@ change sets in motion outside the record, through tasks/ as the response flows d
 - resolve-incident: refused while a remediation is in flight; then status page "resolved", pages resolved,
   #incidents, follow-ups scheduled, draft report (each once: a re-run sends nothing twice).
 - set-incident-status: the status page and #incidents follow the new status (resolved = resolve-incident).
-- set-incident-severity: the new severity's rules run again — #incidents and stakeholders told, the status page for
-  the severities that have one, the customer notice for P0/P1, and while nobody has acknowledged, a raised severity
-  pages on-call now (P0/P1) and starts the new severity's escalation (counted from the change).
+- set-incident-severity: the new severity's rules run again — #incidents and stakeholders told, the status page
+  (its impact follows the severity), the customer notice for P0/P1, and while nobody has acknowledged, a raised
+  severity pages on-call now (P0/P1); a running escalation re-plans itself for the new severity (counted from the
+  change), and a raised one with none running starts the new severity's escalation.
 - link-incidents, merge-incidents (one record with both timelines; the duplicate closes pointing at the
   survivor, its status page and pages are closed), note-incident.
 `runbook resolve|set-status|set-severity|link|merge|note` make the same record changes from the command line and
@@ -159,6 +160,25 @@ async def set_incident_status(params: SetStatusParams) -> LifecycleOutcome:
     return _outcome(incident, changed)
 
 
+async def _running_escalation(incident_id: str) -> str | None:
+    """Return the name of an escalate-incident run of this incident that is still going (paused for an ack)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    going = [StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.SCHEDULED]
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[f"escalate {incident_id}"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=going))), limit=1)
+    return f"{runs[0].name} ({runs[0].id})" if runs else None
+
+
 async def _start_escalation(incident: Incident, mode: EscalateChoice) -> str | None:
     """Start escalate-incident for the new severity: a deployment run (inline when none is registered)."""
     from flows.escalate_incident import EscalateParams, escalate_incident
@@ -221,15 +241,16 @@ async def set_incident_severity(params: SetSeverityParams) -> LifecycleOutcome:
             await record(incident.id, EventKind.NOTIFIED,
                          f"Customer notice: status page incident published to subscribers ({new})",
                          {"audience": "customers", "via": "status page"})
-    if raised and incident.acknowledged_at is None:
-        if new in (Severity.P0, Severity.P1):
+    if incident.acknowledged_at is None:
+        running = await _running_escalation(incident.id)
+        if raised and new in (Severity.P0, Severity.P1):
             chain = get_policy().chain()
             if chain:
                 await page_contact(incident, chain[0], reason=f"severity raised to {new}")
-        await _start_escalation(incident, params.escalate)
-    elif changed and not raised and incident.acknowledged_at is None:
-        await record(incident.id, EventKind.NOTE, f"Severity lowered to {new}: the running escalation keeps its "
-                     "schedule until someone acknowledges", {"severity": new.value})
+        if running:  # it re-plans itself for the new severity (flows/escalate_incident.py); one chain, not two
+            get_run_logger().info("the running escalation (%s) now follows %s's steps", running, new)
+        elif raised:
+            await _start_escalation(incident, params.escalate)
     return _outcome(await read_incident(incident.id), changed)
 
 

@@ -8,16 +8,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from flows.escalate_incident import EscalateParams, escalate_incident
+from flows.lifecycle import SetSeverityParams, set_incident_severity
 from runbook.cli import main as cli_main
 from runbook.clock import ManualClock
 from runbook.drill import DrillStack
 from runbook.drill.approver import pause_form, resume, wait_for_pause
-from runbook.models import Incident, Severity
+from runbook.models import Incident, Severity, TimelineEvent
 from runbook.store import open_store
 from tests.conftest import write_policy
 from tests.paging import clock_stopped_at_declaration, paged, paged_roles
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -28,6 +32,7 @@ POLICY = """
 response: {ack_poll_seconds: 0.2}
 """
 LEAD_AT, CTO_AT = timedelta(minutes=15), timedelta(minutes=30)
+P2_DUE = timedelta(hours=2)  # the runbook's P2 response time
 
 
 @pytest.fixture
@@ -124,3 +129,78 @@ async def test_the_escalation_window_ends_on_the_clock(incident: Incident, drill
     async with open_store() as store:
         notes = [e.summary for e in await store.timeline(incident.id, kind="note")]
     assert "Nobody acknowledged within the escalation window" in notes
+
+
+# -- a person's set-severity re-plans the escalation that is already running -------------------------------------
+
+
+async def _events(incident_id: str, kind: str) -> list[TimelineEvent]:
+    async with open_store() as store:
+        return await store.timeline(incident_id, kind=kind)
+
+
+async def _replanned(incident_id: str) -> TimelineEvent:
+    """Wait until the running escalation has re-planned itself; return that timeline event."""
+    async def found() -> TimelineEvent | None:
+        return next((e for e in await _events(incident_id, "note") if e.details.get("escalation_replanned")), None)
+
+    return await eventually(found, "the escalation's re-plan")
+
+
+async def test_a_p0_lowered_to_p2_follows_p2s_schedule(incident: Incident, drill_env: DrillStack,
+                                                        manual: ManualClock) -> None:
+    """Lowered to P2 after the first page, the running escalation pages no lead or CTO on the P0 schedule: it
+    reminds at P2's reminder time and records P2's missed response time, counted from the change."""
+    run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    await wait_for_pause(["escalate-incident"], timeout=120)
+    assert await paged(drill_env, 1) == ["On-Call Engineer"]
+    await set_incident_severity(SetSeverityParams(incident_id=incident.id, severity="P2", by="ana",
+                                                  reason="only the course list is slow"))
+    replan = await _replanned(incident.id)
+    changed = (await _events(incident.id, "severity_changed"))[-1].at
+    assert replan.details["severity"] == "P2" and [s["action"] for s in replan.details["steps"]] == ["remind", "sla"]
+    manual.advance_to(incident.created_at + CTO_AT + timedelta(minutes=1))  # past P0's lead and CTO steps
+    manual.advance_to(changed + P2_DUE / 2)  # P2's reminder, counted from the change
+    await eventually(lambda: _events(incident.id, "reminder"), "P2's reminder")
+    manual.advance_to(changed + P2_DUE)
+    missed = await eventually(lambda: _events(incident.id, "sla_missed"), "P2's missed response time")
+    manual.advance_to(changed + P2_DUE * 2)  # P2's window is over: the run stops waiting
+    outcome = await asyncio.wait_for(run, timeout=120)
+    assert paged_roles(drill_env) == ["On-Call Engineer"]  # no lead, no CTO, on-call not paged twice
+    assert outcome.via == "timeout" and outcome.pages == ["On-Call Engineer"]
+    assert len(await _events(incident.id, "reminder")) == 1
+    assert [e.details["severity"] for e in missed] == ["P2"] and len(await _events(incident.id, "sla_missed")) == 1
+
+
+async def test_a_p2_raised_to_p0_follows_p0s_chain(drill_env: DrillStack, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised to P0 while its P2 escalation waits, the same run pages the P0 chain from the change (on-call once,
+    then the lead at 15 and the CTO at 30 minutes); no second escalation is started and P2's reminder never comes."""
+    write_policy(tmp_path, monkeypatch, POLICY)
+    async with open_store() as store:
+        inc, _ = await store.declare(Incident(title="Course list slow", severity=Severity.P2, fingerprint="esc-up"))
+    with clock_stopped_at_declaration(inc) as manual:
+        run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=inc.id)))
+        await wait_for_pause(["escalate-incident"], timeout=120)
+        assert paged_roles(drill_env) == []  # P2: nobody is paged at once
+        await set_incident_severity(SetSeverityParams(incident_id=inc.id, severity="P0", by="ana",
+                                                      reason="the whole site is down"))
+        assert await paged(drill_env, 1) == ["On-Call Engineer"]  # by the change itself, at once
+        replan = await _replanned(inc.id)
+        changed = (await _events(inc.id, "severity_changed"))[-1].at
+        # P0's chain (on-call too, unless the change's own page was recorded first: it is sent once either way)
+        assert [s["role"] for s in replan.details["steps"] if s["action"] == "page"][-2:] == ["Engineering Lead", "CTO"]
+        manual.advance_to(changed + LEAD_AT)
+        assert await paged(drill_env, 2) == ["On-Call Engineer", "Engineering Lead"]
+        manual.advance_to(changed + CTO_AT)
+        assert await paged(drill_env, 3) == ["On-Call Engineer", "Engineering Lead", "CTO"]
+        manual.advance_to(inc.created_at + P2_DUE)  # past P2's reminder and past P0's window from the change
+        outcome = await asyncio.wait_for(run, timeout=120)
+    assert paged_roles(drill_env) == ["On-Call Engineer", "Engineering Lead", "CTO"]
+    assert outcome.via == "timeout" and outcome.sla_missed
+    assert [e.details["severity"] for e in await _events(inc.id, "sla_missed")] == ["P0"]
+    assert await _events(inc.id, "reminder") == []
+    async with get_client() as client:  # the change found the running escalation and started no other
+        escalations = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"escalate {inc.id}"])))
+    assert len(escalations) == 1

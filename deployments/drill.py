@@ -68,6 +68,9 @@ class DrillResult(BaseModel):
     follow_ups: list[dict[str, Any]] = Field(default_factory=list)
     report_path: str | None = None
     duration_s: float = 0.0
+    workers: int = Field(0, description="0: the flows ran in the drill's process; N: on N Prefect workers")
+    flow_runs: list[dict[str, Any]] = Field(
+        default_factory=list, description="with --workers: every flow run of the drill and the worker that ran it")
     error: str | None = None
 
     @property
@@ -199,8 +202,15 @@ def with_drill_approver(user_policy: Path, out: Path) -> Path:
     return out
 
 async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
-                  inject_params: dict[str, Any] | None = None) -> DrillResult:
-    """Run one scenario end to end against a running stack; return what happened."""
+                  inject_params: dict[str, Any] | None = None, *, workers: int = 0,
+                  store_url: str | None = None) -> DrillResult:
+    """Run one scenario end to end against a running stack; return what happened.
+
+    workers=N: every flow run (config snapshot, monitor cycles, declare, respond with its escalation, diagnosis,
+    remediation and verification) executes in one of N `prefect worker start` processes on prefect.yaml's
+    deployments (deployed to the pool beforehand), sharing the store at store_url; this process only watches,
+    approves as a person would, and collects.
+    """
     from flows.monitor import MonitorParams, monitor
     from flows.respond import respond_inline
     from runbook.store import open_store
@@ -213,7 +223,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     policy.write_text(DRILL_POLICY + (SLACK_POLICY if approve == "slack" else ""))
     stack.reset()
     saved = {k: v for k, v in os.environ.items() if k.startswith("RUNBOOK_")}
-    store_url = shared_store_url(state_root, saved)
+    store_url = store_url or shared_store_url(state_root, saved)
     os.environ.update(stack.env)
     if approve == "slack":  # the Slack app: buttons on messages, signed clicks back to the intake
         os.environ.update(stack.slack.app_env())
@@ -226,7 +236,18 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
         # its approvers: otherwise the drill's clicks are refused as an unknown user and the drill waits in vain.
         os.environ["RUNBOOK_POLICY_FILE"] = str(with_drill_approver(Path(saved["RUNBOOK_POLICY_FILE"]), policy))
     os.environ.setdefault("RUNBOOK_POLICY_FILE", str(policy))
+    result.workers = workers
+    topology = None
     try:
+        if workers:
+            from prefect.settings import PREFECT_API_URL
+
+            from deployments.workers import Topology
+
+            progress(f"drill {scenario}: starting {workers} Prefect worker(s)…")
+            topology = Topology(str(PREFECT_API_URL.value()), workers=workers, state_dir=state, deploy=False)
+            await asyncio.to_thread(topology.start)
+            return await _run_on_workers(stack, scenario, approve, inject_params, result)
         with contextlib.suppress(ImportError):  # config rollbacks restore from the last scheduled snapshot
             from flows.config_snapshot import ConfigSnapshotParams, config_snapshot
 
@@ -268,6 +289,8 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
     except Exception as exc:  # the drill reports what broke instead of a traceback at 3 a.m.
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
+        if topology is not None:
+            await asyncio.to_thread(topology.stop)
         if result.incident_id and not result.resolved:
             await _close_unresolved(result)
         result.health_restored = bool(stack.healthy(scenario))
@@ -276,6 +299,111 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
             del os.environ[key]
         os.environ.update(saved)
     return result
+
+
+async def _deployment_run(name: str, params: dict[str, Any], *, wait: bool = True, timeout: float = 900) -> Any:
+    """Start a deployment run (a worker executes it); with wait, return it once it is final."""
+    from prefect.deployments.flow_runs import arun_deployment
+
+    run = await arun_deployment(name, parameters={"params": params}, timeout=0, as_subflow=False)
+    return await _wait_final(run.id, timeout) if wait else run
+
+
+async def _wait_final(run_id: Any, timeout: float = 900) -> Any:
+    """Wait until a flow run is final (Completed, Failed, Crashed, Cancelled); return it."""
+    from prefect.client.orchestration import get_client
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if loop.time() > deadline:
+                raise TimeoutError(f"flow run {run.name} not finished after {timeout:.0f} s ({run.state_name})")
+            await asyncio.sleep(0.3)
+
+
+async def _run_by_name(name: str, timeout: float = 120) -> Any:
+    """Wait until a flow run of this name exists; return it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with get_client() as client:
+        while not (found := await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])), limit=1)):
+            if loop.time() > deadline:
+                raise TimeoutError(f"no flow run {name!r} after {timeout:.0f} s")
+            await asyncio.sleep(0.3)
+    return found[0]
+
+
+async def _run_on_workers(stack: Any, scenario: str, approve: str, inject_params: dict[str, Any] | None,
+                          result: DrillResult) -> DrillResult:
+    """The drill with every flow run on the workers: deployment runs, watched from here through the API."""
+    from deployments.workers import worker_of_runs
+    from runbook.models import EventKind, Status, utcnow
+    from runbook.store import open_store
+
+    began = utcnow()
+    run_ids: list[Any] = [(await _deployment_run("config-snapshot/config-snapshot", {})).id]
+    os.environ.update(stack.inject(scenario, **(inject_params or {})) or {})
+    for cycle in range(1, DETECTION_CYCLES + 1):
+        # One cycle per run, as the every-minute schedule does; a breach declares through declare-incident, which
+        # starts respond-<severity> as its own deployment run (also on a worker).
+        run = await _deployment_run("monitor/monitor", {"respond": "deployment", "cycles": 1, "interval_seconds": 0})
+        run_ids.append(run.id)
+        async with open_store() as store:
+            declared = await store.list(open_only=True, since=began)
+        if declared:
+            result.detected_after_cycles, incident = cycle, declared[-1]
+            result.incident_id, result.severity = incident.id, incident.severity.value
+            break
+        await asyncio.sleep(1)
+    if result.incident_id is None:
+        result.error = f"the monitor did not detect the fault within {DETECTION_CYCLES} cycles"
+        return result
+    progress(f"drill {scenario}: {incident.severity} {incident.id} declared after {result.detected_after_cycles} "
+             "cycle(s) on a worker; responding on the workers…")
+    answered: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    approver = auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto" \
+        else asyncio.sleep(0)
+    if approve == "ui":
+        print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
+              file=sys.stderr, flush=True)
+    async with background(approver), background(_vendor_recovery(stack, scenario)):
+        respond = await _run_by_name(f"{declare_target(incident.severity.value)} {incident.id}")
+        respond = await _wait_final(respond.id)
+        stop.set()
+    run_ids.append(respond.id)
+    async with open_store() as store:
+        now = await store.get(incident.id)
+        timeline = await store.timeline(incident.id)
+    result.resolved = now.status == Status.RESOLVED
+    alert = next((e.details.get("alert") for e in timeline if e.kind == EventKind.DECLARED), None) or {}
+    result.rule = alert.get("rule") if isinstance(alert, dict) else None
+    diagnoses = [e for e in timeline if e.kind == EventKind.DIAGNOSIS]
+    result.finding = diagnoses[-1].details.get("finding") if diagnoses else None
+    started = [e for e in timeline if e.kind == EventKind.REMEDIATION_STARTED]
+    if started:
+        action = started[-1].details.get("action")
+        applied = any(e.kind == EventKind.REMEDIATION_APPLIED for e in timeline)
+        result.remediation = f"{action}: {'applied' if applied else 'not applied'}"
+    if not respond.state.is_completed():
+        result.error = f"{respond.name} ended {respond.state_name}"
+    await _collect(stack, result)
+    run_ids += [e.flow_run_id for e in timeline if e.flow_run_id]
+    result.flow_runs = sorted((await worker_of_runs(run_ids)).values(), key=lambda r: str(r["name"]))
+    return result
+
+
+def declare_target(severity: str) -> str:
+    """Return the respond deployment's flow name of a severity (its runs are named '<flow> <incident id>')."""
+    return {"P0": "respond-p0", "P1": "respond-p1"}.get(severity, "respond-p2-p3")
 
 
 def shared_store_url(state_root: Path, environ: dict[str, str]) -> str:
@@ -376,18 +504,29 @@ async def _collect(stack: Any, result: DrillResult) -> None:
     result.report_path = str(Path(reports[-1]).resolve()) if reports and reports[-1] else None
 
 
-async def run_drills(scenarios: list[str], approve: str, state_root: Path) -> list[DrillResult]:
+async def run_drills(scenarios: list[str], approve: str, state_root: Path, workers: int = 0) -> list[DrillResult]:
     """Start Prefect and the stack once, register the deployments, and run each scenario."""
     from runbook.drill import DrillStack
 
     results = []
     progress("starting the drill stack (PostgreSQL, the app, the vendors' stand-ins)…")
-    with DrillStack() as stack:
-        progress("registering the deployments of prefect.yaml…")
-        await register_deployments()
+    with DrillStack() as stack, contextlib.ExitStack() as topology:
+        store_url = None
+        if workers:
+            from deployments.workers import POOL, deploy_to_pool, redacted, shared_store
+
+            progress(f"deploying the deployments of prefect.yaml to the process pool {POOL}…")
+            await deploy_to_pool(Path(__file__).resolve().parent.parent / "prefect.yaml")
+            # One store for every worker: RUNBOOK_STORE_URL, else an embedded PostgreSQL removed at the end.
+            store_url = topology.enter_context(shared_store())
+            progress(f"incident store shared by the workers: {redacted(store_url)}")
+        else:
+            progress("registering the deployments of prefect.yaml…")
+            await register_deployments()
         for scenario in scenarios:
             progress(f"drill {scenario}: injecting the fault; the monitor is watching")
-            results.append(await run_one(stack, scenario, approve, state_root))
+            results.append(await run_one(stack, scenario, approve, state_root, workers=workers,
+                                         store_url=store_url))
             last = results[-1]
             progress(f"drill {scenario}: {'passed' if last.ok else 'FAILED'} in {last.duration_s:.0f} s")
     return results
@@ -411,6 +550,9 @@ def print_summary(result: DrillResult) -> None:
               f"(plan {a['plan_hash']})")
     for f in result.follow_ups:
         print(f"  follow-up: {f['deployment']} at {f['scheduled_time']}")
+    if result.workers:
+        ran = sorted({str(r.get("worker")) for r in result.flow_runs})
+        print(f"  workers: {len(result.flow_runs)} flow run(s) on {result.workers} worker(s): {', '.join(ran)}")
     print(f"  report: {result.report_path}")
     if result.error:
         print(f"  error: {result.error}")
@@ -491,8 +633,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if not args.verbose:
         quiet_console(log_file)
         progress(f"details and tracebacks: {log_file}")
+    if args.workers < 0:
+        print(f"runbook drill: --workers must be 0 or more (got {args.workers})", file=sys.stderr)
+        return 2
+    if args.workers and args.approve == "slack":
+        print("runbook drill: --approve slack is not supported with --workers yet (use auto or ui)", file=sys.stderr)
+        return 2
     with prefect_server():
-        results = asyncio.run(run_drills(scenarios, args.approve, state_root))
+        results = asyncio.run(run_drills(scenarios, args.approve, state_root, args.workers))
     if args.json:
         payload = [r.model_dump(mode="json") | {"ok": r.ok} for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
@@ -516,4 +664,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (an array with --all)")
     p.add_argument("--state-dir", help="where reports and the drill's store go (default .runbook/drills)")
     p.add_argument("--verbose", action="store_true", help="show every flow and task log line on the terminal")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run every flow run on N Prefect workers of the process pool (prefect.yaml deployed to it, "
+                        "the store on PostgreSQL shared by them); --json names the worker of each flow run")
     p.set_defaults(func=cmd_drill)

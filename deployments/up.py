@@ -31,6 +31,7 @@ from typing import Any
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import drain_api_workers
+from deployments.run_logging import logging_config
 from deployments.workers import redacted
 from runbook.settings import get_settings
 
@@ -133,7 +134,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                                                                  log_file=state_dir / "prefect-server.log"))
                 api_url, ui_url = server.api_url, server.url
                 print(f"Prefect server ready in {server.startup_seconds:.0f} s", flush=True)
-            env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   # the served runs' processes share this terminal: a run cancelled at Ctrl-C says so in one
+                   # line, without the TerminationSignal traceback (deployments/run_logging.py)
+                   "PREFECT_LOGGING_SETTINGS_PATH": str(logging_config(state_dir / "prefect" / "run-logging.yml"))}
             if not args.no_drill:
                 from runbook.drill import DrillStack
 

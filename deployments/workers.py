@@ -91,6 +91,17 @@ async def ensure_work_pool(name: str = POOL) -> None:
                 name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
 
 
+async def ensure_work_queues(pool: str, names: Sequence[str]) -> None:
+    """Create the named work queues of the pool unless they exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        for name in names:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_work_queue(name=name, work_pool_name=pool)
+
+
 async def apply_all(deployments: Sequence[Any], *, at_once: int = 6) -> dict[str, Any]:
     """Apply deployments a few at a time (one by one took 18 s on a loaded machine); return name → id."""
     limit = asyncio.Semaphore(at_once)
@@ -139,6 +150,12 @@ class Topology:
     query_seconds: float = WORKER_QUERY_SECONDS
     env: dict[str, str] = field(default_factory=dict)  # extra settings for the workers (RUNBOOK_* of the drill)
     schedules: bool = True
+    deploy: bool = True  # False: prefect.yaml is already deployed to the pool (the drill deploys once)
+    # True: each worker also polls a work queue of its own name, so a run can be sent to one worker
+    # (`work_queue_name=` of run_deployment); the topology tests pin runs that way.
+    own_queues: bool = False
+    limit: int | None = None  # at most this many flow runs at a time per worker
+    prefix: str = "runbook-worker"  # workers are named <prefix>-1 … <prefix>-N
     ready_timeout: float = 180.0
     store_url: str = ""
     running: list[Worker] = field(default_factory=list)
@@ -152,7 +169,7 @@ class Topology:
     @property
     def worker_names(self) -> list[str]:
         """Return the workers' names (the label `prefect.worker.name` of the runs they execute)."""
-        return [f"runbook-worker-{i + 1}" for i in range(self.workers)]
+        return [f"{self.prefix}-{i + 1}" for i in range(self.workers)]
 
     # -- start -----------------------------------------------------------------------------------------------
 
@@ -162,9 +179,13 @@ class Topology:
             self.store_url = self._stack.enter_context(shared_store({**os.environ, **self.env}))
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-                asyncio.run(deploy_to_pool(self.file, self.pool, schedules=self.schedules))
+            if self.deploy:
+                with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                    asyncio.run(deploy_to_pool(self.file, self.pool, schedules=self.schedules))
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            if self.own_queues:
+                with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                    asyncio.run(ensure_work_queues(self.pool, self.worker_names))
             for name in self.worker_names:
                 self.running.append(self._spawn(name))
             self._wait_registered()
@@ -188,8 +209,13 @@ class Topology:
         logs = self.state_dir / "workers"
         logs.mkdir(parents=True, exist_ok=True)
         log = (logs / f"{name}.log").open("ab")
+        command = [*prefect_command(), "worker", "start", "--pool", self.pool, "--name", name, "--type", "process"]
+        if self.own_queues:
+            command += ["--work-queue", "default", "--work-queue", name]
+        if self.limit:
+            command += ["--limit", str(self.limit)]
         process = subprocess.Popen(
-            [*prefect_command(), "worker", "start", "--pool", self.pool, "--name", name, "--type", "process"],
+            command,
             env=self.worker_env(name), cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         return Worker(name=name, process=process, log=log, restarts=restarts)
@@ -366,18 +392,30 @@ async def mark_orphans_crashed(api_url: str, worker_name: str) -> list[str]:
     return crashed
 
 
-async def worker_of_runs(run_ids: Sequence[Any]) -> dict[str, str | None]:
-    """Return flow run id → the worker that executed it (the label `prefect.worker.name`; None: not a worker)."""
+async def worker_of_runs(run_ids: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Return flow run id → its name, flow, state and the worker whose process executed it: the label
+    `prefect.worker.name` of the run, or of the run it is a subflow of (it ran in that run's process)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    ids = [UUID(str(r)) for r in run_ids]
+    found: dict[str, dict[str, Any]] = {}
     async with get_client() as client:
-        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                           limit=max(len(ids), 1))
-    return {str(r.id): _worker_label(r) for r in runs}
+        async def worker(run_id: UUID, depth: int = 0) -> tuple[Any, str | None]:
+            run = await client.read_flow_run(run_id)
+            name = _worker_label(run)
+            if name is None and run.parent_task_run_id is not None and depth < 10:
+                parent = await client.read_task_run(run.parent_task_run_id)
+                if parent.flow_run_id is not None:
+                    return run, (await worker(parent.flow_run_id, depth + 1))[1]
+            return run, name
+
+        for run_id in dict.fromkeys(str(r) for r in run_ids):
+            run, name = await worker(UUID(run_id))
+            flows = await client.read_flow(run.flow_id)
+            found[run_id] = {"flow_run_id": run_id, "name": run.name, "flow": flows.name,
+                             "state": run.state.name if run.state else None, "worker": name}
+    return found
 
 
 def _worker_label(run: Any) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -868,27 +869,85 @@ class IncidentStore:
 
     # -- locks ------------------------------------------------------------------------------------------------
 
-    async def acquire_lock(self, name: str, holder: str, ttl: timedelta) -> None:
-        """Take a named lock or raise RemediationLocked naming the holder; an expired lock is taken over."""
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta, *,
+                           holder_gone: Callable[[str], Awaitable[bool]] | None = None) -> str | None:
+        """Take a named lock or raise RemediationLocked naming the holder; return the holder taken over, if any.
+
+        An expired lock is taken over; so is one whose holder is known dead before its TTL: `holder_gone(holder)`
+        (default: `holder_run_ended`, the holder's Prefect flow run — named in the holder as `run <uuid>` — is in a
+        final state: crashed with its worker, cancelled, or ended without releasing). Unknown means alive.
+        """
         now = utcnow()
         async with self.engine.begin() as conn:
             await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name, locks_t.c.expires_at < now)))
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(locks_t).values(name=name, holder=holder, acquired_at=now,
-                                                          expires_at=now + ttl))
-        except IntegrityError:
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(select(locks_t).where(locks_t.c.name == name))).mappings().first()
+        gone = holder_run_ended if holder_gone is None else holder_gone
+        taken_over: str | None = None
+        for attempt in range(2):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(insert(locks_t).values(name=name, holder=holder, acquired_at=now,
+                                                              expires_at=now + ttl))
+                return taken_over
+            except IntegrityError:
+                async with self.engine.connect() as conn:
+                    row = (await conn.execute(select(locks_t).where(locks_t.c.name == name))).mappings().first()
             if row and row["holder"] == holder:
-                return
-            who = f"{row['holder']} since {row['acquired_at']:%H:%M:%S}Z" if row else "another run"
-            raise RemediationLocked(f"{name} is held by {who}; wait for it to finish or resolve it first") from None
+                return None
+            if row and attempt == 0 and await gone(row["holder"]):
+                async with self.engine.begin() as conn:  # only that holder's row: a newer one stays
+                    await conn.execute(delete(locks_t).where(and_(
+                        locks_t.c.name == name, locks_t.c.holder == row["holder"],
+                        locks_t.c.acquired_at == row["acquired_at"])))
+                taken_over = row["holder"]
+                continue
+            break
+        who = f"{row['holder']} since {row['acquired_at']:%H:%M:%S}Z" if row else "another run"
+        raise RemediationLocked(f"{name} is held by {who}; wait for it to finish or resolve it first")
 
     async def release_lock(self, name: str, holder: str) -> None:
         """Release a lock held by holder (no-op otherwise)."""
         async with self.engine.begin() as conn:
             await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name, locks_t.c.holder == holder)))
+
+
+_RUN_ID = re.compile(r"\brun ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+
+
+async def holder_run_ended(holder: str) -> bool:
+    """Return True when a lock holder's Prefect flow run is known to have ended, asked through Prefect's API.
+
+    The holder names its run (`… run <flow-run uuid>`). A subflow run executes in the process of the run that
+    called it, so the process's run is the first one up the chain that is a deployment run (or has no parent): the
+    holder is gone when its own run or that run is final (Crashed when its worker died, Cancelled, Failed,
+    Completed without releasing). No run id, no Prefect API configured, an unknown run or an unreachable server:
+    not known, so not gone (the TTL still frees the lock).
+    """
+    found = _RUN_ID.search(holder)
+    if not found:
+        return False
+    from uuid import UUID
+
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # never start a temporary server just to ask
+        return False
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(found[1]))
+            for _ in range(20):
+                if run.state is not None and run.state.is_final():
+                    return True
+                if run.deployment_id is not None or run.parent_task_run_id is None:
+                    return False  # the process's own run, and it is not over
+                parent = await client.read_task_run(run.parent_task_run_id)
+                if parent.flow_run_id is None:
+                    return False
+                run = await client.read_flow_run(parent.flow_run_id)
+    except Exception:  # unknown run, server unreachable: not known to be gone
+        return False
+    return False
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

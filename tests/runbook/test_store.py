@@ -164,3 +164,53 @@ async def test_expired_lock_is_taken_over(store: IncidentStore) -> None:
     """A lock past its expiry is taken over by the next holder."""
     await store.acquire_lock("remediation:production", "run-a", timedelta(seconds=-1))
     await store.acquire_lock("remediation:production", "run-b", timedelta(minutes=5))
+
+
+async def test_lock_of_a_holder_known_gone_is_taken_over_before_its_ttl(store: IncidentStore) -> None:
+    """A lock whose holder is known dead is taken over at once (the old holder named); alive holders refuse."""
+    dead = {"database-rollback inc-1 run a"}
+
+    async def gone(holder: str) -> bool:
+        return holder in dead
+
+    await store.acquire_lock("remediation:production", "database-rollback inc-1 run a", timedelta(hours=2))
+    with pytest.raises(RemediationLocked, match="run a"):
+        await store.acquire_lock("remediation:production", "code-rollback inc-2 run b", timedelta(hours=2),
+                                 holder_gone=lambda h: _false())
+    took = await store.acquire_lock("remediation:production", "code-rollback inc-2 run b", timedelta(hours=2),
+                                    holder_gone=gone)
+    assert took == "database-rollback inc-1 run a"
+    assert [lock["holder"] for lock in await store.active_locks("remediation:")] == ["code-rollback inc-2 run b"]
+    await store.release_lock("remediation:production", "database-rollback inc-1 run a")  # the old one: no-op
+    assert [lock["holder"] for lock in await store.active_locks("remediation:")] == ["code-rollback inc-2 run b"]
+
+
+async def _false() -> bool:
+    return False
+
+
+async def test_lock_takeover_asks_prefect_whether_the_holder_run_ended(store: IncidentStore,
+                                                                       prefect_harness: None) -> None:
+    """Through Prefect's API: a holder whose flow run is Running keeps the lock; once it is Crashed the lock is
+    taken over; a holder without a run id is never presumed dead."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    from runbook.store import holder_run_ended
+
+    @flow(name="lock-holder")
+    def holder_flow() -> None:
+        """Stand for a remediation run (never executed: its state is set through the API)."""
+
+    async with get_client() as client:
+        run = await client.create_flow_run(holder_flow, state=Running())
+        holder = f"database-rollback inc-1 run {run.id}"
+        await store.acquire_lock("remediation:production", holder, timedelta(hours=2))
+        assert not await holder_run_ended(holder) and not await holder_run_ended("run-a")
+        with pytest.raises(RemediationLocked, match=str(run.id)):
+            await store.acquire_lock("remediation:production", "code-rollback inc-2 run other", timedelta(hours=2))
+        await client.set_flow_run_state(run.id, Crashed(message="its worker died"), force=True)
+    assert await holder_run_ended(holder)
+    took = await store.acquire_lock("remediation:production", "code-rollback inc-2 run other", timedelta(hours=2))
+    assert took == holder

@@ -10,6 +10,7 @@ Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id an
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from runbook.intake.common import (
     DECLARE_DEPLOYMENT,
     MAX_BODY_BYTES,
     Respond,
+    accepted_before,
     fit_parameters,
     keep_raw,
     log,
@@ -31,7 +33,7 @@ from runbook.intake.common import (
     start_declare,
     strict_json,
 )
-from runbook.intake.signatures import authenticate, cross_site, offers_credentials
+from runbook.intake.signatures import SeenOnce, authenticate, cross_site, offers_credentials
 from runbook.models import Alert
 from runbook.settings import Settings
 
@@ -141,6 +143,10 @@ def to_alert(payload: Any, headers: Any = None) -> Alert:
 
 # -- the route ------------------------------------------------------------------------------------------------
 
+# Signatures over the body alone: the same bytes are the same delivery, so a repeat is a replay (or a retry of one
+# already taken). A bearer token signs nothing: the same body from a token holder is a new report.
+SIGNED_BODY_ONLY = {"signature", "sentry", "vercel"}
+
 
 def _unauthorized(request: Request) -> JSONResponse:
     log.warning("rejected an unauthenticated alert from %s", request.client.host if request.client else "?")
@@ -150,6 +156,7 @@ def _unauthorized(request: Request) -> JSONResponse:
 
 def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
     """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication."""
+    deliveries = SeenOnce()  # signed bodies being or already taken by this process (concurrent replays)
 
     async def alerts(request: Request) -> JSONResponse:
         if open_access:
@@ -178,9 +185,16 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[R
             kept = await keep_raw(raw, str(exc))
             log.info("kept a malformed alert (id %s): %s", kept, exc)
             return rejected(400, str(exc), kept_alert_id=kept)
+        digest = hashlib.sha256(body).hexdigest()
+        if how in SIGNED_BODY_ONLY and (not deliveries.claim(digest) or await accepted_before(alert)):
+            log.warning("replayed signed alert %s (auth %s): nothing started", alert.fingerprint, how)
+            return JSONResponse({"status": "duplicate", "fingerprint": alert.fingerprint,
+                                 "detail": "this exact signed delivery was accepted before (a replay, or a retry of "
+                                           "one already taken); nothing started"}, status_code=200)
         try:
             run_id = await start_declare(alert, respond)
         except Exception as exc:  # Prefect unreachable or the deployment missing: keep it, tell the sender to retry
+            deliveries.release(digest)
             reason = f"not started: {type(exc).__name__}: {exc}"
             kept = await keep_raw(payload, reason)
             log.error("accepted-but-not-started alert %s (kept as %s): %s", alert.fingerprint, kept, reason)

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from runbook.errors import InputError
 from runbook.models import Alert
+from runbook.store import open_store
 
 DECLARE_DEPLOYMENT = "declare-incident/declare-incident"
 MAX_BODY_BYTES = 1_000_000
@@ -92,8 +93,6 @@ def rejected(status: int, message: str, **extra: Any) -> JSONResponse:
 
 async def keep_raw(raw: dict[str, Any], reason: str) -> int | None:
     """Keep a payload that was not turned into an incident, with the reason; return its id (None if impossible)."""
-    from runbook.store import open_store
-
     try:
         async with open_store() as store:
             return await store.store_raw_alert(raw, error=reason)
@@ -102,12 +101,26 @@ async def keep_raw(raw: dict[str, Any], reason: str) -> int | None:
         return None
 
 
+KEPT_IN_FULL = "kept in full"
+
+
+async def accepted_before(alert: Alert) -> bool:
+    """Whether this exact payload was accepted before (its alert is in the store): for a body-only signature (ours,
+    Sentry's, Vercel's) the same bytes are the same delivery — a replay, or the sender's retry of one we took — and
+    must never open a second incident after the first is resolved. An alert kept only because Prefect was
+    unreachable (503) was not accepted: the sender's retry of it is taken."""
+    async with open_store() as store:
+        rows = await store.alerts(fingerprint=alert.fingerprint, limit=1000)
+    return any(r["raw"] == alert.raw and (r["valid"] or str(r["error"] or "").startswith(KEPT_IN_FULL))
+               for r in rows)
+
+
 async def fit_parameters(alert: Alert) -> Alert:
     """Return the alert as it can be passed to Prefect: when its parameters would pass PARAMETERS_LIMIT_BYTES, the
     payload is kept in full in the store and the alert carries a trimmed `raw` naming where it is."""
     if len(json.dumps(alert.model_dump(mode="json"))) <= PARAMETERS_LIMIT_BYTES:
         return alert
-    kept = await keep_raw(alert.raw, f"kept in full: larger than the {PARAMETERS_LIMIT_BYTES} bytes passed to "
+    kept = await keep_raw(alert.raw, f"{KEPT_IN_FULL}: larger than the {PARAMETERS_LIMIT_BYTES} bytes passed to "
                                      "Prefect; the incident's alert carries a trimmed copy")
     scalars = {k: v for k, v in alert.raw.items() if isinstance(v, str | int | float | bool) and len(str(v)) < 500}
     trimmed = alert.model_copy(update={"raw": {**scalars, "trimmed": True, "kept_alert_id": kept}})

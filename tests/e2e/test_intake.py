@@ -274,3 +274,59 @@ async def test_the_open_local_intake_refuses_browser_cross_site_posts(
         local = await http.post("/alerts", json=GENERIC, headers={"Origin": "http://127.0.0.1:4200"})
         assert local.status_code == 202, local.text
     await delete_runs([local.json()["incident_flow_run_id"]])
+
+
+async def test_a_replayed_signed_alert_starts_nothing_even_after_resolution(
+        intake_env: Path, registered_deployments: dict[str, UUID]) -> None:
+    """The same signed bytes again are a replay: answered 200 "duplicate" at once (same process) and after the
+    first incident was declared and resolved (a new intake process: the store remembers), never a second incident;
+    a new delivery of the same issue (other bytes) is taken."""
+    from flows.declare_incident import DeclareParams, declare_incident
+    from runbook import lifecycle
+
+    body = json.dumps(SENTRY_EVENT).encode()
+    signed = {"Sentry-Hook-Signature": sign(body, SECRET), "Content-Type": "application/json"}
+    started: list[str] = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://intake") as http:
+        first = await http.post("/alerts", content=body, headers=signed)
+        assert first.status_code == 202, first.text
+        started.append(first.json()["incident_flow_run_id"])
+        again = await http.post("/alerts", content=body, headers=signed)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    # the declare run, with the parameters the intake gave it (its response not started), then resolved by a person
+    params = (await read_run(started[0])).parameters["params"]
+    declared = await declare_incident(DeclareParams.model_validate({**params, "respond": "none"}))
+    async with open_store() as store:
+        await lifecycle.resolve(store, declared.incident_id, reason="fixed", by="alex")
+    before = await declare_runs(registered_deployments)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://intake") as http:
+        replay = await http.post("/alerts", content=body, headers=signed)
+        assert replay.status_code == 200 and replay.json()["status"] == "duplicate", replay.text
+        assert await declare_runs(registered_deployments) == before
+        later = json.loads(body)
+        later["data"]["event"]["event_id"] = "a second occurrence"
+        fresh = json.dumps(later).encode()
+        taken = await http.post("/alerts", content=fresh, headers={**signed, "Sentry-Hook-Signature": sign(fresh, SECRET)})
+        assert taken.status_code == 202, taken.text
+        started.append(taken.json()["incident_flow_run_id"])
+    await delete_runs(started)
+
+
+async def test_a_signed_alert_refused_for_prefect_is_taken_when_the_sender_retries(
+        intake_env: Path, registered_deployments: dict[str, UUID]) -> None:
+    """Prefect unreachable: the signed alert is kept and answered 503 (retry); the sender's retry of the same bytes
+    once Prefect answers is taken (202), not refused as a replay."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    body = json.dumps(VERCEL).encode()
+    signed = {"x-vercel-signature": sign(body, SECRET, "sha1"), "Content-Type": "application/json"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://intake") as http:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+            refused = await http.post("/alerts", content=body, headers=signed)
+        assert refused.status_code == 503, refused.text
+        retried = await http.post("/alerts", content=body, headers=signed)
+    assert retried.status_code == 202, retried.text
+    async with open_store() as store:
+        kept = await store.alerts(valid=False)
+    assert [k["raw"] for k in kept] == [VERCEL] and kept[0]["error"].startswith("not started: ")
+    await delete_runs([retried.json()["incident_flow_run_id"]])

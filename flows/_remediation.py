@@ -13,6 +13,11 @@ Not a runbook procedure itself; the procedures in flows/ use it:
 - `ensure_unchanged`: after approval the plan is recomputed; a different hash aborts before anything changes.
 - `remediation_lock`: one remediation per environment at a time (a second is refused naming the holder).
 - `run_remediation`: the one control flow every remediation follows, over the pieces above.
+- `resolve_requester`: who asked, for the two-person rule and the record. Automation (no name, or "runbook", as
+  respond passes) is "runbook/<the flow that started it>", so a human approver is always a second person; a name
+  typed into the UI form is that name (via prefect-ui); `runbook remediate --by NAME [--as SLACK_ID]` sets the name,
+  the approvers-map identity and the OS user (via cli); a Slack "Request" click on a dry run's plan sets the
+  verified Slack user and their approvers-map name (via slack).
 
       dry run:  plan → publish → return "dry_run"                      (no lock, nothing changes)
       else:     lock → plan → nothing to do? → started → approval → re-plan (ensure_unchanged) → act → applied → verify
@@ -46,7 +51,11 @@ from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, flow_run_url
 from tasks.incident import record, record_once
-from tasks.slack import post_approval_request, show_decision
+from tasks.slack import post_approval_request, post_remediation_offer, show_decision
+
+AUTOMATION = "runbook"  # the requester name of runs no person asked for (respond's default)
+RequestedVia = Literal["form", "slack", "cli"]  # who filled in the request: this form (UI / API), Slack, the CLI
+RequesterChannel = Literal["prefect-ui", "slack", "cli", "api", "runbook"]
 
 Outcome = Literal[
     "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
@@ -130,6 +139,7 @@ async def request_approval(
     incident_id: str | None,
     requested_by: str | None = None,
     requester_identity: str | None = None,
+    requested_via: str | None = None,
     timeout: timedelta = timedelta(hours=1),
     two_person: bool = False,
     poll_interval: int = 1,
@@ -147,7 +157,8 @@ async def request_approval(
         await record(incident_id, EventKind.APPROVAL_REQUESTED,
                      f"Approval requested for {plan.action}: {plan.summary}",
                      {"plan_hash": plan.hash, "action": plan.action, "steps": plan.steps,
-                      "requested_by": requested_by, "two_person": two_person}, actor=requested_by or "runbook")
+                      "requested_by": requested_by, "requester_identity": requester_identity,
+                      "requested_via": requested_via, "two_person": two_person}, actor=requested_by or AUTOMATION)
     link = flow_run_url(run_id)
     waiting = f"waiting for approval of {plan.action}: {plan.summary} (plan {plan.hash}): {link or 'this run'}"
     get_run_logger().info(waiting)  # the run log says what it waits for and where to decide, at INFO
@@ -284,10 +295,68 @@ class RemediationParams(BaseModel):
                                      description="Who asks for this remediation (recorded)")
     requester_identity: str | None = Field(
         None, min_length=1, max_length=100,
-        description="The requester's verified identity (e.g. a Slack user id) when the run was started from a "
-                    "channel that verifies it; the two-person rule compares identities when both sides have one")
+        description="The requester's identity in the policy's approvers map (a Slack user id), set by the channel "
+                    "that started the run (a Slack click, `runbook remediate --as`); the two-person rule compares "
+                    "identities when both sides have one")
+    requested_via: RequestedVia = Field(
+        "form", description="Where the request came from: form (this form, or the API), or slack / cli (set by them)")
+    requester_os_user: str | None = Field(None, max_length=100,
+                                          description="`runbook remediate`: the operating-system user who ran it")
     verify_within_seconds: float = Field(60, ge=0, le=1800,
                                          description="How long verification keeps re-checking before it fails")
+
+
+class Requester(BaseModel):
+    """Who asked for a remediation, as the two-person rule and the record see it."""
+
+    name: str | None = None
+    identity: str | None = None
+    via: RequesterChannel = "api"
+    os_user: str | None = None
+
+    def details(self) -> dict[str, Any]:
+        """Return the timeline fields of the requester."""
+        return {"requested_by": self.name, "requester_identity": self.identity, "requested_via": self.via,
+                **({"requester_os_user": self.os_user} if self.os_user else {})}
+
+
+def requester_of(params: RemediationParams, *, starter: str | None, from_deployment: bool) -> Requester:
+    """Return the requester of a run: automation is 'runbook/<starter>' (no identity, so any person approving is a
+    second person); a person keeps their name, identity and channel (default: the UI form, or the API)."""
+    name = (params.requested_by or "").strip()
+    automated = name.casefold() == AUTOMATION or name.casefold().startswith(AUTOMATION + "/")
+    if automated or (not name and starter is not None):
+        label = name if "/" in name else f"{AUTOMATION}/{starter or 'automation'}"
+        return Requester(name=label, via="runbook")
+    via: RequesterChannel = params.requested_via if params.requested_via != "form" else (
+        "prefect-ui" if from_deployment else "api")
+    return Requester(name=name or None, identity=params.requester_identity if name else None, via=via,
+                     os_user=params.requester_os_user)
+
+
+async def resolve_requester(params: RemediationParams, action: str) -> Requester:
+    """Return the requester of the current run (the parent flow's name is the starter of a subflow)."""
+    from prefect.runtime import flow_run
+
+    starter: str | None = None
+    parent = flow_run.parent_flow_run_id
+    if parent:
+        starter = await _flow_name_of(str(parent))
+    elif (params.requested_by or "").strip().casefold() == AUTOMATION:
+        starter = action
+    from_deployment = _in_deployment() or bool(flow_run.parent_deployment_id)
+    return requester_of(params, starter=starter, from_deployment=from_deployment)
+
+
+async def _flow_name_of(run_id: str) -> str | None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(uuid.UUID(run_id))
+            return (await client.read_flow(run.flow_id)).name
+    except Exception:  # the name is for the record only: automation stays automation without it
+        return "automation"
 
 
 class Checked(BaseModel):
@@ -336,6 +405,8 @@ async def run_remediation(spec: Remediation, params: RemediationParams) -> Remed
         plan = await _plan(spec, incident)
         await publish_plan(plan, incident)
         logger.info("Dry run of %s: %s", spec.action, plan.summary)
+        if not plan.noop:
+            await _offer(plan, incident)
         return RemediationResult(action=spec.action, incident_id=incident, outcome="dry_run", plan=plan,
                                  detail="dry run: nothing was changed")
     try:
@@ -346,6 +417,19 @@ async def run_remediation(spec: Remediation, params: RemediationParams) -> Remed
                      {"action": spec.action, "reason": "locked"})
         logger.warning("%s refused: %s", spec.action, exc)
         return RemediationResult(action=spec.action, incident_id=incident, outcome="refused", detail=str(exc))
+
+
+async def _offer(plan: Plan, incident: str | None) -> None:
+    """Post a dry run's plan to #incidents with a Request button (Slack app only); a failure is only logged."""
+    run_id = flow_run_id()
+    if not run_id:
+        return
+    try:
+        await post_remediation_offer(action=plan.action, summary=plan.summary, steps=plan.steps,
+                                     warnings=plan.warnings, plan_hash=plan.hash, flow_run_id=run_id,
+                                     url=flow_run_url(run_id), incident_id=incident)
+    except Exception as exc:  # a dry run's result does not depend on Slack
+        get_run_logger().warning("could not post the plan to Slack: %s", exc)
 
 
 async def _plan(spec: Remediation, incident: str | None) -> Plan:
@@ -369,14 +453,16 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
         await record(incident, EventKind.NOTE, f"{spec.action}: nothing to do — {plan.summary}",
                      {"action": spec.action, "plan_hash": plan.hash, "state": plan.state})
         return result("nothing_to_do", plan, detail=plan.summary)
+    requester = await resolve_requester(params, spec.action)
     # Once per remediation: a deployment run suspended for approval re-runs from the top when resumed.
     await record_once(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",
-                      {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "state": plan.state},
-                      actor=params.requested_by or "runbook", same=("action", "plan_hash"))
+                      {"action": spec.action, "plan_hash": plan.hash, "steps": plan.steps, "state": plan.state,
+                       **requester.details()},
+                      actor=requester.name or AUTOMATION, same=("action", "plan_hash"))
     try:
         approval = await request_approval(
-            plan, incident_id=incident, requested_by=params.requested_by,
-            requester_identity=params.requester_identity, two_person=spec.two_person,
+            plan, incident_id=incident, requested_by=requester.name, requester_identity=requester.identity,
+            requested_via=requester.via, two_person=spec.two_person,
             timeout=timedelta(minutes=params.approval_timeout_minutes))
     except ApprovalDenied as exc:
         outcome = "timed_out" if "no decision" in str(exc) else "rejected"

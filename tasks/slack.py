@@ -17,10 +17,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from runbook.clients.slack import CHANNELS, SlackClient, ack_blocks, approval_blocks, decided_blocks
+from runbook.clients.slack import CHANNELS, SlackClient, ack_blocks, approval_blocks, decided_blocks, offer_blocks
 from runbook.errors import InputError, IntegrationError
 from runbook.models import EventKind
 from runbook.policy import get_policy
+from runbook.settings import get_settings
 from tasks.common import open_client
 from tasks.incident import record
 
@@ -122,6 +123,26 @@ async def post_approval_request(
     return await _post("incidents", text, blocks, incident_id=incident_id, kind=EventKind.SLACK,
                        summary=f"Slack: approval needed for {action} (plan {plan_hash})",
                        details={"plan_hash": plan_hash, "action": action, "url": url}, actor="runbook")
+
+
+@task(name="post_remediation_offer", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def post_remediation_offer(
+    *, action: str, summary: str, steps: list[str], warnings: list[str], plan_hash: str, flow_run_id: str,
+    url: str | None, incident_id: str | None,
+) -> SlackResult | None:
+    """Post a dry run's plan to #incidents with a Request button (Web API only; nothing without the Slack app)."""
+    token = get_settings().slack_bot_token
+    if token is None or not token.get_secret_value():
+        return None  # a plain message would offer nothing to click
+    text = f"Plan (dry run): {action}: {summary} (plan {plan_hash}). Nothing was changed."
+
+    def blocks(interactive: bool) -> list[dict[str, Any]] | None:
+        return offer_blocks(action=action, summary=summary, steps=steps, warnings=warnings, plan_hash=plan_hash,
+                            flow_run_id=flow_run_id, url=url, incident_id=incident_id) if interactive else None
+
+    return await _post("incidents", text, blocks, incident_id=incident_id, kind=EventKind.SLACK,
+                       summary=f"Slack: dry-run plan of {action} offered with a Request button (plan {plan_hash})",
+                       details={"plan_hash": plan_hash, "action": action, "offer": True}, actor="runbook")
 
 
 @task(name="post_ack_request", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)

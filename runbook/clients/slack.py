@@ -6,8 +6,8 @@ an approval request, Acknowledge on a page); the clicks come back, signed, to th
 With webhooks only, messages are plain (no buttons). Slack answers Web API calls with HTTP 200 and
 `{"ok": false, "error": "<code>"}` on failure (translated here: invalid_auth & co. → AuthError, others →
 RequestRejected) and 429 with `Retry-After` when rate limited (retried by the shared HTTP helper).
-Block builders (`approval_blocks`, `decided_blocks`, `ack_blocks`, `reject_modal`) are plain data, shared by the
-tasks that post and the intake that updates a message after a click.
+Block builders (`approval_blocks`, `offer_blocks`, `decided_blocks`, `ack_blocks`, `reject_modal`) are plain data,
+shared by the tasks that post and the intake that updates a message after a click.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ VENDOR = "slack"
 CHANNELS = ("incidents", "engineering", "operations")
 AUTH_ERRORS = frozenset({"not_authed", "invalid_auth", "account_inactive", "token_revoked", "token_expired",
                          "no_permission", "missing_scope", "not_allowed_token_type"})
-# Button action ids and the values they carry: "<flow run id>|<action>|<plan hash>" or the incident id.
+# Button action ids and the values they carry: "<flow run id>|<action>|<plan hash>" or the incident id
+# (Request: the flow run is the dry run whose plan is shown).
 APPROVE, REJECT, ACKNOWLEDGE = "runbook_approve", "runbook_reject", "runbook_acknowledge"
+REQUEST = "runbook_request"
 REJECT_MODAL = "runbook_reject_reason"
 REASON_BLOCK, REASON_INPUT = "reason", "reason_input"
 
@@ -204,13 +206,7 @@ def approval_blocks(*, action: str, summary: str, steps: list[str], warnings: li
                     two_person_requester: str | None = None) -> list[dict[str, Any]]:
     """Return the approval request: summary, steps, warnings, hash, the run's link and Approve / Reject."""
     head = f"*Approval needed: {action}*" + (f" ({incident_id})" if incident_id else "") + f"\n{summary}"
-    blocks: list[dict[str, Any]] = [{"type": "section", "block_id": "plan", "text": _mrkdwn(head)}]
-    if steps:
-        blocks.append({"type": "section", "block_id": "steps",
-                       "text": _mrkdwn("*Steps*\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)))})
-    if warnings:
-        blocks.append({"type": "section", "block_id": "warnings",
-                       "text": _mrkdwn("*Warnings*\n" + "\n".join(f"• :warning: {w}" for w in warnings))})
+    blocks = _plan_blocks(head, steps, warnings)
     context = [f"Plan hash `{plan_hash}`: approve only this plan; it is re-checked before acting."]
     if two_person_requester:
         context.append(f"Two-person rule: the approver must not be the requester ({two_person_requester}).")
@@ -220,6 +216,33 @@ def approval_blocks(*, action: str, summary: str, steps: list[str], warnings: li
     value = approval_value(flow_run_id, action, plan_hash)
     blocks.append({"type": "actions", "block_id": "decide", "elements": [
         _button("Approve", APPROVE, value, "primary"), _button("Reject", REJECT, value, "danger")]})
+    return blocks
+
+
+def _plan_blocks(head: str, steps: list[str], warnings: list[str]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "section", "block_id": "plan", "text": _mrkdwn(head)}]
+    if steps:
+        blocks.append({"type": "section", "block_id": "steps",
+                       "text": _mrkdwn("*Steps*\n" + "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)))})
+    if warnings:
+        blocks.append({"type": "section", "block_id": "warnings",
+                       "text": _mrkdwn("*Warnings*\n" + "\n".join(f"• :warning: {w}" for w in warnings))})
+    return blocks
+
+
+def offer_blocks(*, action: str, summary: str, steps: list[str], warnings: list[str], plan_hash: str,
+                 flow_run_id: str, url: str | None, incident_id: str | None) -> list[dict[str, Any]]:
+    """Return a dry run's plan with a Request button: a click starts the remediation for real, requested by the
+    verified clicker (someone else must then approve it when the action has the two-person rule)."""
+    head = f"*Plan (dry run): {action}*" + (f" ({incident_id})" if incident_id else "") + f"\n{summary}"
+    blocks = _plan_blocks(head, steps, warnings)
+    context = f"Plan hash `{plan_hash}`. Nothing was changed. Request it to start the remediation; it asks for " \
+              "approval before acting."
+    if url:
+        context += f" <{url}|Open the dry run in Prefect>"
+    blocks.append({"type": "context", "block_id": "hash", "elements": [_mrkdwn(context)]})
+    blocks.append({"type": "actions", "block_id": "request", "elements": [
+        _button("Request this remediation", REQUEST, approval_value(flow_run_id, action, plan_hash), "primary")]})
     return blocks
 
 

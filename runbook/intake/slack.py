@@ -10,6 +10,10 @@ RUNBOOK_SLACK_SIGNING_SECRET; a timestamp outside 5 minutes is a replay; 401, no
                                 however many clicks) and resume the run with the same ApprovalInput as the UI
                    Reject       the same checks, then a modal asks for the reason (views.open)
                    Acknowledge  store.acknowledge(via="slack", identity=<user id>) — the escalation stops paging
+                   Request      (on a dry run's plan) verify the person (may_approve the action), then start the
+                                remediation's deployment for real with the dry run's parameters, requested by the
+                                verified person (requested_by = their approvers-map name, requester_identity = their
+                                Slack id, requested_via = slack): the two-person rule then needs someone else
     view_submission (the reason) the same checks; refusals are shown in the modal; then claim and resume
 
 Every refusal is an ephemeral message to the clicking user (response_url) and changes nothing; a decision replaces
@@ -39,6 +43,7 @@ from runbook.clients.slack import (
     REASON_INPUT,
     REJECT,
     REJECT_MODAL,
+    REQUEST,
     SlackClient,
     decided_blocks,
     parse_approval_value,
@@ -163,6 +168,60 @@ async def decide(ready: Ready, decision: str, reason: str) -> Approval:
     return claim
 
 
+REQUESTED_TAG = "requested-from:"  # tag of a run started from a dry run's Request button: which dry run
+
+
+async def request_remediation(user_id: str, value: str) -> str:
+    """Start the remediation a dry run planned, requested by the verified clicker; return the message's new text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.deployments.flow_runs import arun_deployment
+
+    try:
+        dry_run_id, action, plan_hash = parse_approval_value(value)
+        dry_run = UUID(dry_run_id)
+    except ValueError:
+        raise Refused("This button is not a runbook remediation offer; nothing was started.") from None
+    person = get_policy().approver(user_id)
+    if person is None:
+        raise Refused(f"<@{user_id}> is not in the runbook's approvers (policy `approvers`); nothing was started.")
+    if not person.allowed(action):
+        raise Refused(f"{person.name} may not request {action} (policy approvers.{user_id}.may_approve); "
+                      "nothing was started.")
+    tag = f"{REQUESTED_TAG}{dry_run_id}"
+    try:
+        async with get_client() as client:
+            planned = await client.read_flow_run(dry_run)
+            earlier = await client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])),
+                                                  limit=1)
+    except Exception as exc:  # unknown run or Prefect unreachable: say so, start nothing
+        log.warning("slack: could not read the dry run %s: %s", dry_run_id, exc)
+        raise Refused(f"The dry run of {action} could not be read ({type(exc).__name__}); nothing was started.") \
+            from None
+    params = dict((planned.parameters or {}).get("params") or {})
+    if params.get("dry_run") is not True:
+        raise Refused(f"Run {dry_run_id} is not a dry run of {action}; nothing was started.")
+    if earlier:
+        before = dict((earlier[0].parameters or {}).get("params") or {})
+        raise Refused(f"Already requested by {before.get('requested_by') or 'someone'} (run {earlier[0].name}); "
+                      "nothing was started.")
+    params.update(dry_run=False, requested_by=person.name, requester_identity=user_id, requested_via="slack",
+                  requester_os_user=None)
+    incident = params.get("incident_id")
+    try:
+        run = await arun_deployment(f"{action}/{action}", parameters={"params": params}, timeout=0,
+                                    as_subflow=False, flow_run_name=f"{action} {incident or 'adhoc'}",
+                                    tags=["slack", tag])
+    except Exception as exc:  # no such deployment, or the server refused the parameters
+        log.warning("slack: could not start %s: %s", action, exc)
+        raise Refused(f"{action} could not be started ({type(exc).__name__}: {exc}); nothing was started.") \
+            from None
+    log.info("slack: %s requested by %s (%s) from dry run %s: run %s", action, person.name, user_id, dry_run_id,
+             run.id)
+    return (f"*{action}*: Requested by {person.name} at {_at(clock.now())} via slack (dry-run plan "
+            f"{plan_hash[:8]}…) — run {run.name} started; it asks for approval before acting")
+
+
 def _decided_text(approval: Approval) -> str:
     verb = "Approved" if approval.decision == "approve" else "Rejected"
     why = f": {approval.reason}" if approval.reason and approval.decision != "approve" else ""
@@ -207,6 +266,9 @@ class Interactions:
             try:
                 if action_id == ACKNOWLEDGE:
                     await self.acknowledge(user_id, value, response_url)
+                elif action_id == REQUEST:
+                    text = await request_remediation(user_id, value)
+                    await self.replace(response_url, text)
                 elif action_id == APPROVE:
                     ready = await check_decision(user_id, value, "approve")
                     approval = await decide(ready, "approve", "approved in Slack")

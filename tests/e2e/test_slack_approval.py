@@ -13,18 +13,20 @@ from typing import Any
 import pytest
 import uvicorn
 from prefect import flow
+from prefect.deployments.flow_runs import arun_deployment
 
 from deployments.local_server import free_port
 from flows._remediation import Plan, request_approval
 from flows.code_rollback import CodeRollbackParams, code_rollback
 from flows.escalate_incident import EscalateParams, escalate_incident
-from runbook.clients.slack import ACKNOWLEDGE, APPROVE, REASON_BLOCK, REASON_INPUT, REJECT
+from runbook.clients.slack import ACKNOWLEDGE, APPROVE, REASON_BLOCK, REASON_INPUT, REJECT, REQUEST
 from runbook.drill import DrillStack
 from runbook.errors import ApprovalDenied
 from runbook.intake import create_app
 from runbook.models import Approval, EventKind
 from runbook.store import open_store
 from tests.conftest import write_policy
+from tests.e2e.deploy_support import delete_runs, execute_due_runs, read_run, runs_of
 from tests.flows.remediation_support import new_incident, paused_run, timeline
 from tests.waiting import eventually
 
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 POLICY = """
 response: {ack_poll_seconds: 0.2}
 approvers:
-  U0BEN: {name: Ben, may_approve: [code-rollback, test-approval]}
+  U0BEN: {name: Ben, may_approve: [code-rollback, database-rollback, test-approval]}
   U0ALICE: {name: Alice, may_approve: ["*"]}
   U0CAROL: {name: Carol, may_approve: [database-rollback]}
 """
@@ -211,3 +213,84 @@ async def test_acknowledge_button_stops_the_escalation(slack: DrillStack) -> Non
     await escalate_incident(EscalateParams(incident_id=incident))  # acknowledged: returns at once
     posted = [e for e in await timeline(incident, EventKind.SLACK) if e.details.get("acknowledge")]
     assert len(posted) == 1 and len(slack.slack.messages("incidents")) == 1
+
+
+async def test_a_deployment_run_requested_and_approved_in_slack(slack: DrillStack,
+                                                               registered_deployments: dict[str, Any]) -> None:
+    """A dry run of the database rollback offers its plan in Slack; Alice requests it (her verified Slack id
+    becomes the requester), the deployment run suspends and posts its approval request; Alice's own Approve is
+    refused by the two-person rule, Ben's resumes the suspended run in a new process, which reverts the migration.
+    The timeline names Alice as requester and Ben as approver via slack; the message is updated in place."""
+    slack.inject("database-migration")
+    incident = await new_incident()
+    deployment = registered_deployments["database-rollback"]
+    before = {r.id for r in await runs_of(deployment)}
+    await arun_deployment("database-rollback/database-rollback", timeout=0, as_subflow=False,
+                          parameters={"params": {"incident_id": incident, "requested_by": "runbook",
+                                                 "dry_run": True}})
+    try:
+        await execute_due_runs("database-rollback")
+        offer = await eventually(lambda: _with_button(slack, REQUEST), "the dry run's plan with a Request button")
+        assert not slack.healthy("database-migration")
+        await slack.slack.click(offer["ts"], REQUEST, "U0MALLORY", "mallory")
+        assert "nothing was started" in await told(slack, "U0MALLORY", "not in the runbook's approvers")
+        second = slack.slack.click_payload(offer["ts"], REQUEST, "U0BEN", "ben")  # Ben still sees the button
+        await slack.slack.click(offer["ts"], REQUEST, "U0ALICE", "alice")
+        await eventually(lambda: "Requested by Alice" in (slack.slack.message(offer["ts"])["text"] or ""),
+                         "the plan's message to say who requested it")
+        assert slack.slack.buttons(slack.slack.message(offer["ts"])) == {}
+        await slack.slack.send_interaction(second)
+        assert "nothing was started" in await told(slack, "U0BEN", "Already requested by Alice")
+        [requested] = [r for r in await runs_of(deployment) if r.id not in before and "slack" in r.tags]
+        await execute_due_runs("database-rollback")
+        suspended = await read_run(requested.id)
+        assert suspended.state is not None and suspended.state.name == "Suspended", suspended.state
+        message = await request_message(slack)
+        assert "Two-person rule" in str(message["blocks"]) and "Alice" in str(message["blocks"])
+        await slack.slack.click(message["ts"], APPROVE, "U0ALICE", "alice")
+        assert "two-person rule" in await told(slack, "U0ALICE", "two-person rule")
+        assert (await read_run(requested.id)).state.name == "Suspended"  # type: ignore[union-attr]
+        await slack.slack.click(message["ts"], APPROVE, "U0BEN", "ben")
+        await eventually(lambda: "Approved by Ben" in (slack.slack.message(message["ts"])["text"] or ""),
+                         "the intake to resume the run and say so")
+        await execute_due_runs("database-rollback")  # a new process picks the resumed run up, from the top
+        finished = await read_run(requested.id)
+        assert finished.state is not None and finished.state.is_completed(), finished.state
+        assert slack.healthy("database-migration")
+        [asked] = await timeline(incident, EventKind.APPROVAL_REQUESTED)
+        assert (asked.actor, asked.details["requester_identity"], asked.details["requested_via"]) == (
+            "Alice", "U0ALICE", "slack")
+        [started] = await timeline(incident, EventKind.REMEDIATION_STARTED)
+        assert started.actor == "Alice" and started.details["requested_via"] == "slack"
+        [approved] = await timeline(incident, EventKind.APPROVAL)
+        assert (approved.actor, approved.details["via"], approved.details["identity"]) == ("Ben", "slack", "U0BEN")
+        final = slack.slack.message(message["ts"])
+        assert "Approved by Ben" in final["text"] and "via slack" in final["text"] and slack.slack.buttons(final) == {}
+        assert [u["how"] for u in final["updates"]][-1] == "chat.update"  # the flow's own record, in place
+    finally:
+        await delete_runs([r.id for r in await runs_of(deployment) if r.id not in before])
+
+
+@flow(name="respond-test-parent")
+async def respond_like(incident_id: str) -> Any:
+    """Start a remediation as respond does: a subflow whose requester is the runbook itself."""
+    return await code_rollback(CodeRollbackParams(incident_id=incident_id, requested_by="runbook",
+                                                  verify_within_seconds=20))
+
+
+async def test_automation_is_the_requester_of_what_respond_starts(slack: DrillStack) -> None:
+    """A remediation started by another flow is requested by 'runbook/<that flow>' (no identity): a person's
+    Approve is never the requester's, even under the two-person rule; the record says so."""
+    slack.inject("bad-deploy")
+    incident = await new_incident()
+    run = asyncio.ensure_future(respond_like(incident))
+    message = await request_message(slack)
+    await slack.slack.click(message["ts"], APPROVE, "U0BEN", "ben")
+    result = await asyncio.wait_for(run, 120)
+    assert result.outcome == "verified", result.detail
+    [started] = await timeline(incident, EventKind.REMEDIATION_STARTED)
+    [asked] = await timeline(incident, EventKind.APPROVAL_REQUESTED)
+    assert started.actor == asked.actor == "runbook/respond-test-parent"
+    assert (asked.details["requested_via"], asked.details["requester_identity"]) == ("runbook", None)
+    [approval] = await timeline(incident, EventKind.APPROVAL)
+    assert (approval.actor, approval.details["identity"]) == ("Ben", "U0BEN")

@@ -82,3 +82,81 @@ async def test_concurrent_claims_give_one_decision(store: IncidentStore) -> None
     await store.open_approval_request(request.model_copy(update={"plan_hash": "bbbb2222", "requested_at": utcnow()}))
     latest = await store.approval_request("run-1", action="code-rollback")
     assert latest is not None and latest.plan_hash == "bbbb2222" and latest.status == "pending"
+
+
+# -- who requested: the other side of the two-person rule -----------------------------------------------------
+
+POLICY = "approvers:\n  U0ALICE: {name: Alice, may_approve: ['*']}\n  U0BEN: {name: Ben, may_approve: ['*']}\n"
+
+
+def test_automation_requests_as_the_runbook_so_any_person_is_a_second_one() -> None:
+    """respond's default 'runbook' becomes 'runbook/<the flow that started it>' with no identity; Ben may approve
+    even the two-person database rollback it started, and an identity passed alongside is not kept."""
+    from flows._remediation import RemediationParams, requester_of
+
+    auto = requester_of(RemediationParams(requested_by="runbook", requester_identity="U0BEN"),
+                        starter="respond-p0", from_deployment=True)
+    assert (auto.name, auto.identity, auto.via) == ("runbook/respond-p0", None, "runbook")
+    assert two_person_violation("Ben", "U0BEN", auto.name, auto.identity) is None
+    unnamed_subflow = requester_of(RemediationParams(), starter="respond-p1", from_deployment=False)
+    assert (unnamed_subflow.name, unnamed_subflow.via) == ("runbook/respond-p1", "runbook")
+
+
+def test_a_person_keeps_their_name_identity_and_channel() -> None:
+    """A name typed into the UI form is via prefect-ui; a Slack request keeps the verified id; the same person
+    approving is refused by the rule, a different one is not."""
+    from flows._remediation import RemediationParams, requester_of
+
+    ui = requester_of(RemediationParams(requested_by="alice"), starter=None, from_deployment=True)
+    assert (ui.name, ui.identity, ui.via) == ("alice", None, "prefect-ui")
+    assert two_person_violation("Alice", "U0ALICE", ui.name, ui.identity)  # no identity: the names decide
+    slack = requester_of(RemediationParams(requested_by="Alice", requester_identity="U0ALICE",
+                                           requested_via="slack"), starter=None, from_deployment=True)
+    assert (slack.name, slack.identity, slack.via) == ("Alice", "U0ALICE", "slack")
+    assert two_person_violation("Alice (phone)", "U0ALICE", slack.name, slack.identity)
+    assert two_person_violation("Ben", "U0BEN", slack.name, slack.identity) is None
+    nobody = requester_of(RemediationParams(), starter=None, from_deployment=False)
+    assert (nobody.name, nobody.via) == (None, "api")
+
+
+def test_the_cli_records_by_its_approvers_identity_and_the_os_user(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--by Ben` takes Ben's approvers-map id (so Ben approving in Slack is the requester), `--as` names it
+    explicitly, the OS user is recorded and the channel is cli."""
+    import getpass
+
+    from runbook.cli.main import build_parser
+    from runbook.cli.remediate import build_params
+    from tests.conftest import write_policy
+
+    write_policy(tmp_path, monkeypatch, POLICY)
+    parser = build_parser()
+    params = build_params(parser.parse_args(["remediate", "database-rollback", "--by", "ben",
+                                             "--param", "versions=[\"20250127093000\"]"]))
+    assert params == {"versions": ["20250127093000"], "incident_id": None, "dry_run": False, "requested_by": "ben",
+                      "requester_identity": "U0BEN", "requested_via": "cli", "requester_os_user": getpass.getuser()}
+    explicit = build_params(parser.parse_args(["remediate", "code-rollback", "--by", "Benjamin", "--as", "U0BEN"]))
+    assert (explicit["requested_by"], explicit["requester_identity"]) == ("Benjamin", "U0BEN")
+    unknown = build_params(parser.parse_args(["remediate", "code-rollback", "--by", "Carol"]))
+    assert unknown["requester_identity"] is None  # not in the map: the names decide
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--by", "ben", "--as", "U0NOBODY"], "not in the policy's approvers map"),
+    (["--by", "ben", "--as", "ben"], "not a Slack user id"),
+    (["--by", "ben", "--incident", "INC-1"], "not an incident id"),
+    (["--by", "ben", "--param", "requested_by=alice"], "with the command's own options"),
+    (["--by", "ben", "--param", "no equals sign"], "not KEY=VALUE"),
+])
+def test_the_cli_refuses_bad_requests_before_anything_starts(argv: list[str], says: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad identity, incident id or field is a clear one-line error (exit 1) and no Prefect call is made."""
+    from runbook.cli.main import main
+    from tests.conftest import write_policy
+
+    write_policy(tmp_path, monkeypatch, POLICY)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens: a call would fail loudly
+    assert main(["remediate", "code-rollback", *argv]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and "was not started" not in err

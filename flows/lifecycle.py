@@ -226,10 +226,10 @@ async def set_incident_severity(params: SetSeverityParams) -> LifecycleOutcome:
                              details={"audience": "stakeholders", "severity": new.value})
     if not incident.status.is_open:
         return _outcome(incident, changed)
-    if new in comms.status_page_for:
-        try:
+    if new in comms.status_page_for or incident.statuspage_incident_id:
+        try:  # the same status again, with the new impact: once per change (a re-run posts nothing)
             await post_status_update(incident.id, incident.status,
-                                     f"{incident.status.meaning}. Impact: {new.description.lower()}.")
+                                     f"{incident.status.meaning}. Impact: {new.description.lower()}.", since=last.at)
         except IntegrationError as exc:  # a status page outage must not stop the change
             await record(incident.id, EventKind.STATUS_PAGE, f"Status page update FAILED: {exc}",
                          {"status": incident.status.value, "sent": False, "error": str(exc)})

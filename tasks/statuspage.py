@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -28,15 +29,30 @@ def affected_components(incident: Incident, configured: list[str]) -> list[str]:
     return [n for n in names if n in configured]
 
 
+def _reopened_at(events: list[Any]) -> datetime | None:
+    """Return when the incident was last reopened (moved from resolved back to an open status), if ever."""
+    reopens = [e.at for e in events if e.kind == EventKind.STATUS_CHANGED and e.details.get("from") == "resolved"
+               and e.details.get("to") != "resolved"]
+    return max(reopens) if reopens else None
+
+
 @task(name="post_status_update", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
-async def post_status_update(incident_id: str, status: Status, body: str) -> dict[str, Any]:
-    """Create or update the public incident at `status`, with impact and component statuses; once per status."""
+async def post_status_update(incident_id: str, status: Status, body: str, *,
+                             since: datetime | None = None) -> dict[str, Any]:
+    """Create or update the public incident at `status`, with impact and component statuses; once per status.
+
+    Once counts from the incident's last reopen (a reopened incident is announced again) and from `since` when
+    given (a severity change posts the status again, with the new severity's impact). A failed post is not one.
+    """
     async with open_store() as store:
         incident = await store.get(incident_id)
-        done = [e for e in await store.timeline(incident_id, kind=EventKind.STATUS_PAGE)
-                if e.details.get("status") == status.value]
+        events = await store.timeline(incident_id)
+    epoch = max((t for t in (since, _reopened_at(events)) if t is not None), default=None)
+    done = [e for e in events if e.kind == EventKind.STATUS_PAGE and e.details.get("status") == status.value
+            and e.details.get("sent", True) and (epoch is None or e.at >= epoch)]
     if done and incident.statuspage_incident_id:
         return {"sent": False, "statuspage_incident_id": incident.statuspage_incident_id, "reason": "already posted"}
+    impact = IMPACT[incident.severity]
     async with open_client(StatuspageClient) as sp:
         configured = list(sp.components)
         names = affected_components(incident, configured)
@@ -45,15 +61,16 @@ async def post_status_update(incident_id: str, status: Status, body: str) -> dic
         if incident.statuspage_incident_id is None:
             created = await sp.create_incident(
                 incident.title, status=status.value, body=body,  # type: ignore[arg-type]
-                impact_override=IMPACT[incident.severity], components=components,  # type: ignore[arg-type]
+                impact_override=impact, components=components,  # type: ignore[arg-type]
             )
             sp_id = created.id
             async with open_store() as store:
                 await store.update(incident_id, statuspage_incident_id=sp_id)
         else:
             sp_id = incident.statuspage_incident_id
-            await sp.update_incident(sp_id, status=status.value, body=body, components=components)  # type: ignore[arg-type]
+            await sp.update_incident(sp_id, status=status.value, body=body,  # type: ignore[arg-type]
+                                     impact_override=impact, components=components)  # type: ignore[arg-type]
     await record(incident_id, EventKind.STATUS_PAGE, f"Status page: {status.value} — {body}",
-                 {"status": status.value, "statuspage_incident_id": sp_id, "components": components},
-                 actor="statuspage")
-    return {"sent": True, "statuspage_incident_id": sp_id, "components": components}
+                 {"status": status.value, "statuspage_incident_id": sp_id, "components": components,
+                  "impact": impact}, actor="statuspage")
+    return {"sent": True, "statuspage_incident_id": sp_id, "components": components, "impact": impact}

@@ -13,9 +13,11 @@ from flows.lifecycle import (
     MergeParams,
     ResolveParams,
     SetSeverityParams,
+    SetStatusParams,
     merge_incidents,
     resolve_incident,
     set_incident_severity,
+    set_incident_status,
 )
 from flows.respond import RespondParams, respond_p2_p3
 from runbook.drill import DrillStack
@@ -136,3 +138,43 @@ async def test_the_monitors_incident_resolves_after_verification(drill_env: Dril
     assert outcome.resolved and outcome.status is Status.RESOLVED
     async with open_store() as store:
         assert not await store.timeline(inc.id, kind="confirmation_requested")
+
+
+def _public(stack: DrillStack, inc: Incident) -> dict[str, Any]:
+    """Return the stand-in's public incident of ours (as Statuspage holds it now)."""
+    ours = [i for i in stack.statuspage.incidents if i["name"] == inc.title]
+    assert len(ours) == 1, ours
+    return ours[0]
+
+
+async def test_reopening_announces_the_incident_on_the_status_page_again(drill_env: DrillStack) -> None:
+    """Resolved, then set back to investigating: the public incident is investigating again; a re-run posts nothing."""
+    inc = await _declare("Login fails for every student", Severity.P1, scenario="authentication")
+    await set_incident_status(SetStatusParams(incident_id=inc.id, status="identified", by="ana"))
+    await resolve_incident(ResolveParams(incident_id=inc.id, reason="auth provider recovered", by="ana"))
+    assert _public(drill_env, inc)["status"] == "resolved"
+    reopen = SetStatusParams(incident_id=inc.id, status="investigating", by="ana", reason="logins fail again")
+    assert (await set_incident_status(reopen)).changed
+    public = _public(drill_env, inc)
+    assert public["status"] == "investigating" and public["incident_updates"][0]["body"] == "logins fail again"
+    assert [p["status"] for p in _status_page(drill_env)] == ["identified", "resolved", "investigating"]
+    assert not (await set_incident_status(reopen)).changed
+    assert len(_status_page(drill_env)) == 3  # the same reopen again: nothing posted twice
+    await resolve_incident(ResolveParams(incident_id=inc.id, reason="fixed for good", by="ana"))
+    assert _public(drill_env, inc)["status"] == "resolved"  # and it can be resolved again
+
+
+async def test_a_severity_change_keeping_the_status_updates_the_public_impact(drill_env: DrillStack) -> None:
+    """A P2 raised to P0 while identified: the public incident stays identified with critical impact and its
+    component down; a re-run of the same change posts nothing more."""
+    inc = await _declare("Course list slow", Severity.P2, scenario="performance")
+    await set_incident_status(SetStatusParams(incident_id=inc.id, status="identified", by="ana"))
+    assert _public(drill_env, inc)["impact"] == "minor"
+    raise_it = SetSeverityParams(incident_id=inc.id, severity="P0", by="ana", reason="site down", escalate="none")
+    await set_incident_severity(raise_it)
+    public = _public(drill_env, inc)
+    assert public["status"] == "identified" and public["impact"] == "critical"
+    assert {c["status"] for c in public["components"]} == {"major_outage"}
+    posted = len(_status_page(drill_env))
+    await set_incident_severity(raise_it)
+    assert len(_status_page(drill_env)) == posted

@@ -294,3 +294,37 @@ async def test_automation_is_the_requester_of_what_respond_starts(slack: DrillSt
     assert (asked.details["requested_via"], asked.details["requester_identity"]) == ("runbook", None)
     [approval] = await timeline(incident, EventKind.APPROVAL)
     assert (approval.actor, approval.details["identity"]) == ("Ben", "U0BEN")
+
+
+async def test_a_cli_request_is_the_requesters_own_for_the_two_person_rule(
+        slack: DrillStack, registered_deployments: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`runbook remediate database-rollback --by ben` starts the deployment run requested by Ben via cli (his
+    approvers-map id and the OS user recorded); Ben's own Approve in Slack is refused by the two-person rule."""
+    import getpass
+
+    from runbook.cli.main import main
+
+    slack.inject("database-migration")
+    incident = await new_incident()
+    deployment = registered_deployments["database-rollback"]
+    before = {r.id for r in await runs_of(deployment)}
+    try:
+        code = await asyncio.to_thread(main, ["remediate", "database-rollback", "--incident", incident, "--by", "ben"])
+        out = capsys.readouterr().out
+        assert code == 0 and "requested by ben (U0BEN) via cli" in out and "Traceback" not in out
+        [run] = [r for r in await runs_of(deployment) if r.id not in before]
+        assert "cli" in run.tags
+        await execute_due_runs("database-rollback")
+        assert (await read_run(run.id)).state.name == "Suspended"  # type: ignore[union-attr]
+        [asked] = await timeline(incident, EventKind.APPROVAL_REQUESTED)
+        assert (asked.actor, asked.details["requester_identity"], asked.details["requested_via"]) == (
+            "ben", "U0BEN", "cli")
+        [started] = await timeline(incident, EventKind.REMEDIATION_STARTED)
+        assert started.details["requester_os_user"] == getpass.getuser()
+        message = await request_message(slack)
+        await slack.slack.click(message["ts"], APPROVE, "U0BEN", "ben")
+        assert "two-person rule" in await told(slack, "U0BEN", "two-person rule")
+        assert (await read_run(run.id)).state.name == "Suspended"  # type: ignore[union-attr]
+        assert not slack.healthy("database-migration")
+    finally:
+        await delete_runs([r.id for r in await runs_of(deployment) if r.id not in before])

@@ -371,7 +371,11 @@ def _pid_alive(infrastructure_pid: str | None) -> bool:
     if not infrastructure_pid:
         return False
     pid = infrastructure_pid.rsplit(":", 1)[-1]
-    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+    try:  # a zombie (exited, not yet reaped by whoever adopted it) is dead too
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid.isdigit() else ""
+    except OSError:
+        return False
+    return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
 
 
 async def mark_orphans_crashed(api_url: str, worker_name: str) -> list[str]:

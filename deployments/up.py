@@ -6,7 +6,9 @@
   2. the drill stack (`--no-drill` to skip): its RUNBOOK_* variables go into this process's environment, which the
      served flow runs inherit — except the state dir: incidents, reports and backups stay in RUNBOOK_STATE_DIR
      (default .runbook), the one store every `runbook` command reads, kept across restarts;
-  3. every deployment of prefect.yaml served from this process (deployments/serve.py), schedules active.
+  3. every deployment of prefect.yaml served from this process (deployments/serve.py), schedules active; or, with
+     `--workers N`, deployed to the process pool runbook-pool and executed by N `prefect worker start` processes
+     sharing one incident store on PostgreSQL (deployments/workers.py: the production topology on one machine).
 It prints "ready" with direct links (deployments, the paused runs waiting for a person, artifacts) only once every
 deployment is registered and ready. Ctrl-C or SIGTERM stops the runner (runs in flight are cancelled: they end
 Cancelled, not Crashed; its schedules are paused), then the drill stack and the server; nothing is left.

@@ -75,18 +75,23 @@ def _at(value: Any) -> str:
     return f"{value:%H:%M} UTC" if value is not None else "an earlier time"
 
 
+def entitled(user_id: str, action: str, may: str, unchanged: str) -> Approver:
+    """Return the person a Slack user id maps to when they may act on `action`; Refused (saying `unchanged`) else."""
+    person = get_policy().approver(user_id)
+    if person is None:
+        raise Refused(f"<@{user_id}> is not in the runbook's approvers (policy `approvers`); {unchanged}.")
+    if not person.allowed(action):
+        raise Refused(f"{person.name} may not {may} {action} (policy approvers.{user_id}.may_approve); {unchanged}.")
+    return person
+
+
 async def check_decision(user_id: str, value: str, decision: str) -> Ready:
     """Check a click on Approve / Reject; raise Refused with the reason when it must change nothing."""
     try:
         run_id, action, plan_hash = parse_approval_value(value)
     except ValueError:
         raise Refused("This button is not a runbook approval; nothing was changed.") from None
-    person = get_policy().approver(user_id)
-    if person is None:
-        raise Refused(f"<@{user_id}> is not in the runbook's approvers (policy `approvers`); nothing was changed.")
-    if not person.allowed(action):
-        raise Refused(f"{person.name} may not approve or reject {action} (policy approvers.{user_id}.may_approve); "
-                      "nothing was changed.")
+    person = entitled(user_id, action, "approve or reject", "nothing was changed")
     async with open_store() as store:
         latest = await store.approval_request(run_id, action=action)
     if latest is None:
@@ -182,12 +187,7 @@ async def request_remediation(user_id: str, value: str) -> str:
         dry_run = UUID(dry_run_id)
     except ValueError:
         raise Refused("This button is not a runbook remediation offer; nothing was started.") from None
-    person = get_policy().approver(user_id)
-    if person is None:
-        raise Refused(f"<@{user_id}> is not in the runbook's approvers (policy `approvers`); nothing was started.")
-    if not person.allowed(action):
-        raise Refused(f"{person.name} may not request {action} (policy approvers.{user_id}.may_approve); "
-                      "nothing was started.")
+    person = entitled(user_id, action, "request", "nothing was started")
     tag = f"{REQUESTED_TAG}{dry_run_id}"
     try:
         async with get_client() as client:

@@ -29,7 +29,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from runbook import clock
-from runbook.escalation import Step, escalation_schedule, wait_limit
+from runbook.escalation import Step, pending_steps, plan_of, step_key, wait_limit
 from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, Severity
 from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
@@ -92,18 +92,6 @@ async def _resume_when_paused(run_id: str, current: Incident | None, resumed: as
             await asyncio.sleep(0.5)
 
 
-def _plan_of(incident: Incident) -> tuple[str, datetime]:
-    """Return what the schedule is computed from: the severity and when its escalation started."""
-    return incident.severity.value, incident.escalation_start
-
-
-def _step_key(step: Step, incident: Incident) -> tuple[str, ...]:
-    """Return what makes a step done: a contact is paged once per incident, a reminder or SLA once per plan."""
-    if step.action == "page" and step.contact is not None:
-        return ("page", step.contact.role)
-    return (step.action, *map(str, _plan_of(incident)))
-
-
 async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, resumed: asyncio.Event,
                  outcome: EscalationOutcome) -> None:
     """Page, remind and record the SLA per the schedule until the incident is acknowledged.
@@ -116,14 +104,14 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
     done: set[tuple[str, ...]] = set()
     current = incident
     while True:
-        pending = [s for s in escalation_schedule(current, policy) if _step_key(s, current) not in done]
+        pending = pending_steps(current, policy, done)
         # After the last step keep watching, so a late acknowledgement still ends the wait, until the window (on
         # the injectable clock, like every step) runs out; then the run stops waiting.
         until = pending[0].at if pending else current.escalation_start + wait_limit(current, policy)
         seen = await _watch(current, until, poll, run_id, stop, resumed)
         if seen is None:
             return
-        if _plan_of(seen) != _plan_of(current):
+        if plan_of(seen) != plan_of(current):
             current = seen
             await _record_replan(current, policy, done)
             continue
@@ -134,7 +122,7 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
                 await _resume_when_paused(run_id, None, resumed)
             return
         step = pending[0]
-        done.add(_step_key(step, current))
+        done.add(step_key(step, current))
         await _take(step, current, policy, outcome)
 
 
@@ -160,7 +148,7 @@ async def _take(step: Step, incident: Incident, policy: Policy, outcome: Escalat
 
 async def _record_replan(incident: Incident, policy: Policy, done: set[tuple[str, ...]]) -> None:
     """Record that the escalation now follows the incident's new severity, and what comes next."""
-    ahead = [s for s in escalation_schedule(incident, policy) if _step_key(s, incident) not in done]
+    ahead = pending_steps(incident, policy, done)
     nxt = ", ".join(f"{s.contact.role if s.contact else s.action} at {s.at:%H:%M}" for s in ahead) or "nothing"
     await record(incident.id, EventKind.NOTE,
                  f"Escalation re-planned for {incident.severity} (counted from the change): next {nxt} UTC",
@@ -206,7 +194,7 @@ async def _watch(incident: Incident, until: datetime, poll: float, run_id: str |
             if run_id:
                 await _resume_when_paused(run_id, current, resumed)
             return None
-        if _plan_of(current) != _plan_of(incident):
+        if plan_of(current) != plan_of(incident):
             return current
         if pager_every is not None and time.monotonic() - last_pager >= pager_every:
             last_pager = time.monotonic()  # rate of the REST reads: real time, not the escalation's clock

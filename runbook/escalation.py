@@ -3,7 +3,9 @@
 P0: on-call at once, engineering lead at 15 min, CTO at 30 min (the runbook's table). P1 uses the same chain
 stretched to its 30-minute response time. P2/P3 page nobody at once: a reminder in #incidents at a fraction of the
 response time, then the on-call engineer is paged when the response time runs out. Every schedule ends with the
-response-time deadline, when a missing acknowledgement is recorded as a missed SLA.
+response-time deadline, when a missing acknowledgement is recorded as a missed SLA. A severity a person changes
+re-plans a running escalation: the new severity's schedule, counted from the change, less what was already done
+(`pending_steps`).
 
 Acknowledgements made in PagerDuty (the app's Acknowledge, on any page of the chain) reach the store through
 `record_pager_change`, from the intake's webhook route and from the escalation's REST poll alike.
@@ -48,6 +50,31 @@ def escalation_schedule(incident: Incident, policy: Policy) -> list[Step]:
             steps.append(Step(due, "page", chain[0]))
     steps.append(Step(due, "sla"))
     return sorted(steps, key=lambda s: (s.at, {"page": 0, "remind": 1, "sla": 2}[s.action]))
+
+
+def plan_of(incident: Incident) -> tuple[Severity, datetime]:
+    """Return what an incident's schedule is computed from: its severity and when that severity's clock started.
+
+    A running escalation re-plans when this changes (a person's set-severity).
+    """
+    return incident.severity, incident.escalation_start
+
+
+def step_key(step: Step, incident: Incident) -> tuple[str, ...]:
+    """Return what makes a step done: a contact is paged once per incident, a reminder or an SLA once per plan."""
+    if step.action == "page" and step.contact is not None:
+        return ("page", step.contact.role)
+    severity, start = plan_of(incident)
+    return (step.action, severity.value, start.isoformat())
+
+
+def pending_steps(incident: Incident, policy: Policy, done: set[tuple[str, ...]]) -> list[Step]:
+    """Return the steps of the incident's current schedule not yet taken (`done`: the step_key of those taken).
+
+    After a severity change this is the new severity's schedule counted from the change, less the contacts
+    already paged: a P0 lowered to P2 after its first page has P2's reminder and SLA left, no lead and no CTO.
+    """
+    return [s for s in escalation_schedule(incident, policy) if step_key(s, incident) not in done]
 
 
 def wait_limit(incident: Incident, policy: Policy) -> timedelta:

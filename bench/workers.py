@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -67,6 +68,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="runbook-bench-workers-"))
+    try:
+        _run(args, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, home: Path) -> None:
     with DrillStack() as stack, shared_store({}) as store_url, \
             prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server, \
             temporary_settings(updates={PREFECT_API_URL: server.api_url}):

@@ -20,6 +20,7 @@ from flows.verification import Verification, VerifyParams, verify_service
 from runbook.errors import IntegrationError
 from runbook.models import Diagnosis, EventKind, Incident, Severity, Status
 from runbook.policy import get_policy
+from runbook.store import open_store
 from tasks.health import check_app_health
 from tasks.incident import read_incident, record, transition_status
 from tasks.pagerduty import resolve_pages
@@ -88,9 +89,23 @@ async def announce_status(incident: Incident, status: Status, message: str) -> N
                              incident_id=incident.id)
 
 
+async def _first_announcement_made(incident_id: str) -> bool:
+    """Whether the incident's first communication (the stakeholder notice that ends it) already went out."""
+    async with open_store() as store:
+        return any(e.details.get("audience") == "stakeholders" and e.details.get("sent")
+                   for e in await store.timeline(incident_id, kind=EventKind.NOTIFIED))
+
+
 async def communicate(incident: Incident, status: Status, message: str) -> None:
-    """Post the status page update, tell #incidents, and notify stakeholders and customers per the matrix."""
+    """Post the status page update, tell #incidents, and notify stakeholders and customers per the matrix.
+
+    The first announcement ("investigating") is made once per incident: a re-run of the response (a crash, an
+    operator's retry) does not post it again. A reopen announces through `announce_status`, not through here.
+    """
     comms = get_policy().communication
+    if status is Status.INVESTIGATING and await _first_announcement_made(incident.id):
+        get_run_logger().info("the first announcement of %s was already made; not posted again", incident.id)
+        return
     await announce_status(incident, status, message)
     if status is Status.INVESTIGATING:
         await post_slack_message(comms.operations_channel,

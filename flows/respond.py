@@ -34,12 +34,20 @@ from flows._response import (
     stay_open,
 )
 from flows.escalate_incident import EscalateParams, EscalationOutcome, escalate_incident
-from runbook.models import INCIDENT_ID_PATTERN, ActionItem, Diagnosis, Incident, Severity, Status, utcnow
+from runbook.models import (
+    INCIDENT_ID_PATTERN,
+    ActionItem,
+    Diagnosis,
+    EventKind,
+    Incident,
+    Severity,
+    Status,
+    utcnow,
+)
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import run_parameter
 from tasks.incident import read_incident
-from tasks.pagerduty import page_contact
 from tasks.slack import post_slack_message
 
 
@@ -111,9 +119,29 @@ async def _finish(incident_id: str, escalation: asyncio.Task[EscalationOutcome] 
 
 
 async def _page_and_escalate(incident: Incident) -> asyncio.Task[EscalationOutcome]:
-    """Page on-call now, then let the escalation run beside the response until someone acknowledges."""
-    await page_contact(incident, get_policy().chain()[0])  # idempotent: the escalation will not page again
-    return asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    """Start the escalation beside the response: its first step pages on-call at once, later steps the lead and
+    the CTO until someone acknowledges. The response does not wait for the page: with PagerDuty throttling or down
+    the page is retried for minutes (pending on the timeline) while the status page, Slack and the diagnosis go on."""
+    escalation = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    await _first_page_tried(incident.id, escalation)
+    return escalation
+
+
+FIRST_PAGE_WAIT_S = 15.0
+
+
+async def _first_page_tried(incident_id: str, escalation: asyncio.Task[EscalationOutcome]) -> None:
+    """Wait until the first page was sent or its first try failed (it is then retried, pending, beside the response),
+    at most FIRST_PAGE_WAIT_S: the page goes out before the status page and Slack, and nothing waits for minutes."""
+    deadline = asyncio.get_running_loop().time() + FIRST_PAGE_WAIT_S
+    while not escalation.done() and asyncio.get_running_loop().time() < deadline:
+        async with open_store() as store:
+            events = await store.timeline(incident_id)
+        if any(e.details.get("dedup_key") == incident_id and (
+                e.kind in {EventKind.PAGED, EventKind.ESCALATED} or e.details.get("page_retry") is not None
+                or e.details.get("page_failed")) for e in events):
+            return
+        await asyncio.sleep(0.1)
 
 
 @flow(name="respond-p0", flow_run_name=_run_name)

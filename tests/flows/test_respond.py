@@ -115,3 +115,67 @@ async def test_acknowledging_the_p0_acknowledges_the_page(drill_env: DrillStack,
     assert alert is not None and alert["status"] == "acknowledged"
     outcome = await asyncio.wait_for(run, timeout=90)
     assert outcome.acknowledged_by == "ana" and not outcome.resolved
+
+
+async def test_a_rerun_of_the_response_does_not_announce_again(drill_env: DrillStack, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first announcement (status page "investigating", #incidents, the stakeholder notice) goes out once per
+    incident: the response run again (an operator's retry after a crash) posts none of it a second time."""
+    from prefect import flow
+
+    from flows._response import communicate
+
+    write_policy(tmp_path, monkeypatch, FAST)
+    inc = await _declare("Checkout slow for some", Severity.P1, "payment")
+
+    @flow(name="announce-twice")
+    async def announce_twice() -> None:
+        await communicate(inc, Status.INVESTIGATING, "We are investigating degraded functionality.")
+
+    await announce_twice()
+    await announce_twice()
+    texts = [str(r.body) for r in drill_env.slack.requests]
+    assert sum("Stakeholder notice" in t for t in texts) == 1
+    assert sum("investigating: We are investigating" in t for t in texts) == 1, texts
+    created = [r for r in drill_env.statuspage.requests if r.method == "POST" and "incidents" in r.path]
+    assert len(created) == 1
+
+
+async def test_pagerduty_down_does_not_hold_up_the_p0_response(drill_env: DrillStack, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """PagerDuty answering 503: the status page says "investigating" and #incidents is told while the page is still
+    pending (retried); once PagerDuty answers, the page lands, once."""
+    from runbook.drill.faults import Fault
+
+    write_policy(tmp_path, monkeypatch, FAST)
+    outage = drill_env.pagerduty.inject(Fault.error(503, times=None))
+    async with open_store() as store:  # the monitor's: it resolves on verification, no person asked to confirm
+        inc, _ = await store.declare(Incident(title="Site completely down", severity=Severity.P0,
+                                              scenario="performance", fingerprint="pd-down", source="monitor"))
+    run = asyncio.create_task(respond_p0(RespondParams(incident_id=inc.id, remediate=False)))
+
+    async def announced() -> list[str] | None:
+        statuses = [r.body["incident"]["status"] for r in drill_env.statuspage.requests
+                    if r.method == "POST" and isinstance(r.body, dict) and "incident" in r.body]
+        told = any("investigating" in str(r.body) for r in drill_env.slack.requests)
+        return statuses if statuses and told else None
+
+    assert await eventually(announced, "the status page and #incidents told", timeout=120) == ["investigating"]
+    assert drill_env.pagerduty.alert(inc.id) is None  # still failing: not delivered, not dropped
+    async with open_store() as store:
+        notes = [e.summary for e in await store.timeline(inc.id) if e.details.get("dedup_key") == inc.id]
+    assert notes and "pending" in notes[0]
+    assert outage.used >= 1  # PagerDuty was asked and failed
+    drill_env.pagerduty.clear_faults()
+    await eventually(lambda: _paged(inc.id), "the page delivered once PagerDuty answers", timeout=120)
+    ack = await wait_for_pause(["escalate-incident"])
+    await resume(ack, {"by": "ana"})
+    outcome = await asyncio.wait_for(run, timeout=300)
+    assert outcome.acknowledged_by == "ana"
+    async with open_store() as store:
+        assert len([e for e in await store.timeline(inc.id) if e.kind == "paged"]) == 1
+
+
+async def _paged(incident_id: str) -> bool | None:
+    async with open_store() as store:
+        return any(e.kind == "paged" for e in await store.timeline(incident_id)) or None

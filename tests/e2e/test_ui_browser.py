@@ -147,8 +147,10 @@ def test_a_custom_run_with_a_dropdown_set_is_created_from_the_form(
         title_field.get_by_role("tab", name="str", exact=True).click(timeout=60_000)
         title_field.locator("textarea").first.fill(title)
         page.get_by_role("button", name="Select Severity", exact=True).click()
+        p1 = page.get_by_role("option", name="P1", exact=True)
+        p1.wait_for(timeout=30_000)  # the dropdown is open: a plain list of the choices, no type tabs
         assert page.get_by_role("option").all_inner_texts() == ["auto", "P0", "P1", "P2", "P3"]
-        page.get_by_role("option", name="P1", exact=True).click()
+        p1.click()
         submit = page.get_by_role("button", name="Submit", exact=True)
         # 1. the sighting, replayed: a 503 from the server is "Unknown error while creating flow run." in the form
         submit.click()

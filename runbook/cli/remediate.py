@@ -47,6 +47,10 @@ def requester_identity(by: str, identity: str | None) -> str | None:
             raise InputError(f"--as {identity!r} is not a Slack user id (U… or W…)")
         if identity not in approvers:
             raise InputError(f"--as {identity} is not in the policy's approvers map; nothing was started")
+        if approvers[identity].name.strip().casefold() != by.strip().casefold():
+            # else a requester could borrow another approver's identity and then approve their own request
+            raise InputError(f"--as {identity} is {approvers[identity].name} in the approvers map, not {by}; "
+                             "nothing was started")
         return identity
     named = [uid for uid, person in approvers.items() if person.name.strip().casefold() == by.strip().casefold()]
     return named[0] if len(named) == 1 else None

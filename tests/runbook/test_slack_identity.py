@@ -135,14 +135,16 @@ def test_the_cli_records_by_its_approvers_identity_and_the_os_user(tmp_path: Pat
                                              "--param", "versions=[\"20250127093000\"]"]))
     assert params == {"versions": ["20250127093000"], "incident_id": None, "dry_run": False, "requested_by": "ben",
                       "requester_identity": "U0BEN", "requested_via": "cli", "requester_os_user": getpass.getuser()}
-    explicit = build_params(parser.parse_args(["remediate", "code-rollback", "--by", "Benjamin", "--as", "U0BEN"]))
-    assert (explicit["requested_by"], explicit["requester_identity"]) == ("Benjamin", "U0BEN")
+    explicit = build_params(parser.parse_args(["remediate", "code-rollback", "--by", "Ben", "--as", "U0BEN"]))
+    assert (explicit["requested_by"], explicit["requester_identity"]) == ("Ben", "U0BEN")
     unknown = build_params(parser.parse_args(["remediate", "code-rollback", "--by", "Carol"]))
     assert unknown["requester_identity"] is None  # not in the map: the names decide
 
 
 @pytest.mark.parametrize(("argv", "says"), [
     (["--by", "ben", "--as", "U0NOBODY"], "not in the policy's approvers map"),
+    # borrowing another approver's identity would let one approve one's own request as "the second person"
+    (["--by", "alice", "--as", "U0BEN"], "is Ben in the approvers map, not alice"),
     (["--by", "ben", "--as", "ben"], "not a Slack user id"),
     (["--by", "ben", "--incident", "INC-1"], "not an incident id"),
     (["--by", "ben", "--param", "requested_by=alice"], "with the command's own options"),

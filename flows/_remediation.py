@@ -22,6 +22,13 @@ Not a runbook procedure itself; the procedures in flows/ use it:
       dry run:  plan → publish → return "dry_run"                      (no lock, nothing changes)
       else:     lock → plan → nothing to do? → started → approval → re-plan (ensure_unchanged) → act → applied → verify
 
+  Re-runs (issue 21): a lock whose holder's flow run ended (crashed with its worker, cancelled) is taken over by the
+  store and the takeover is recorded ("lock … taken over from crashed run X"). `earlier_runs` reads what earlier
+  runs of the action for the incident planned, got approved, applied or stopped on from the timeline; a planner
+  uses it to see that the state it would change is already the one an earlier run aimed at (`Plan.done_by`). A
+  plan with nothing to do after an earlier run acted (done, or crashed/cancelled mid-act) is not repeated: the new
+  run only verifies (nothing_to_do when verification passes, else verification_failed), no approval needed.
+
   Outcomes: refused (another remediation holds the environment), nothing_to_do, rejected / timed_out (the approval),
   plan_changed, failed (the action raised; what it reports), verified / verification_failed. A plan that a safety
   rule refuses (UnsafeOperation) is recorded and raised: the run fails with the rule's message.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -72,6 +80,8 @@ class Plan(BaseModel):
     steps: list[str] = Field(default_factory=list)
     state: dict[str, Any] = Field(default_factory=dict, description="The facts the plan stands on (hashed)")
     noop: bool = Field(False, description="True when there is nothing to do")
+    done_by: str | None = Field(None, description="With noop: the earlier run of this remediation for the "
+                                "incident that already did it (the new run only verifies)")
     warnings: list[str] = Field(default_factory=list)
 
     @property
@@ -262,7 +272,9 @@ async def remediation_lock(action: str, incident_id: str | None, ttl: timedelta 
     name = f"remediation:{environment}"
     holder = f"{action} {incident_id or ''} run {flow_run_id() or uuid.uuid4().hex[:8]}".strip()
     async with open_store() as store:
-        await store.acquire_lock(name, holder, ttl)
+        taken_over = await store.acquire_lock(name, holder, ttl)
+    if taken_over is not None:
+        await _record_takeover(incident_id, name, taken_over)
     try:
         yield holder
     except Pause:
@@ -279,6 +291,103 @@ async def remediation_lock(action: str, incident_id: str | None, ttl: timedelta 
 async def _release(name: str, holder: str) -> None:
     async with open_store() as store:
         await store.release_lock(name, holder)
+
+
+_HOLDER_RUN = re.compile(r"\brun ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+
+
+async def _record_takeover(incident_id: str | None, name: str, holder: str) -> None:
+    """Record that the lock was taken over from a holder whose Prefect flow run ended without releasing it."""
+    found = _HOLDER_RUN.search(holder)
+    run = found[1] if found else None
+    state = await _run_state_name(run) if run else None
+    how = (state or "ended").lower()
+    line = f"lock {name} taken over from {how} run {run or holder}"
+    get_run_logger().warning("%s (holder: %s)", line, holder)
+    await record(incident_id, EventKind.NOTE, line,
+                 {"lock": name, "taken_over_from": holder, "holder_run": run, "holder_state": state})
+
+
+async def _run_state_name(run_id: str) -> str | None:
+    """Return the state name of a flow run (None when Prefect cannot say); for the record only."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(uuid.UUID(run_id))
+    except Exception:  # the takeover already happened; its record must not fail on the lookup
+        return None
+    return run.state.name if run.state is not None else None
+
+
+# -- what earlier runs of a remediation for the incident did (a re-run must not repeat it) --------------------------
+
+class EarlierRun(BaseModel):
+    """What one earlier run of a remediation for an incident recorded on the timeline."""
+
+    flow_run_id: str
+    plan_hash: str
+    summary: str = ""
+    state: dict[str, Any] = Field(default_factory=dict)
+    approved_by: str | None = None
+    applied: dict[str, Any] | None = None
+    stopped: str | None = Field(None, description="Why it stopped before acting (rejected, timed_out, "
+                                                  "plan_changed, unsafe, locked), or failed while acting")
+
+    @property
+    def may_have_acted(self) -> bool:
+        """Return True when the run got past its approval into acting (done, crashed or failed while at it)."""
+        return self.applied is not None or (self.approved_by is not None
+                                            and self.stopped not in {"plan_changed", "unsafe"})
+
+    def describe(self) -> str:
+        """Return how the run ended, for a plan's summary."""
+        if self.applied is not None:
+            return f"run {self.flow_run_id}"
+        if self.stopped == "failed":
+            return f"run {self.flow_run_id} (it failed while acting)"
+        return f"run {self.flow_run_id} (approved by {self.approved_by}; it ended before recording the result: " \
+               "crashed or cancelled)"
+
+
+async def earlier_runs(incident_id: str | None, action: str) -> list[EarlierRun]:
+    """Return the earlier runs of an action for the incident that planned to change something, oldest first.
+
+    Read from the timeline: each run's remediation_started (its plan), its approval, remediation_applied and
+    remediation_aborted events. The current run is left out (a suspended run resumed re-runs from the top).
+    """
+    if not incident_id:
+        return []
+    async with open_store() as store:
+        events = await store.timeline(incident_id)
+    me = flow_run_id()
+    runs: dict[str, EarlierRun] = {}
+    for e in events:
+        run, details = e.flow_run_id, e.details
+        if not run or run == me or details.get("action") != action:
+            continue
+        if e.kind == EventKind.REMEDIATION_STARTED:
+            runs.setdefault(run, EarlierRun(flow_run_id=run, plan_hash=str(details.get("plan_hash", "")),
+                                            summary=e.summary, state=dict(details.get("state") or {})))
+            continue
+        earlier = runs.get(run)
+        if earlier is None:
+            continue
+        if e.kind == EventKind.APPROVAL and details.get("decision") == "approve" \
+                and details.get("plan_hash") == earlier.plan_hash:
+            earlier.approved_by = str(details.get("approver") or "?")
+        elif e.kind == EventKind.REMEDIATION_APPLIED:
+            earlier.applied = dict(details)
+        elif e.kind == EventKind.REMEDIATION_ABORTED:
+            earlier.stopped = str(details.get("reason") or ("plan_changed" if "approved_hash" in details else
+                                                            "aborted"))
+    return list(runs.values())
+
+
+async def latest_that_acted(incident_id: str | None, action: str) -> EarlierRun | None:
+    """Return the newest earlier run of the action for the incident that may have acted, if any."""
+    acted = [r for r in await earlier_runs(incident_id, action) if r.may_have_acted]
+    return acted[-1] if acted else None
 
 
 # -- the driver every remediation flow runs -------------------------------------------------------------------------
@@ -448,11 +557,26 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
         return RemediationResult(action=spec.action, incident_id=incident, outcome=outcome, plan=plan, **kw)
 
     plan = await _plan(spec, incident)
+    if plan.noop and plan.done_by is None:
+        done = await latest_that_acted(incident, spec.action)
+        if done is not None:  # nothing left to do because an earlier run did it: that run's result is verified
+            plan = plan.model_copy(update={"done_by": done.flow_run_id,
+                                           "summary": f"{plan.summary}: done by {done.describe()}"})
     await publish_plan(plan, incident)
     if plan.noop:
         await record(incident, EventKind.NOTE, f"{spec.action}: nothing to do — {plan.summary}",
-                     {"action": spec.action, "plan_hash": plan.hash, "state": plan.state})
-        return result("nothing_to_do", plan, detail=plan.summary)
+                     {"action": spec.action, "plan_hash": plan.hash, "state": plan.state, "done_by": plan.done_by})
+        if plan.done_by is None:
+            return result("nothing_to_do", plan, detail=plan.summary)
+        # A re-run after an earlier run acted (and may have crashed before verifying): verify, change nothing.
+        checked = await spec.verify(plan, {})
+        if checked.passed:
+            return result("nothing_to_do", plan, verification=checked.model_dump(),
+                          detail=f"{plan.summary}; verified: {checked.summary}")
+        detail = (f"{plan.summary}, but verification FAILED ({checked.summary}); the incident stays open — "
+                  "investigate before resolving")
+        logger.error("%s: %s", spec.action, detail)
+        return result("verification_failed", plan, verification=checked.model_dump(), detail=detail)
     requester = await resolve_requester(params, spec.action)
     # Once per remediation: a deployment run suspended for approval re-runs from the top when resumed.
     await record_once(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",

@@ -4,6 +4,10 @@ Plan: the current production deployment → the previous READY rollback candidat
 approval the plan is re-read (another promotion in between aborts), Vercel rolls back, the alias job is polled
 until it succeeded or failed, and /api/health is verified within a bounded window. Already on the target is a
 named success (nothing_to_do); a failed verification leaves the incident open and says so.
+
+A re-run for the same incident (the operator's, after a run crashed with its worker mid-rollback, was cancelled, or
+completed) does not roll back again: when production serves the target of an earlier run's plan that got past its
+approval, the plan is "already rolled back to <target> by run <id>" and the run only verifies.
 """
 
 from typing import Any, Literal
@@ -17,6 +21,7 @@ from flows._remediation import (
     Remediation,
     RemediationParams,
     RemediationResult,
+    earlier_runs,
     run_name,
     run_remediation,
     verify_scenario,
@@ -51,6 +56,15 @@ async def plan_code_rollback(params: CodeRollbackParams) -> Plan:
     """Compute the rollback plan from Vercel's current state."""
     environment = get_settings().environment
     current, target = await find_rollback_target(params.target_deployment_id)
+    if current is not None and params.target_deployment_id in (None, current.id):
+        # A re-run for the incident (after an earlier run crashed mid-rollback, was cancelled, or completed):
+        # "the deployment before what production serves now" would roll back one deployment further.
+        done = next((r for r in reversed(await earlier_runs(params.incident_id, ACTION))
+                     if r.may_have_acted and r.state.get("target") == current.id), None)
+        if done is not None:
+            return Plan(action=ACTION, environment=environment, noop=True, done_by=done.flow_run_id,
+                        state={"current": current.id, "target": current.id, "earlier_plan": done.plan_hash},
+                        summary=f"already rolled back to {current.id} by {done.describe()}")
     if target is None:
         raise UnsafeOperation("no previous READY production deployment to roll back to; redeploy a known-good "
                               "commit instead")

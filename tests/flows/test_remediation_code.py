@@ -1,16 +1,30 @@
-"""code-rollback against the drill stack: bad deploy repaired end to end, reject, timeout, stale plan, lock."""
+"""code-rollback against the drill stack: bad deploy repaired end to end, reject, timeout, stale plan, lock, and
+re-runs after a completed or a killed run (no second rollback)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import aresume_flow_run
+from prefect.states import Crashed
 
 from flows.code_rollback import CodeRollbackParams, code_rollback
 from runbook.drill import DrillStack
 from runbook.models import EventKind
 from runbook.store import open_store
-from tests.flows.remediation_support import decide, drill_fixture, kinds, new_incident  # noqa: F401 - a fixture
+from tests.flows.remediation_support import (  # noqa: F401 - drill_fixture is a fixture
+    decide,
+    drill_fixture,
+    kinds,
+    new_incident,
+    paused_run,
+    plan_hash_of,
+    timeline,
+)
 
 
 def rollback_requests(stack: DrillStack) -> list[str]:
@@ -111,3 +125,80 @@ def test_bad_deployment_ids_are_rejected(bad: str) -> None:
     """A target that is not a deployment id is rejected by the parameters model."""
     with pytest.raises(ValueError):
         CodeRollbackParams(target_deployment_id=bad)
+
+
+async def test_rerun_after_a_completed_rollback_does_not_roll_back_again(drill: DrillStack) -> None:
+    """Re-running the rollback of an incident after it completed verifies the result and rolls back nothing more."""
+    previous = drill.vercel.production().id
+    drill.inject("bad-deploy")
+    incident = await new_incident()
+    params = CodeRollbackParams(incident_id=incident, verify_within_seconds=20, approval_timeout_minutes=1)
+    first = await decide(code_rollback(params), incident)
+    assert first.outcome == "verified", first.detail
+    again = await code_rollback(params)
+    assert again.outcome == "nothing_to_do", again.detail
+    assert again.plan is not None and again.plan.done_by is not None
+    assert f"already rolled back to {previous} by run {again.plan.done_by}" in again.detail
+    assert again.verification.get("passed") is True
+    assert drill.vercel.production().id == previous
+    assert len(rollback_requests(drill)) == 1
+    assert (await kinds(incident)).count(EventKind.APPROVAL_REQUESTED) == 1
+
+
+async def test_rerun_after_a_run_killed_mid_rollback_does_not_roll_back_again(drill: DrillStack) -> None:
+    """A run killed after Vercel took its approved rollback leaves the lock and production on its target; the
+    operator's re-run takes the lock over, records that, and only verifies: no second rollback, no approval."""
+    previous = drill.vercel.production().id
+    drill.inject("bad-deploy")
+    incident = await new_incident()
+    params = CodeRollbackParams(incident_id=incident, verify_within_seconds=20, approval_timeout_minutes=1)
+    drill.vercel.answer_delays.append(30)  # the rollback runs on Vercel; its answer is held back: the run sits in act
+    first = asyncio.ensure_future(code_rollback(params))
+    try:
+        run = None
+        while run is None and not first.done():
+            run = await paused_run(incident, timeout=0.5)
+        assert run is not None, "the first run never asked for approval"
+        await aresume_flow_run(run.id, run_input={"decision": "approve", "approver": "bob", "reason": "go",
+                                                  "plan_hash": await plan_hash_of(run)})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not rollback_requests(drill):
+            assert loop.time() < deadline and not first.done(), "the approved rollback never reached Vercel"
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(drill.vercel.wait_idle)
+        assert drill.vercel.production().id == previous
+    finally:
+        first.cancel()  # the process dies here: nothing after the rollback request runs
+        with contextlib.suppress(BaseException):
+            await first
+        drill.vercel.answer_delays.clear()
+    # What a SIGKILL leaves behind: the lock still names the dead run, and Prefect has that run Crashed (the
+    # cancellation already ended it; a killed worker's run is marked Crashed by Prefect).
+    async with get_client() as client:
+        ended = await client.read_flow_run(run.id)
+        if ended.state is None or not ended.state.is_final():
+            await client.set_flow_run_state(run.id, Crashed(message="worker killed"), force=True)
+    holder = f"code-rollback {incident} run {run.id}"
+    async with open_store() as store:
+        await store.acquire_lock("remediation:drill", holder, timedelta(hours=2), holder_gone=_never_gone)
+    again = await code_rollback(params)
+    assert again.outcome == "nothing_to_do", again.detail
+    assert again.plan is not None and again.plan.done_by == str(run.id)
+    assert f"already rolled back to {previous} by run {run.id}" in again.detail
+    assert drill.vercel.production().id == previous
+    assert len(rollback_requests(drill)) == 1  # no second rollback
+    events = await timeline(incident)
+    assert [e.kind for e in events].count(EventKind.APPROVAL_REQUESTED) == 1  # no approval for nothing
+    takeover = [e for e in events if e.kind == EventKind.NOTE and "taken over from" in e.summary]
+    assert len(takeover) == 1 and takeover[0].details["taken_over_from"] == holder, [e.summary for e in events]
+    assert f"run {run.id}" in takeover[0].summary
+    assert any(e.kind == EventKind.NOTE and "already rolled back" in e.summary and e.details["done_by"] == str(run.id)
+               for e in events)
+    async with open_store() as store:
+        assert await store.active_locks("remediation:") == []
+
+
+async def _never_gone(holder: str) -> bool:
+    """Say no lock holder is gone (the test puts the dead run's lock back as the kill left it)."""
+    return False

@@ -160,6 +160,14 @@ async def set_incident_status(params: SetStatusParams) -> LifecycleOutcome:
     return _outcome(incident, changed)
 
 
+async def _told_of(incident_id: str, change_id: str) -> set[str]:
+    """Return who was already told of one severity change (sent messages carrying its event id)."""
+    async with open_store() as store:
+        events = await store.timeline(incident_id)
+    return {str(e.details["told"]) for e in events
+            if str(e.details.get("severity_change")) == change_id and e.details.get("sent") and e.details.get("told")}
+
+
 async def _running_escalation(incident_id: str) -> str | None:
     """Return the name of an escalate-incident run of this incident that is still going (paused for an ack)."""
     from prefect.client.orchestration import get_client
@@ -216,14 +224,21 @@ async def set_incident_severity(params: SetSeverityParams) -> LifecycleOutcome:
     raised = new.rank < old.rank
     comms = get_policy().communication
     why = f": {params.reason.strip()}" if params.reason.strip() else ""
-    await post_slack_message(comms.incidents_channel,
-                             f"[{new}] {incident.title} ({incident.id}) — severity {'RAISED' if raised else 'lowered'} "
-                             f"{old} → {new} ({new.label}) by {last.actor}{why}", incident_id=incident.id)
-    await post_slack_message(comms.operations_channel,
-                             f"Stakeholder notice: {incident.id} is now {new} ({new.description}) — {incident.title}. "
-                             f"Updates follow in {comms.incidents_channel}.",
-                             incident_id=incident.id, kind=EventKind.NOTIFIED,
-                             details={"audience": "stakeholders", "severity": new.value})
+    change = str(last.id if last.id is not None else last.at.isoformat())
+    told = await _told_of(incident.id, change)  # each message once per change: a re-run posts nothing again
+    if "incidents" not in told:
+        await post_slack_message(comms.incidents_channel,
+                                 f"[{new}] {incident.title} ({incident.id}) — severity "
+                                 f"{'RAISED' if raised else 'lowered'} {old} → {new} ({new.label}) "
+                                 f"by {last.actor}{why}",
+                                 incident_id=incident.id, details={"severity_change": change, "told": "incidents"})
+    if "stakeholders" not in told:
+        await post_slack_message(comms.operations_channel,
+                                 f"Stakeholder notice: {incident.id} is now {new} ({new.description}) — "
+                                 f"{incident.title}. Updates follow in {comms.incidents_channel}.",
+                                 incident_id=incident.id, kind=EventKind.NOTIFIED,
+                                 details={"audience": "stakeholders", "severity": new.value,
+                                          "severity_change": change, "told": "stakeholders"})
     if not incident.status.is_open:
         return _outcome(incident, changed)
     if new in comms.status_page_for or incident.statuspage_incident_id:

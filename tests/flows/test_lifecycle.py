@@ -166,7 +166,7 @@ async def test_reopening_announces_the_incident_on_the_status_page_again(drill_e
 
 async def test_a_severity_change_keeping_the_status_updates_the_public_impact(drill_env: DrillStack) -> None:
     """A P2 raised to P0 while identified: the public incident stays identified with critical impact and its
-    component down; a re-run of the same change posts nothing more."""
+    component down; a re-run of the same change posts nothing more (status page, #incidents, stakeholders)."""
     inc = await _declare("Course list slow", Severity.P2, scenario="performance")
     await set_incident_status(SetStatusParams(incident_id=inc.id, status="identified", by="ana"))
     assert _public(drill_env, inc)["impact"] == "minor"
@@ -175,6 +175,6 @@ async def test_a_severity_change_keeping_the_status_updates_the_public_impact(dr
     public = _public(drill_env, inc)
     assert public["status"] == "identified" and public["impact"] == "critical"
     assert {c["status"] for c in public["components"]} == {"major_outage"}
-    posted = len(_status_page(drill_env))
+    posted, told = len(_status_page(drill_env)), len(drill_env.slack.requests)
     await set_incident_severity(raise_it)
-    assert len(_status_page(drill_env)) == posted
+    assert len(_status_page(drill_env)) == posted and len(drill_env.slack.requests) == told

@@ -1,5 +1,6 @@
 """The UI that `runbook up` prints works in a real browser: headless Chromium (Debian's, installed by `make install`)
-loads the printed pages of a server started as `runbook up` starts it, and they show that server's deployments."""
+loads the printed pages of a server started as `runbook up` starts it, and they show that server's deployments;
+a person's Custom run form (dropdowns set) creates the run it shows."""
 
 from __future__ import annotations
 

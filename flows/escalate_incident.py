@@ -36,7 +36,13 @@ from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
 from tasks.incident import read_incident, record
-from tasks.pagerduty import acknowledge_pages, page_contact, pager_acknowledgement, pager_poll_seconds
+from tasks.pagerduty import (
+    acknowledge_pages,
+    page_contact,
+    pager_acknowledgement,
+    pager_poll_seconds,
+    send_pending_pages,
+)
 from tasks.slack import post_ack_request, post_slack_message
 
 RESOLVED_FIRST = "resolved before anyone acknowledged"
@@ -129,10 +135,15 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
 async def _take(step: Step, incident: Incident, policy: Policy, outcome: EscalationOutcome) -> None:
     """Take one step of the schedule: page a contact, post the reminder, or record the missed SLA."""
     if step.action == "page" and step.contact is not None:
-        sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
-                                  if step.contact.after_minutes else "")
+        try:
+            sent = await page_contact(incident, step.contact, reason="no acknowledgement yet"
+                                      if step.contact.after_minutes else "")
+        except Exception as exc:  # refused (400/401/403) or failing: recorded pending by page_contact, retried
+            get_run_logger().warning("page to %s failed, still pending: %s", step.contact.role, exc)
+            sent = {"pending": True}
         outcome.pages.append(step.contact.role)
-        get_run_logger().info("paged %s (%s)", step.contact.role, sent.get("dedup_key"))
+        get_run_logger().info("paged %s (%s)%s", step.contact.role, sent.get("dedup_key"),
+                              ", still pending: retried" if sent.get("pending") else "")
         await _offer_slack_ack(incident, step.contact.role + (f" ({step.contact.name})"
                                                               if step.contact.name else ""))
     elif step.action == "remind":
@@ -189,6 +200,7 @@ async def _watch(incident: Incident, until: datetime, poll: float, run_id: str |
     last_pager = float("-inf")
     while not stop.is_set():
         current = await read_incident(incident.id)
+        await _pending_pages(current)  # due pages tried again; closed with a note once acknowledged or closed
         if current.acknowledged_at is not None or not current.status.is_open:
             stop.set()
             if run_id:
@@ -209,6 +221,14 @@ async def _watch(incident: Incident, until: datetime, poll: float, run_id: str |
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=wait)
     return None
+
+
+async def _pending_pages(incident: Incident) -> None:
+    """Send the pages whose retries gave up and are due again (they pace themselves); never stop the wait."""
+    try:
+        await send_pending_pages(incident)
+    except Exception as exc:  # PagerDuty refusing or down: the page stays pending, the next poll tries again
+        get_run_logger().warning("could not send the pending pages: %s", exc)
 
 
 def _run_name() -> str:

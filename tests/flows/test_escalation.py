@@ -204,3 +204,28 @@ async def test_a_p2_raised_to_p0_follows_p0s_chain(drill_env: DrillStack, tmp_pa
         escalations = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"escalate {inc.id}"])))
     assert len(escalations) == 1
+
+
+async def test_a_refused_first_page_does_not_stop_the_escalation_and_is_sent_again(
+        incident: Incident, drill_env: DrillStack, manual: ManualClock) -> None:
+    """PagerDuty refuses the first page once (400): the escalation goes on waiting, the page stays pending, and the
+    wait loop sends it again when it is due on the runbook clock; it lands once."""
+    from runbook.drill.faults import Fault
+
+    refused = drill_env.pagerduty.inject(Fault.error(400, times=1))
+    run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
+
+    async def failed_once() -> bool:
+        async with open_store() as store:
+            return any(e.details.get("page_failed") for e in await store.timeline(incident.id))
+
+    await eventually(failed_once, "the refused page recorded as not delivered", timeout=120)
+    assert refused.used == 1 and drill_env.pagerduty.alert(incident.id) is None and not run.done()
+    manual.advance(timedelta(minutes=6))  # past the next try of a refused page (5 min, on the runbook clock)
+    assert await paged(drill_env, 1) == ["On-Call Engineer"]
+    await resume(paused, {"by": "ana"})
+    outcome = await asyncio.wait_for(run, timeout=120)
+    assert outcome.acknowledged_by == "ana"
+    async with open_store() as store:
+        assert len(await store.timeline(incident.id, kind="paged")) == 1

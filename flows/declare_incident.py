@@ -56,8 +56,10 @@ class DeclareParams(BaseModel):
                                      description="Runbook scenario, if known; auto: from the alert or the diagnosis")
     summary: str = Field("", max_length=2000, description="Details for responders")
     declared_by: str = Field("runbook", min_length=1, max_length=100, description="Who declares")
-    alert: Alert | None = Field(None, description="A validated alert (monitor, other automation)")
-    raw_alert: dict[str, Any] | None = Field(None, description="An alert as received; validated inside the run")
+    alert: Alert | None = Field(None, title="Alert (automation)",
+                                description="A validated alert (monitor, other automation); leave empty by hand")
+    raw_alert: dict[str, Any] | None = Field(None, title="Raw alert (automation)",
+                                             description="An alert as received; validated inside the run")
     respond: Literal["deployment", "inline", "none"] = Field(
         "deployment", description="Start the severity's procedure as its own deployment run, in this run, or not")
     drill: bool | None = Field(None, description="Mark as a drill (default: the settings' drill flag)")

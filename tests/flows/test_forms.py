@@ -14,8 +14,6 @@ from prefect.utilities.callables import parameter_schema
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 # Filled by other automation (the intake, the monitor), never typed into the form by a person.
-AUTOMATION_ONLY = {"alert", "raw_alert"}
-
 
 def _schema(entrypoint: str) -> dict[str, Any]:
     module, name = entrypoint.split(":")
@@ -34,7 +32,7 @@ def _fields(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
             fields.update({f"{name}.{k}": v for k, v in model["properties"].items()})
         else:
             fields[name] = prop
-    return {k: v for k, v in fields.items() if k.split(".")[-1] not in AUTOMATION_ONLY}
+    return fields  # automation's fields too (alert, raw_alert): the form shows them to a person
 
 
 def _is_enum(option: dict[str, Any], defs: dict[str, Any]) -> bool:

@@ -329,6 +329,7 @@ class EarlierRun(BaseModel):
     plan_hash: str
     summary: str = ""
     state: dict[str, Any] = Field(default_factory=dict)
+    steps: list[str] = Field(default_factory=list)
     approved_by: str | None = None
     applied: dict[str, Any] | None = None
     stopped: str | None = Field(None, description="Why it stopped before acting (rejected, timed_out, "
@@ -368,7 +369,8 @@ async def earlier_runs(incident_id: str | None, action: str) -> list[EarlierRun]
             continue
         if e.kind == EventKind.REMEDIATION_STARTED:
             runs.setdefault(run, EarlierRun(flow_run_id=run, plan_hash=str(details.get("plan_hash", "")),
-                                            summary=e.summary, state=dict(details.get("state") or {})))
+                                            summary=e.summary, state=dict(details.get("state") or {}),
+                                            steps=list(details.get("steps") or [])))
             continue
         earlier = runs.get(run)
         if earlier is None:

@@ -6,6 +6,12 @@ changed flag path (`jurisdiction_configs.CA.features.exam_engine`) with old and 
 key and fingerprint only. After approval: a fresh snapshot of the current state, the flags restored in one
 transaction, the env vars restored from the snapshot's Secret block (Vercel upsert), and a redeploy (env changes
 only reach new deployments). Verify: the runbook's check and "now matches the snapshot".
+
+Re-runs for the same incident repeat nothing: the flag restore is one compare-and-set transaction and the env
+restores are upserts of the diff that is left, so a re-run plans only what is still different (nothing, when an
+earlier run restored it all: the re-run only verifies). One step is not visible in that diff: the redeploy. An
+earlier run that restored the env and ended before its redeploy (killed, cancelled, the redeploy failed) leaves
+the env matching the snapshot while production still runs the old build; the re-run plans that redeploy.
 """
 
 from typing import Any, Literal
@@ -15,21 +21,30 @@ from pydantic import Field
 
 from flows._remediation import (
     Checked,
+    EarlierRun,
     Plan,
     Remediation,
     RemediationParams,
     RemediationResult,
+    latest_that_acted,
     run_name,
     run_remediation,
     verify_scenario,
 )
 from flows.config_snapshot import ConfigSnapshot, list_snapshots, load_env_values, load_snapshot, take_snapshot
 from runbook.errors import UnsafeOperation
-from runbook.models import Approval
+from runbook.models import Approval, EventKind
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.supabase import read_jurisdiction_configs, restore_jurisdiction_configs
-from tasks.vercel import EnvValue, delete_env_var, read_env_values, redeploy_with_current_env, upsert_env_var
+from tasks.vercel import (
+    EnvValue,
+    delete_env_var,
+    find_rollback_target,
+    read_env_values,
+    redeploy_with_current_env,
+    upsert_env_var,
+)
 
 ACTION = "config-rollback"
 
@@ -104,6 +119,19 @@ async def plan_config_rollback(params: ConfigRollbackParams) -> Plan:
     state = {"snapshot": snapshot.id, "flags_now": flags_now, "flag_diff": flags, "env_diff": env,
              "env_now": {k: v.fingerprint for k, v in env_now.items()}}
     when = f"{snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+    pending = (await pending_redeploy(params.incident_id)
+               if not env and params.restore_env and params.redeploy else None)
+    if pending is not None:  # the env is back, but production was built before: only a redeploy is left
+        state["redeploy_pending_from"] = pending.flow_run_id
+        steps = ["Snapshot the current flags and env (so this change can be undone)",
+                 f"Redeploy production: run {pending.flow_run_id} restored the env vars and ended before its "
+                 "redeploy (env changes only reach new deployments)"]
+        steps += [f"Set {d['path']}: {d['now']!r} → {d['snapshot']!r}" for d in flags]
+        steps.append(f"Verify ({params.verify_scenario}) and compare with the snapshot")
+        return Plan(action=ACTION, environment=settings.environment, state=state, steps=steps, warnings=warnings,
+                    summary=f"redeploy production with the env restored from snapshot {snapshot.id} ({when}) by "
+                            f"run {pending.flow_run_id}" + (f", and restore {', '.join(d['path'] for d in flags)}"
+                                                            if flags else ""))
     if not flags and not env:
         return Plan(action=ACTION, environment=settings.environment, noop=True, state=state, warnings=warnings,
                     summary=f"flags and env already match snapshot {snapshot.id} ({when})")
@@ -119,6 +147,33 @@ async def plan_config_rollback(params: ConfigRollbackParams) -> Plan:
     changed = [d["path"] for d in flags] + [c["key"] for c in env]
     return Plan(action=ACTION, environment=settings.environment, state=state, steps=steps, warnings=warnings,
                 summary=f"restore {', '.join(changed)} from snapshot {snapshot.id} ({when})")
+
+
+async def pending_redeploy(incident_id: str | None) -> EarlierRun | None:
+    """Return the newest earlier run of this rollback for the incident that restored env vars and ended before its
+    redeploy reached production (killed, cancelled, the redeploy failed), else None.
+
+    The run got past its approval, planned a redeploy, recorded env writes, and neither its result nor a redeploy;
+    and production was built before its last env write (a redeploy that went through before the run died is not
+    repeated).
+    """
+    run = await latest_that_acted(incident_id, ACTION)
+    if run is None or run.applied is not None or not run.state.get("env_diff") \
+            or not any(step.startswith("Redeploy production") for step in run.steps):
+        return None
+    async with open_store() as store:
+        notes = [e for e in await store.timeline(incident_id or "", kind=EventKind.NOTE)
+                 if e.flow_run_id == run.flow_run_id]
+    if any(e.summary.startswith("Redeployed production") for e in notes):
+        return None
+    writes = [e.at for e in notes if e.summary.startswith("Vercel env ")]
+    if not writes:
+        return None  # it ended before changing the env: the env diff (none now) says what is left
+    production, _ = await find_rollback_target(None)
+    built = production.created_at if production is not None else None
+    if built is not None and built > max(writes):
+        return None
+    return run
 
 
 @flow(name=ACTION, flow_run_name=run_name(ACTION))
@@ -147,7 +202,7 @@ async def config_rollback(params: ConfigRollbackParams) -> RemediationResult:
                                          snapshot.env[key].type or "encrypted", f"(from snapshot {snapshot.id})")
                 env_done.append(key)
         redeployed = None
-        if env_done and params.redeploy:
+        if (env_done or plan.state.get("redeploy_pending_from")) and params.redeploy:
             redeployed = await redeploy_with_current_env(params.incident_id, f"{ACTION} to {snapshot.id}")
         return {"snapshot": snapshot.id, "pre_change_snapshot": before.id, "flags_restored": restored,
                 "env_restored": env_done, "redeployed": redeployed}

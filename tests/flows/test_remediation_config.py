@@ -1,13 +1,24 @@
-"""config-snapshot and config-rollback against the drill: flag and env restores, diff, secrets kept out of files."""
+"""config-snapshot and config-rollback against the drill: flag and env restores, diff, secrets kept out of files,
+a re-run after a run killed before its redeploy."""
 
+import asyncio
+import contextlib
 import json
 
 import pytest
+from prefect.flow_runs import aresume_flow_run
 
 from flows.config_rollback import ConfigRollbackParams, config_rollback
 from flows.config_snapshot import ConfigSnapshotParams, config_snapshot, list_snapshots
 from runbook.drill import DrillStack
-from tests.flows.remediation_support import decide, drill_fixture, new_incident  # noqa: F401 - a fixture
+from runbook.drill.faults import Fault
+from tests.flows.remediation_support import (  # noqa: F401 - drill_fixture is a fixture
+    decide,
+    drill_fixture,
+    new_incident,
+    paused_run,
+    plan_hash_of,
+)
 
 
 def flags(stack: DrillStack) -> dict[str, str]:
@@ -102,3 +113,50 @@ async def test_no_snapshot_before_the_incident_is_refused(drill: DrillStack) -> 
     await config_snapshot(ConfigSnapshotParams(reason="after the incident"))
     with pytest.raises(Exception, match="no config snapshot"):
         await config_rollback(ConfigRollbackParams(incident_id=incident))
+
+
+async def test_rerun_after_a_run_killed_before_its_redeploy_redeploys(drill: DrillStack) -> None:
+    """A run killed after restoring the env and before its redeploy leaves production on the wrong key: the re-run
+    plans the redeploy it missed (not 'nothing to do'), and auth recovers with the env restored once."""
+    await config_snapshot(ConfigSnapshotParams())
+    drill.inject("auth-outage")
+    incident = await new_incident()
+    params = ConfigRollbackParams(incident_id=incident, verify_scenario="authentication", verify_within_seconds=20,
+                                  approval_timeout_minutes=1)
+    # The kill lands between the env restore and the redeploy: its lookup of the production deployment hangs.
+    lookup = f"/v13/deployments/{drill.vercel.production().id}"
+    drill.vercel.inject(Fault.hang(60, times=1, path=lookup))
+    first = asyncio.ensure_future(config_rollback(params))
+    try:
+        run = None
+        while run is None and not first.done():
+            run = await paused_run(incident, timeout=0.5)
+        assert run is not None, "the first run never asked for approval"
+        await aresume_flow_run(run.id, run_input={"decision": "approve", "approver": "bob", "reason": "go",
+                                                  "plan_hash": await plan_hash_of(run)})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not [r for r in drill.vercel.requests if r.path == lookup and r.fault == "hang"]:
+            assert loop.time() < deadline and not first.done(), "the approved rollback never started its redeploy"
+            await asyncio.sleep(0.1)
+    finally:
+        first.cancel()  # the process dies before its redeploy request: Vercel builds nothing
+        with contextlib.suppress(BaseException):
+            await first
+        drill.vercel.clear_faults()
+    written = env_writes(drill)
+    assert written and redeploys(drill) == [] and not drill.healthy("auth-outage")
+    again = await decide(config_rollback(params), incident)
+    assert again.outcome == "verified", again.detail
+    assert again.plan is not None and again.plan.state["redeploy_pending_from"] == str(run.id)
+    assert again.plan.state["env_diff"] == []
+    assert env_writes(drill) == written  # the env is not restored twice
+    assert len(redeploys(drill)) == 1 and drill.healthy("auth-outage")
+    third = await config_rollback(params)
+    assert third.outcome == "nothing_to_do", third.detail
+    assert len(redeploys(drill)) == 1
+
+
+def redeploys(stack: DrillStack) -> list[str]:
+    """Return the redeploy requests the Vercel stand-in received."""
+    return [r.path for r in stack.vercel.requests if r.method == "POST" and r.path == "/v13/deployments"]

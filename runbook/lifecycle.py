@@ -12,11 +12,15 @@ holder names the incident). Reject or finish the remediation first.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runbook.errors import InputError, InvalidTransition
-from runbook.models import Channel, EventKind, Incident, Severity, Status, TimelineEvent
-from runbook.store import IncidentStore
+from runbook.models import INCIDENT_ID_PATTERN, Channel, EventKind, Incident, Severity, Status, TimelineEvent
+from runbook.store import IncidentStore, holder_run_ended
+
+INCIDENT_ID = re.compile(INCIDENT_ID_PATTERN.removeprefix("^").removesuffix("$"))
 
 REMEDIATION_LOCKS = "remediation:"  # flows/_remediation.py names the environment's lock remediation:<environment>
 
@@ -33,6 +37,38 @@ async def remediation_in_flight(store: IncidentStore, incident_id: str) -> str |
         if incident_id in str(lock["holder"]).split():
             return f"{lock['holder']} (since {lock['acquired_at']:%H:%M:%S}Z)"
     return None
+
+
+async def unlock(store: IncidentStore, environment: str, *, by: str, reason: str, force: bool = False,
+                 holder_gone: Callable[[str], Awaitable[bool]] = holder_run_ended) -> dict[str, Any]:
+    """Release an environment's remediation lock by hand; return the lock that was released.
+
+    Refused without a reason, when nothing holds it, and — unless `force` — while its holder's Prefect run is not
+    known to have ended (it may still be acting: two remediations at once is what the lock prevents). The release
+    is recorded on the holder's incident, with who and why.
+    """
+    who = _who(by)
+    if not reason.strip():
+        raise InputError("say why the lock is released (--reason)")
+    name = f"{REMEDIATION_LOCKS}{environment}"
+    held = [lock for lock in await store.active_locks(name) if lock["name"] == name]
+    if not held:
+        raise InputError(f"no remediation lock is held for {environment!r}")
+    lock = held[0]
+    ended = await holder_gone(str(lock["holder"]))
+    if not ended and not force:
+        raise InputError(f"{name} is held by {lock['holder']} since {lock['acquired_at']:%H:%M:%S}Z, whose run is "
+                         "not known to have ended (it may still be acting); wait, cancel that run, or --force")
+    await store.break_lock(name, str(lock["holder"]))
+    incident_id = next((w for w in str(lock["holder"]).split() if INCIDENT_ID.fullmatch(w)), None)
+    if incident_id:
+        await store.append_event(incident_id, TimelineEvent(
+            kind=EventKind.NOTE, actor=who,
+            summary=f"Remediation lock {name} released by {who} (held by {lock['holder']}"
+                    f"{'; its run had ended' if ended else '; forced, its run not known to have ended'}): "
+                    f"{reason.strip()}",
+            details={"lock": name, "holder": lock["holder"], "released_by": who, "forced": not ended}))
+    return lock
 
 
 async def resolve(store: IncidentStore, incident_id: str, *, reason: str, by: str, via: Channel = "cli",

@@ -904,6 +904,13 @@ class IncidentStore:
         who = f"{row['holder']} since {row['acquired_at']:%H:%M:%S}Z" if row else "another run"
         raise RemediationLocked(f"{name} is held by {who}; wait for it to finish or resolve it first")
 
+    async def break_lock(self, name: str, holder: str) -> bool:
+        """Remove a lock held by `holder` whatever its expiry (an operator's unlock); True when it was there."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name,
+                                                                   locks_t.c.holder == holder)))
+        return bool(result.rowcount)
+
     async def release_lock(self, name: str, holder: str) -> None:
         """Release a lock held by holder (no-op otherwise)."""
         async with self.engine.begin() as conn:

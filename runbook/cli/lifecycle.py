@@ -1,4 +1,5 @@
-"""`runbook resolve|set-status|set-severity|link|merge|note`: a person steering an incident from the command line.
+"""`runbook resolve|set-status|set-severity|link|merge|note|locks|unlock`: a person steering an incident from the
+command line.
 
 Each command changes the record at once (runbook/lifecycle.py: one timeline event with who and via "cli"). What
 the change sets in motion outside the record — the status page, #incidents, pages, the new severity's escalation —
@@ -64,6 +65,17 @@ def register(sub: Any) -> None:
     by(p)
     p.set_defaults(func=lambda a: asyncio.run(_merge(a)))
 
+    p = sub.add_parser("locks", help="the remediation locks held now (environment, holder, since, expiry)")
+    p.set_defaults(func=lambda a: asyncio.run(_locks(a)))
+
+    p = sub.add_parser("unlock", help="release an environment's remediation lock by hand (after a crashed run)")
+    p.add_argument("environment")
+    p.add_argument("--reason", required=True, help="why (recorded on the holder's incident)")
+    p.add_argument("--by", required=True, help="who releases it")
+    p.add_argument("--force", action="store_true",
+                   help="even when the holder's Prefect run is not known to have ended (it may still be acting)")
+    p.set_defaults(func=lambda a: asyncio.run(_unlock(a)))
+
     p = sub.add_parser("note", help="add a note to an incident's timeline")
     p.add_argument("id")
     p.add_argument("text")
@@ -94,6 +106,24 @@ async def _follow_up(command: str, params: dict[str, Any], incident: Incident, s
               f"{manual}", file=sys.stderr)
         return
     print(f"started {deployment} run {run.id} (status page, Slack, pages)")
+
+
+async def _locks(args: argparse.Namespace) -> int:
+    async with open_store() as store:
+        held = await store.active_locks(lifecycle.REMEDIATION_LOCKS)
+    for lock in held:
+        print(f"{lock['name'].removeprefix(lifecycle.REMEDIATION_LOCKS)}: {lock['holder']} since "
+              f"{lock['acquired_at']:%Y-%m-%d %H:%M:%S}Z (expires {lock['expires_at']:%H:%M:%S}Z)")
+    if not held:
+        print("no remediation lock is held")
+    return 0
+
+
+async def _unlock(args: argparse.Namespace) -> int:
+    async with open_store() as store:
+        lock = await lifecycle.unlock(store, args.environment, by=args.by, reason=args.reason, force=args.force)
+    print(f"released {lock['name']} (held by {lock['holder']})")
+    return 0
 
 
 async def _resolve(args: argparse.Namespace) -> int:

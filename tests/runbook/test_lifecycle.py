@@ -111,6 +111,40 @@ async def test_note_needs_who_and_text(store: IncidentStore) -> None:
     assert event.actor == "dana" and event.details["via"] == "cli"
 
 
+async def test_unlock_releases_a_dead_holders_lock_and_refuses_a_live_one(store: IncidentStore,
+                                                                       prefect_harness: None) -> None:
+    """`runbook unlock`: refused while the holder's Prefect run is Running (it may be acting) unless forced; once
+    that run is Crashed it is released at once, recorded on the holder's incident with who and why."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    @flow(name="lock-holder")
+    def holder_flow() -> None:
+        """Stand for a remediation run (never executed: its state is set through the API)."""
+
+    inc = await _declare(store)
+    with pytest.raises(InputError, match="no remediation lock"):
+        await lifecycle.unlock(store, "production", by="ana", reason="stuck")
+    async with get_client() as client:
+        run = await client.create_flow_run(holder_flow, state=Running())
+        holder = f"code-rollback {inc.id} run {run.id}"
+        await store.acquire_lock("remediation:production", holder, timedelta(hours=2))
+        with pytest.raises(InputError, match="--force"):
+            await lifecycle.unlock(store, "production", by="ana", reason="stuck")
+        with pytest.raises(InputError, match="why"):
+            await lifecycle.unlock(store, "production", by="ana", reason=" ")
+        assert [lock["holder"] for lock in await store.active_locks("remediation:")] == [holder]
+        await client.set_flow_run_state(run.id, Crashed(message="its worker died"), force=True)
+    released = await lifecycle.unlock(store, "production", by="ana", reason="its worker died")
+    assert released["holder"] == holder and await store.active_locks("remediation:") == []
+    note = (await store.timeline(inc.id, kind="note"))[-1]
+    assert note.actor == "ana" and "its run had ended" in note.summary and note.details["forced"] is False
+    await store.acquire_lock("remediation:production", f"code-rollback {inc.id} run 0b1c", timedelta(hours=2))
+    assert (await lifecycle.unlock(store, "production", by="ben", reason="known dead", force=True))["holder"]
+    assert (await store.timeline(inc.id, kind="note"))[-1].details["forced"] is True
+
+
 def test_cli_controls_change_the_record_and_say_what_was_not_told(
         state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`runbook set-severity|note|resolve` write the store (via cli); without a Prefect server they say so."""

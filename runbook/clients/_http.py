@@ -6,7 +6,8 @@ attempt translates transport errors and HTTP statuses into the runbook's `Integr
 the retry loop repeats what is worth repeating.
 
 Retried: transport errors, timeouts, 429 and Statuspage's 420 (honouring `Retry-After`, seconds or HTTP date,
-up to a bound), 5xx. Never retried: 401/403 (`AuthError`) and any other 4xx (`RequestRejected`).
+up to a bound; without it the documented window reset: `ratelimit-reset`, Sentry's and Vercel's epoch resets), 5xx.
+Never retried: 401/403 (`AuthError`) and any other 4xx (`RequestRejected`).
 Non-idempotent calls (create an incident, post a message, create a deployment) are retried only when the
 request surely did not reach the vendor (connect errors) or the vendor said "slow down" (429/420).
 
@@ -54,6 +55,11 @@ Sleeper = Callable[[float], Awaitable[None]]
 RetryHook = Callable[[int, IntegrationError, float], Awaitable[None]]
 
 RATE_LIMIT_STATUSES = frozenset({420, 429})
+# vendor → the header that gives its rate-limit window's reset in UTC epoch seconds (waited for when a 429 has no
+# Retry-After). Per vendor: other APIs send the same `X-RateLimit-Reset` name as a number of seconds.
+#   vercel: X-RateLimit-Reset, "the time at which the current rate limit window resets in UTC epoch seconds" (the
+#           REST API's Rate Limits section; runbook/drill/vercel.py models it)
+EPOCH_RESET_HEADERS: dict[str, str] = {"vercel": "x-ratelimit-reset"}
 MAX_MESSAGE = 300
 
 
@@ -207,10 +213,12 @@ def error_for_status(
     message = (redact or (lambda s: s))(vendor_message(response))[:MAX_MESSAGE]
     if status in RATE_LIMIT_STATUSES:
         # Retry-After, else the RateLimit headers' reset (seconds; PagerDuty's REST API sends `ratelimit-reset`),
-        # else Sentry's X-Sentry-Rate-Limit-Reset (UTC epoch seconds; getsentry/sentry-docs docs/api/ratelimits.mdx)
+        # else the vendor's reset in UTC epoch seconds (EPOCH_RESET_HEADERS: Sentry's, Vercel's)
         wait = parse_retry_after(response.headers.get("retry-after") or response.headers.get("ratelimit-reset"))
         if wait is None:
             wait = epoch_wait(response.headers.get("x-sentry-rate-limit-reset"))
+        if wait is None and (header := EPOCH_RESET_HEADERS.get(vendor)) is not None:
+            wait = epoch_wait(response.headers.get(header))
         return RateLimited(vendor, operation, wait, status)
     if status in (401, 403):
         return AuthError(vendor, operation, message or "not authorised", status)

@@ -6,6 +6,13 @@ the event's `pending_webhooks` stays > 0 and `GET /v1/events?delivery_success=fa
 are retried only on request: `POST /v1/events/{id}/retry` (what `stripe events resend` calls) or `retry_failed()`.
 A resend is answered at once with the event still pending; the delivery follows `redelivery_delay` seconds later, so
 only re-reading the event (`pending_webhooks`) tells whether it landed.
+
+Rate limits as Stripe documents them (https://docs.stripe.com/rate-limits): requests per second per account, and
+per endpoint ("each named API operation"; 25 a second unless noted, the sandbox's global limit 25 too). The
+stand-in counts a fixed one-second window per key and endpoint (`rate_limit` per `rate_window` on `rate_clock`).
+Past it: 429 with the documented error object, `code` `rate_limit` (docs.stripe.com/error-codes; stripe-python's
+_api_requestor.py specific_v1_api_error maps 429 to RateLimitError), and no Retry-After or rate-limit header:
+Stripe documents none and asks for exponential backoff, which is what the client does.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import copy
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +44,11 @@ APP_EVENTS = [
     "invoice.payment_failed",
 ]
 API_VERSION = "2024-06-20"
+RATE_LIMIT = (25, 1.0)  # requests per fixed window (seconds) per key and endpoint: the documented sandbox limits
+RATE_LIMITED = {"code": "rate_limit", "doc_url": "https://stripe.com/docs/error-codes/rate-limit",
+                "message": "Request rate limit exceeded. Learn more about rate limits here "
+                           "https://stripe.com/docs/rate-limits.",
+                "type": "invalid_request_error"}
 
 
 @dataclass
@@ -121,6 +134,9 @@ class StripeStandIn(StandIn):
         self._client: httpx.AsyncClient | None = None
         self._initial_secret = webhook_secret
         self._baseline: Any = None
+        self.rate_limit, self.rate_window = RATE_LIMIT
+        self.rate_clock: Callable[[], float] = time.time
+        self._windows: dict[tuple[str, str], tuple[int, int]] = {}  # (key, endpoint) → (window number, used)
         super().__init__()
 
     # -- baseline ---------------------------------------------------------------------------------------------
@@ -143,6 +159,9 @@ class StripeStandIn(StandIn):
         if self._baseline is not None:
             self.endpoints, self.events = copy.deepcopy(self._baseline)
         self.attempts = []
+        self.rate_limit, self.rate_window = RATE_LIMIT
+        self.rate_clock = time.time
+        self._windows = {}
 
     # -- Python API -------------------------------------------------------------------------------------------
     @property
@@ -224,7 +243,9 @@ class StripeStandIn(StandIn):
 
     # -- HTTP -------------------------------------------------------------------------------------------------
     def error_body(self, status: int, message: str) -> Any:
-        """Return Stripe's `{"error": {"message", "type"}}`."""
+        """Return Stripe's `{"error": {"message", "type"}}` (a 429: the documented `rate_limit` error)."""
+        if status == 429:
+            return {"error": dict(RATE_LIMITED)}
         kind = "api_error" if status >= 500 else "invalid_request_error"
         return {"error": {"message": message, "type": kind}}
 
@@ -256,14 +277,33 @@ class StripeStandIn(StandIn):
 
     def routes(self) -> list[BaseRoute]:
         """Return the Stripe routes."""
-        return [
-            Route("/v1/webhook_endpoints", self._list_endpoints, methods=["GET"]),
-            Route("/v1/webhook_endpoints/{endpoint_id}", self._get_endpoint, methods=["GET"]),
-            Route("/v1/webhook_endpoints/{endpoint_id}", self._update_endpoint, methods=["POST"]),
-            Route("/v1/events", self._list_events, methods=["GET"]),
-            Route("/v1/events/{event_id}", self._get_event, methods=["GET"]),
-            Route("/v1/events/{event_id}/retry", self._retry_event, methods=["POST"]),
+        routes = [
+            ("GET", "/v1/webhook_endpoints", self._list_endpoints),
+            ("GET", "/v1/webhook_endpoints/{endpoint_id}", self._get_endpoint),
+            ("POST", "/v1/webhook_endpoints/{endpoint_id}", self._update_endpoint),
+            ("GET", "/v1/events", self._list_events),
+            ("GET", "/v1/events/{event_id}", self._get_event),
+            ("POST", "/v1/events/{event_id}/retry", self._retry_event),
         ]
+        return [Route(path, self._limited(f"{method} {path}", handler), methods=[method])
+                for method, path, handler in routes]
+
+    def _limited(self, endpoint: str, handler: Callable[[Request], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """Count the request in its key's window for the endpoint; past the limit 429 `rate_limit`, no headers."""
+
+        async def limited(request: Request) -> Response:
+            number = int(self.rate_clock() // self.rate_window)
+            key = (request.headers.get("authorization", ""), endpoint)
+            with self._lock:
+                seen, used = self._windows.get(key, (number, 0))
+                used = (used if seen == number else 0) + 1
+                self._windows[key] = (number, used)
+            if used > self.rate_limit:
+                return json_response({"error": dict(RATE_LIMITED)}, 429)
+            return await handler(request)
+
+        return limited
 
     @staticmethod
     def _list(data: list[dict[str, Any]], url: str, has_more: bool = False) -> dict[str, Any]:

@@ -12,6 +12,14 @@ the deployment production already serves. Two knobs model what a retried request
 `answer_delays` holds back the answer of the next rollback/promote requests while their job runs (a client that
 times out and retries gets 409), and `job_visible_after` keeps a new job out of `lastAliasRequest` for a moment (a
 poll that does not check `requestedAt` mistakes the previous, older job for its own).
+
+Rate limits as Vercel documents them (the REST API docs' "Rate Limits" section, from ZEIT's API docs; read in copies
+of that text, not on vercel.com itself; the limit values vary per endpoint and plan): every answer carries
+`X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (UTC epoch seconds); past the limit
+`429 {"error": {"code": "too_many_requests", "message": "Rate limit exceeded"}}` (the code vercel/sdk's
+TooManyRequests model spells, docs/models/toomanyrequestscode.md) with those headers. The stand-in counts a fixed
+window per token and endpoint (`rate_limit` requests per `rate_window` seconds on `rate_clock`); it sends no
+Retry-After (the CLI honours one when sent: packages/cli/src/util/error.ts).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import copy
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +42,7 @@ from runbook.drill.standin import StandIn, bearer, json_response, now_ms, rand_i
 
 ENV_TYPES = ("plain", "encrypted", "sensitive", "secret", "system")
 TARGETS = ("production", "preview", "development")
+RATE_LIMIT = (1000, 60.0)  # requests per fixed window (seconds) per token and endpoint (Vercel's vary per endpoint)
 _ERROR_CODES = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found", 409: "conflict",
                 429: "rate_limited"}
 
@@ -113,6 +123,9 @@ class VercelStandIn(StandIn):
         self.job_visible_after = 0.0  # seconds before a new alias job shows in lastAliasRequest
         self.answer_delays: list[float] = []  # per rollback/promote request: seconds its answer is held back
         self._baseline: Any = None
+        self.rate_limit, self.rate_window = RATE_LIMIT
+        self.rate_clock: Callable[[], float] = time.time
+        self._windows: dict[tuple[str, str], tuple[int, int]] = {}  # (token, endpoint) → (window number, used)
         super().__init__()
 
     # -- baseline ---------------------------------------------------------------------------------------------
@@ -148,6 +161,9 @@ class VercelStandIn(StandIn):
         self.previous_alias_job = None
         self.job_visible_after = 0.0
         self.answer_delays = []
+        self.rate_limit, self.rate_window = RATE_LIMIT
+        self.rate_clock = time.time
+        self._windows = {}
 
     # -- model ------------------------------------------------------------------------------------------------
     def _env_snapshot(self, target: str) -> dict[str, str]:
@@ -443,19 +459,46 @@ class VercelStandIn(StandIn):
 
     def routes(self) -> list[BaseRoute]:
         """Return the Vercel routes."""
-        return [
-            Route("/v6/deployments", self._list_deployments, methods=["GET"]),
-            Route("/v13/deployments/{deployment}", self._get_deployment, methods=["GET"]),
-            Route("/v13/deployments", self._create_deployment, methods=["POST"]),
-            Route("/v9/projects/{project}", self._get_project, methods=["GET"]),
-            Route("/v9/projects/{project}/rollback/{deployment}", self._rollback, methods=["POST"]),
-            Route("/v10/projects/{project}/promote/{deployment}", self._promote, methods=["POST"]),
-            Route("/v10/projects/{project}/env", self._list_env, methods=["GET"]),
-            Route("/v10/projects/{project}/env", self._create_env, methods=["POST"]),
-            Route("/v1/projects/{project}/env/{env_id}", self._get_env, methods=["GET"]),
-            Route("/v9/projects/{project}/env/{env_id}", self._edit_env, methods=["PATCH"]),
-            Route("/v9/projects/{project}/env/{env_id}", self._delete_env, methods=["DELETE"]),
+        routes = [
+            ("GET", "/v6/deployments", self._list_deployments),
+            ("GET", "/v13/deployments/{deployment}", self._get_deployment),
+            ("POST", "/v13/deployments", self._create_deployment),
+            ("GET", "/v9/projects/{project}", self._get_project),
+            ("POST", "/v9/projects/{project}/rollback/{deployment}", self._rollback),
+            ("POST", "/v10/projects/{project}/promote/{deployment}", self._promote),
+            ("GET", "/v10/projects/{project}/env", self._list_env),
+            ("POST", "/v10/projects/{project}/env", self._create_env),
+            ("GET", "/v1/projects/{project}/env/{env_id}", self._get_env),
+            ("PATCH", "/v9/projects/{project}/env/{env_id}", self._edit_env),
+            ("DELETE", "/v9/projects/{project}/env/{env_id}", self._delete_env),
         ]
+        # every route is counted against its token's window and answers the documented X-RateLimit-* headers
+        return [Route(path, self._limited(f"{method} {path}", handler), methods=[method])
+                for method, path, handler in routes]
+
+    def _limited(self, endpoint: str, handler: Callable[[Request], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """Count the request in its token's window for the endpoint; 429 past the limit; add the headers."""
+
+        async def limited(request: Request) -> Response:
+            now = self.rate_clock()
+            number = int(now // self.rate_window)
+            key = (request.headers.get("authorization", ""), endpoint)
+            with self._lock:
+                seen, used = self._windows.get(key, (number, 0))
+                used = (used if seen == number else 0) + 1
+                self._windows[key] = (number, used)
+            headers = {"X-RateLimit-Limit": str(self.rate_limit),
+                       "X-RateLimit-Remaining": str(max(0, self.rate_limit - used)),
+                       "X-RateLimit-Reset": str(int((number + 1) * self.rate_window))}
+            if used > self.rate_limit:
+                response: Response = self._err(429, "too_many_requests", "Rate limit exceeded")
+            else:
+                response = await handler(request)
+            response.headers.update(headers)
+            return response
+
+        return limited
 
     async def _list_deployments(self, request: Request) -> Response:
         if (denied := self._guard(request)) is not None:

@@ -101,8 +101,13 @@ ALLOWED: list[Allowed] = [
         source=VERCEL_ERROR_SOURCE, schema=VERCEL_ERROR),
     Allowed(
         "vercel", "status", "*", "*", "429",
-        why="Every Vercel endpoint is rate limited (429 with Retry-After); the document lists 429 on few.",
-        source=VERCEL_ERROR_SOURCE),
+        why="Every Vercel endpoint is rate limited; the document lists 429 on few. Every answer carries "
+            "X-RateLimit-Limit/-Remaining/-Reset (reset in UTC epoch seconds) and past the limit the answer is 429 "
+            "{\"error\": {\"code\": \"too_many_requests\", \"message\": \"Rate limit exceeded\"}}, which the client "
+            "waits out until X-RateLimit-Reset when no Retry-After is sent (the CLI honours Retry-After).",
+        source="Vercel REST API docs, section 'Rate Limits' (from ZEIT's API docs; read in copies of that text, "
+               "not on vercel.com itself); vercel/sdk docs/models/toomanyrequestscode.md @ 50d0bb66 "
+               "('too_many_requests'); " + VERCEL_ERROR_SOURCE),
     # -- PagerDuty Events API v2 ----------------------------------------------------------------------------
     Allowed(
         "pagerduty-events", "error-body", "POST", "/enqueue", "*",

@@ -94,3 +94,31 @@ def test_stripes_current_examples_fit_the_extracted_schemas() -> None:
         schema = {"$ref": f"#/components/schemas/{name}"}
         assert spec.errors(fixtures[name], schema, name) == []
         assert spec.undeclared(fixtures[name], schema) == []
+
+
+async def test_past_the_documented_per_second_limit_the_read_backs_off_and_lands(drill: DrillStack,
+                                                                                 recorder: Recorder) -> None:
+    """Stripe counts requests per second per endpoint and answers 429 with the `rate_limit` error object, no
+    Retry-After and no rate-limit header (none documented): the client backs off until the second rolls."""
+    now = [1_800_000_000.999]  # a millisecond before a window boundary: any backoff rolls it
+    drill.stripe.rate_limit, drill.stripe.rate_clock = 2, lambda: now[0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds  # the stand-in's window rolls while the client waits
+
+    async with StripeClient.from_settings(drill.settings(), sleep=sleep) as stripe:
+        _watch(recorder, stripe)
+        for _ in range(3):
+            assert await stripe.list_webhook_endpoints()
+    exchanges = _stripe_only(recorder, drill)
+    statuses = [e.status for e in exchanges]
+    assert statuses[:3] == [200, 200, 429] and statuses[-1] == 200 and set(statuses[2:-1]) == {429}
+    throttled = exchanges[2]
+    assert throttled.response_json()["error"]["code"] == "rate_limit"
+    assert throttled.response_json()["error"]["type"] == "invalid_request_error"
+    assert not {k.lower() for k in throttled.response_headers} & {"retry-after", "x-ratelimit-reset",
+                                                                   "ratelimit-reset"}
+    assert waits and all(0 < w <= 8 for w in waits)  # the policy's backoff: nothing from the answer to wait for
+    assert_conforms(VENDOR, exchanges)

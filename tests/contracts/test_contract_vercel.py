@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydantic import SecretStr
 
@@ -108,3 +110,31 @@ def test_a_job_requested_before_ours_is_not_ours() -> None:
     assert not vercel._ours(old, "dpl_a", None, now)
     assert vercel._ours(fresh, "dpl_a", None, now) and not vercel._ours(fresh, "dpl_b", None, now)
     assert not vercel._ours(fresh, "dpl_a", fresh, now)  # the job the project showed before we asked
+
+
+async def test_past_the_documented_limit_the_client_waits_for_x_ratelimit_reset(drill: DrillStack,
+                                                                               recorder: Recorder) -> None:
+    """Vercel answers X-RateLimit-Limit/-Remaining/-Reset (UTC epoch seconds) on every response and, past the limit,
+    429 {"error": {"code": "too_many_requests"}} without Retry-After: the client waits until the window's reset."""
+    reset = (int(time.time() + 15) // 10 + 1) * 10.0  # a window boundary 15-25 s from now (Retry-After's bound: 30)
+    now = [reset - 5]
+    drill.vercel.rate_limit, drill.vercel.rate_window, drill.vercel.rate_clock = 2, 10.0, lambda: now[0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds  # the stand-in's window rolls while the client waits
+
+    async with VercelClient.from_settings(drill.settings(), sleep=sleep) as vercel:
+        recorder.watch(vercel.http)
+        for _ in range(3):
+            assert (await vercel.project()).id == drill.vercel.project_id
+    assert [e.status for e in recorder.exchanges] == [200, 200, 429, 200]
+    throttled = recorder.exchanges[2]
+    assert "retry-after" not in {k.lower() for k in throttled.response_headers}
+    assert throttled.response_json() == {"error": {"code": "too_many_requests", "message": "Rate limit exceeded"}}
+    assert int(throttled.response_headers["x-ratelimit-reset"]) == reset
+    assert [e.response_headers["x-ratelimit-limit"] for e in recorder.exchanges] == ["2"] * 4
+    assert [e.response_headers["x-ratelimit-remaining"] for e in recorder.exchanges] == ["1", "0", "0", "1"]
+    assert len(waits) == 1 and 1 < waits[0] <= 25  # until the reset (the backoff would be under 0.5 s)
+    assert_conforms(VENDOR, recorder.exchanges)

@@ -145,9 +145,18 @@ async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: l
     from runbook.drill.pagerduty import acknowledge_as_oncall
 
     seen: set[Any] = set()
+    pressed_at: dict[str, float] = {}  # incident → when on-call pressed Acknowledge in PagerDuty
+    waiting_since: dict[Any, float] = {}  # escalation run → when its pause was first seen without a page
     while not stop.is_set():
-        for run in await paused_runs():
+        runs = await paused_runs()
+        # on-call acknowledges first, then looks at the plan, as a person does: a plan of an incident whose
+        # escalation still waits for its acknowledgement is answered in a later round
+        unacknowledged = {i for i in incident_ids for r in runs if r.name == f"escalate {i}" and r.id not in seen}
+        unacknowledged |= await _ack_in_transit(pressed_at)
+        for run in sorted(runs, key=lambda r: not (r.name or "").startswith("escalate ")):
             if run.id in seen or not any(i and i in (run.name or "") for i in incident_ids):
+                continue
+            if not (run.name or "").startswith("escalate ") and any(i in (run.name or "") for i in unacknowledged):
                 continue
             try:
                 schema, _ = await pause_form(run)
@@ -162,9 +171,13 @@ async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: l
                 paged = next((i for i in incident_ids if (run.name or "") == f"escalate {i}"), None)
                 if pagerduty is not None and paged and (pressed := acknowledge_as_oncall(pagerduty, paged)):
                     seen.add(run.id)
+                    pressed_at[paged] = time.monotonic()
                     answered.append({"run": run.name, "by": pressed["last_status_change_by"]["summary"],
                                      "via": "pagerduty"})
                     continue
+                if pagerduty is not None and paged and await _page_coming(paged, waiting_since.setdefault(
+                        run.id, time.monotonic())):
+                    continue  # a P0/P1 pages on-call at once: acknowledge the page when it lands
                 answer = {"by": ONCALL, "note": "game-day drill"}  # not paged (P2/P3 page later): the UI
             else:
                 continue
@@ -176,6 +189,35 @@ async def auto_approver(incident_ids: set[str], stop: asyncio.Event, answered: l
                 answered.append({"run": run.name, "error": str(exc)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.3)
+
+
+ACK_TRANSIT_S = 60.0  # at most this long the plan waits for a pressed acknowledgement to reach the store
+
+
+async def _ack_in_transit(pressed_at: dict[str, float]) -> set[str]:
+    """Return the incidents acknowledged in PagerDuty whose acknowledgement (a V3 webhook to the intake) has not
+    reached the store yet; one acknowledged there, or pressed longer than ACK_TRANSIT_S ago, is dropped."""
+    from runbook.store import open_store
+
+    waiting = set()
+    async with open_store() as store:
+        for incident_id, at in list(pressed_at.items()):
+            if (await store.get(incident_id)).acknowledged_at is None and time.monotonic() - at < ACK_TRANSIT_S:
+                waiting.add(incident_id)
+            else:
+                del pressed_at[incident_id]
+    return waiting
+
+
+async def _page_coming(incident_id: str, since: float) -> bool:
+    """Whether on-call's page is still to land in PagerDuty: an urgent incident (P0/P1 page at once) whose
+    escalation has waited less than ACK_TRANSIT_S; a P2/P3 pages later, so on-call answers in the UI."""
+    from runbook.models import Severity
+    from runbook.store import open_store
+
+    async with open_store() as store:
+        severity = (await store.get(incident_id)).severity
+    return severity in {Severity.P0, Severity.P1} and time.monotonic() - since < ACK_TRANSIT_S
 
 
 @contextlib.asynccontextmanager

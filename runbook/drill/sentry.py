@@ -231,13 +231,8 @@ class SentryStandIn(StandIn):
         """Count the request in its caller's window for the endpoint; answer 429 past the limit; add the headers."""
 
         async def limited(request: Request) -> Response:
-            now = self.rate_clock()
-            number = int(now // self.rate_window)
-            key = (request.headers.get("authorization", ""), endpoint)
+            used, number = self.count_in_window(request, endpoint)
             with self._lock:
-                seen, used = self._windows.get(key, (number, 0))
-                used = (used if seen == number else 0) + 1
-                self._windows[key] = (number, used)
                 self._in_flight += 1
                 concurrent = self._in_flight
             headers = {"X-Sentry-Rate-Limit-Limit": str(self.rate_limit),

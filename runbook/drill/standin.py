@@ -98,6 +98,11 @@ class StandIn:
     """A recorded, fault-injectable HTTP service on its own port; subclasses supply routes and error shapes."""
 
     name = "standin"
+    # set by a subclass that rate-limits its routes (count_in_window)
+    rate_limit: int
+    rate_window: float
+    rate_clock: Callable[[], float]
+    _windows: dict[tuple[str, str], tuple[int, int]]
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -128,6 +133,18 @@ class StandIn:
 
     def reset_state(self) -> None:
         """Return the vendor state to its baseline (subclasses)."""
+
+    def count_in_window(self, request: Any, endpoint: str) -> tuple[int, int]:
+        """Count a request in its caller's fixed rate-limit window for the endpoint; return (requests in the
+        window so far, this one included; the window's number). A subclass that limits sets `rate_limit`,
+        `rate_window` (seconds), `rate_clock` and `_windows` ((caller, endpoint) → (window number, used))."""
+        number = int(self.rate_clock() // self.rate_window)
+        key = (request.headers.get("authorization", ""), endpoint)
+        with self._lock:
+            seen, used = self._windows.get(key, (number, 0))
+            used = (used if seen == number else 0) + 1
+            self._windows[key] = (number, used)
+        return used, number
 
     # -- public API -------------------------------------------------------------------------------------------
     @property

@@ -293,12 +293,7 @@ class StripeStandIn(StandIn):
         """Count the request in its key's window for the endpoint; past the limit 429 `rate_limit`, no headers."""
 
         async def limited(request: Request) -> Response:
-            number = int(self.rate_clock() // self.rate_window)
-            key = (request.headers.get("authorization", ""), endpoint)
-            with self._lock:
-                seen, used = self._windows.get(key, (number, 0))
-                used = (used if seen == number else 0) + 1
-                self._windows[key] = (number, used)
+            used, _ = self.count_in_window(request, endpoint)
             if used > self.rate_limit:
                 return json_response({"error": dict(RATE_LIMITED)}, 429)
             return await handler(request)

@@ -481,13 +481,7 @@ class VercelStandIn(StandIn):
         """Count the request in its token's window for the endpoint; 429 past the limit; add the headers."""
 
         async def limited(request: Request) -> Response:
-            now = self.rate_clock()
-            number = int(now // self.rate_window)
-            key = (request.headers.get("authorization", ""), endpoint)
-            with self._lock:
-                seen, used = self._windows.get(key, (number, 0))
-                used = (used if seen == number else 0) + 1
-                self._windows[key] = (number, used)
+            used, number = self.count_in_window(request, endpoint)
             headers = {"X-RateLimit-Limit": str(self.rate_limit),
                        "X-RateLimit-Remaining": str(max(0, self.rate_limit - used)),
                        "X-RateLimit-Reset": str(int((number + 1) * self.rate_window))}

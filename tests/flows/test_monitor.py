@@ -51,6 +51,13 @@ def use_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, monitoring: d
     monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(path))
 
 
+# The traffic tests judge traffic alone. On a loaded machine the app's own profiles query can take over 500 ms, which
+# the monitor rightly calls database_degradation, a cause rule that masks the traffic rules for that cycle (seen in
+# CI: the spike's first cycle masked, the second breached, too late for a two-cycle run). These thresholds keep
+# a busy machine's slowness out of a test about traffic; the masking itself is tested on its own.
+MACHINE_SLOWNESS_IS_NOT_THE_SUBJECT = {"database_degradation": 60_000.0, "slow_response_time": 60.0}
+
+
 def inject(stack: DrillStack, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Break the stack with a scenario and apply its env changes to this test."""
     for key, value in stack.inject(name, **INJECT_PARAMS.get(name, {})).items():
@@ -232,7 +239,8 @@ async def test_failed_login_burst_raises_a_security_event(
     drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A burst of failed logins above the policy's per-minute threshold opens one P2 security_event incident."""
-    use_policy(tmp_path, monkeypatch, monitoring={"auth_failures_per_minute": 20})
+    use_policy(tmp_path, monkeypatch, monitoring={"auth_failures_per_minute": 20},
+               thresholds=MACHINE_SLOWNESS_IS_NOT_THE_SUBJECT)
     assert set(await failed_logins(drill_env)) == {401}
     result = await run(cycles=2)
     assert [(d.rule, d.target, d.severity) for d in result.declared] == [("security_event", "auth", "P2")]
@@ -246,13 +254,17 @@ async def test_traffic_spike_after_a_baseline_raises_unusual_traffic(
     drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Steady traffic teaches the baseline; a request rate far above it then opens one P2 unusual_traffic incident."""
-    use_policy(tmp_path, monkeypatch, monitoring={"traffic_window_minutes": 1, "traffic_baseline_min_samples": 3})
+    use_policy(tmp_path, monkeypatch, monitoring={"traffic_window_minutes": 1, "traffic_baseline_min_samples": 3},
+               thresholds=MACHINE_SLOWNESS_IS_NOT_THE_SUBJECT)
     await traffic(drill_env, 40)
     learning = await run(cycles=3)
     assert learning.declared == [], [c.breaches for c in learning.cycles]
     await traffic(drill_env, 400)
     result = await run(cycles=2)
-    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("unusual_traffic", "app", "P2")]
+    seen = [[(r["metric"], r["target"], r["state"], r["detail"]) for r in c.rows
+             if r["metric"] in ("request_rate_per_minute", "traffic_anomaly") or r["state"] in ("gap", "breach")]
+            for c in learning.cycles + result.cycles]
+    assert [(d.rule, d.target, d.severity) for d in result.declared] == [("unusual_traffic", "app", "P2")], seen
     (incident,) = await incidents()
     assert incident.severity is Severity.P2 and incident.fingerprint == "monitor:unusual_traffic:app"
 
@@ -272,7 +284,8 @@ async def test_feature_that_stops_being_used_raises_feature_usage_anomaly(
 ) -> None:
     """The profile's share of the requests collapses while the total holds: one P3 feature_usage_anomaly, naming it."""
     use_policy(tmp_path, monkeypatch, monitoring={"traffic_window_minutes": 1, "traffic_baseline_min_samples": 3,
-                                                 "feature_min_requests": 20})
+                                                 "feature_min_requests": 20},
+               thresholds=MACHINE_SLOWNESS_IS_NOT_THE_SUBJECT)
     await usage(drill_env, home=30, profile=20)
     learning = await run(cycles=4)  # three cycles learn the usual mix, the fourth judges it
     assert learning.declared == [], [c.breaches for c in learning.cycles]

@@ -11,7 +11,6 @@ Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id an
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import ValidationError

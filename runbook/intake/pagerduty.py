@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runbook.errors import IncidentNotFound
-from runbook.intake.common import MAX_BODY_BYTES, Respond, log, rejected
+from runbook.intake.common import Respond, log, read_body, rejected
 from runbook.intake.signatures import SeenOnce, verify_pagerduty
 from runbook.settings import Settings
 
@@ -127,9 +127,9 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[R
     """Return the PagerDuty webhook route (always verified: `open_access` does not apply to PagerDuty)."""
 
     async def webhooks(request: Request) -> JSONResponse:
-        if int(request.headers.get("content-length") or 0) > min(MAX_BODY_BYTES, MAX_WEBHOOK_BYTES):
+        body = await read_body(request, MAX_WEBHOOK_BYTES)  # in chunks: a chunked upload stops at the limit
+        if body is None:
             return rejected(413, f"body larger than {MAX_WEBHOOK_BYTES} bytes")
-        body = await request.body()
         verdict = verify_pagerduty(request.headers, body, settings.pagerduty_webhook_secret)
         if verdict != "ok":
             if verdict == "unconfigured":

@@ -50,7 +50,7 @@ from runbook.clients.slack import (
     reject_modal,
 )
 from runbook.errors import IncidentNotFound, IntegrationError
-from runbook.intake.common import MAX_BODY_BYTES, Respond, log, rejected
+from runbook.intake.common import MAX_BODY_BYTES, Respond, log, read_body, rejected
 from runbook.intake.signatures import REPLAY_WINDOW_SECONDS, verify_slack
 from runbook.models import Approval, ApprovalRequest
 from runbook.policy import Approver, get_policy, two_person_violation
@@ -355,10 +355,8 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[R
     work = Interactions(settings)
 
     async def interactions(request: Request) -> Response:
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await read_body(request)  # in chunks: a chunked upload with no length stops at the limit
+        if body is None:
             return rejected(413, f"body larger than {MAX_BODY_BYTES} bytes")
         verdict = verify_slack(request.headers, body, settings.slack_signing_secret, clock.now().timestamp())
         if verdict == "unconfigured":

@@ -1,0 +1,57 @@
+"""Every intake route reads its body in chunks and stops at its limit: a chunked upload with no Content-Length is
+refused with 413 once it passes the limit, the rest never read (issue 21)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runbook.intake import MAX_BODY_BYTES, create_app
+from runbook.intake.pagerduty import MAX_WEBHOOK_BYTES
+
+
+class CountingBody:
+    """A streamed request body (no Content-Length) that counts the chunks the server pulled from it."""
+
+    def __init__(self, chunks: int, size: int = 64 * 1024) -> None:
+        self.chunks, self.size, self.pulled = chunks, size, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.pulled += 1
+            yield b"a" * self.size
+
+
+@pytest.fixture
+async def client(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    """The intake app (ASGI) with every sender's secret configured."""
+    monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "intake-token-0123456789abcdef")
+    monkeypatch.setenv("RUNBOOK_SLACK_SIGNING_SECRET", "slack-signing-secret-0123456789")
+    monkeypatch.setenv("RUNBOOK_PAGERDUTY_WEBHOOK_SECRET", "pagerduty-webhook-secret-0123456789")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://intake") as c:
+        yield c
+
+
+@pytest.mark.parametrize(("path", "limit", "content_type"), [
+    ("/slack/interactions", MAX_BODY_BYTES, "application/x-www-form-urlencoded"),
+    ("/pagerduty/webhooks", MAX_WEBHOOK_BYTES, "application/json"),
+])
+async def test_a_chunked_oversized_body_is_413_after_reading_up_to_the_limit(
+        client: httpx.AsyncClient, path: str, limit: int, content_type: str) -> None:
+    """A 200 MB chunked upload (no Content-Length) is answered 413, read only up to the route's limit."""
+    body = CountingBody(chunks=3200)
+    response = await client.post(path, content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 413, response.text
+    assert str(limit) in response.json()["error"]
+    assert body.pulled == limit // body.size + 1  # read up to the limit, not one chunk more
+
+
+@pytest.mark.parametrize("path", ["/slack/interactions", "/pagerduty/webhooks"])
+async def test_a_chunked_body_under_the_limit_is_read_and_checked(client: httpx.AsyncClient, path: str) -> None:
+    """A small chunked body is read whole and reaches the signature check (401 unsigned), not 413."""
+    body = CountingBody(chunks=2, size=1024)
+    response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 401 and body.pulled == 2

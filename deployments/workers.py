@@ -39,6 +39,7 @@ from typing import IO, Any
 from deployments.local_server import embedded_postgres, prefect_command, prefect_env
 from deployments.serve import DEFAULT_FILE, PROJECT_DIR, load_deployments
 from runbook.errors import RunbookError
+from runbook.settings import redacted_url as redacted  # the store URL as up and drill print it: password masked
 
 POOL = "runbook-pool"
 WORKER_QUERY_SECONDS = 1.0
@@ -46,17 +47,6 @@ WORKER_QUERY_SECONDS = 1.0
 # flow-run processes run in sessions of their own and would outlive a group kill of the worker).
 MARKER = "RUNBOOK_TOPOLOGY_ID"
 BUSY = ("PENDING", "RUNNING", "CANCELLING")
-
-
-def redacted(url: str) -> str:
-    """Return a database URL fit to print: the password masked."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # not a URL SQLAlchemy can read: say nothing of it
-        return "<unreadable URL>"
-    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 @contextlib.contextmanager

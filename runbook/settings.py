@@ -180,12 +180,26 @@ class Settings(BaseSettings):
                 out[name] = f"set ({fingerprint(value)})" if value else "unset"
             elif isinstance(value, Path):
                 out[name] = str(value)
+            elif name in _URL_FIELDS and value:
+                out[name] = redacted_url(value)
             else:
                 out[name] = value
         return out
 
 
 _SECRET_FIELDS = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+_URL_FIELDS = {"store_url", "monitor_store_url"}  # plain strings, but a database URL may carry a password
+
+
+def redacted_url(url: str) -> str:
+    """Return a database URL fit to print: its password masked; a string that is not a URL is not shown at all."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy can read (it could be anything, a secret too): say nothing of it
+        return "<unreadable URL>"
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 def _explain(exc: ValidationError) -> str:

@@ -39,11 +39,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from runbook.errors import IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
+from runbook.errors import ConfigError, IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
 from runbook.models import (
     ALLOWED_TRANSITIONS,
     ActionItem,
@@ -59,6 +59,7 @@ from runbook.models import (
     utcnow,
 )
 from runbook.policy import get_policy
+from runbook.settings import redacted_url
 
 SCHEMA_VERSION = 1
 
@@ -209,7 +210,11 @@ class IncidentStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        sa_url = make_url(url)
+        try:
+            sa_url = make_url(url)
+        except ArgumentError:  # the text is not echoed: a mistyped URL may still hold a password
+            raise ConfigError("the incident store URL (RUNBOOK_STORE_URL / RUNBOOK_MONITOR_STORE_URL) is not a "
+                              "database URL: use postgresql://user:password@host:5432/db or sqlite:///path") from None
         if sa_url.drivername == "sqlite":
             url = str(sa_url.set(drivername="sqlite+aiosqlite"))
         elif sa_url.drivername in {"postgresql", "postgres"}:
@@ -219,7 +224,11 @@ class IncidentStore:
         if self._sqlite and sa_url.database and sa_url.database != ":memory:":
             Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
         # NullPool: flows and tasks run in several event loops and threads; a pooled connection must not cross them.
-        self.engine: AsyncEngine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+        try:
+            self.engine: AsyncEngine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+        except (NoSuchModuleError, ImportError, ArgumentError) as exc:
+            raise ConfigError(f"the incident store {redacted_url(self.url)}: database {sa_url.drivername!r} is not "
+                              f"supported ({type(exc).__name__}); use postgresql:// or sqlite://") from None
         if self._sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -246,8 +255,11 @@ class IncidentStore:
                 if attempt == 2:
                     raise
             except Exception as exc:  # a racing CREATE on Postgres raises ProgrammingError; retry once more
-                if attempt == 2 or isinstance(exc, StoreError):
+                if isinstance(exc, StoreError):
                     raise
+                if attempt == 2:
+                    raise StoreError(f"the incident store at {redacted_url(self.url)} cannot be used: "
+                                     f"{_cause(exc, self.url)}") from exc
                 await asyncio.sleep(0.2)
 
     async def schema_version(self) -> int:
@@ -963,6 +975,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    """Name why the store failed in one line: the driver's own error, without SQLAlchemy's wrapping or a password."""
+    orig = getattr(exc, "orig", None) or exc
+    text = f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}".rstrip(": ")
+    password = make_url(url).password
+    return text.replace(password, "***") if password else text
 
 
 @asynccontextmanager

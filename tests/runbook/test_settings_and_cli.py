@@ -100,3 +100,39 @@ def test_the_readme_links_nothing_outside_the_repository() -> None:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "../" not in text
     assert not re.search(r"https?://(?!127\.0\.0\.1|localhost)", text)
+
+
+STORE_PASSWORD = "pw_do_not_print_me_42"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_config_masks_the_store_urls_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """`runbook config` shows the store URLs with the password masked, and a string that is no URL not at all."""
+    monkeypatch.setenv("RUNBOOK_STORE_URL", f"postgresql://runbook:{STORE_PASSWORD}@db.internal:5432/incidents")
+    monkeypatch.setenv("RUNBOOK_MONITOR_STORE_URL", f"not a url {STORE_PASSWORD}")
+    assert main(["config", *(["--json"] if as_json else [])]) == 0
+    out = capsys.readouterr().out
+    assert STORE_PASSWORD not in out
+    assert "postgresql://runbook:***@db.internal:5432/incidents" in out and "<unreadable URL>" in out
+
+
+@pytest.mark.parametrize(("url", "code", "says"), [
+    (f"postgresql://runbook:{STORE_PASSWORD}@127.0.0.1:1/incidents", 1,
+     "the incident store at postgresql://runbook:***@127.0.0.1:1/incidents cannot be used: ConnectionRefusedError"),
+    (f"mysql://runbook:{STORE_PASSWORD}@db.internal/incidents", 2, "database 'mysql' is not supported"),
+    (f"runbook:{STORE_PASSWORD} at db.internal", 2, "is not a database URL"),
+])
+def test_a_store_that_cannot_be_used_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, url: str, code: int,
+    says: str,
+) -> None:
+    """An unreachable store, an unsupported database or a mistyped URL: one line naming it, no traceback, no password."""
+    monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RUNBOOK_STORE_URL", url)
+    assert main(["incidents", "list"]) == code
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+    assert STORE_PASSWORD not in captured.out + captured.err and "Traceback" not in captured.err

@@ -403,10 +403,21 @@ def _read_file(path: Path) -> dict[str, Any]:
         else:
             raise ConfigError(f"policy file {path}: use .yaml, .yml or .toml")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"policy file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        raise ConfigError(f"policy file {path} is not valid {path.suffix[1:].upper()}: {_where(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"policy file {path}: the top level must be a mapping")
     return data
+
+
+def _where(exc: Exception) -> str:
+    """Say what is wrong with a policy file and where, never quoting its text (a line may hold a value to keep)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return " ".join(p for p in (exc.context, exc.problem) if p) + where
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return str(exc)  # tomllib's message is its own words plus "(at line L, column C)", no text of the file
+    return type(exc).__name__
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

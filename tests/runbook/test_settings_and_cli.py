@@ -136,3 +136,22 @@ def test_a_store_that_cannot_be_used_is_one_clear_line(
     err = captured.err.strip()
     assert says in err and len(err.splitlines()) == 1, err
     assert STORE_PASSWORD not in captured.out + captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(("name", "text", "where"), [
+    ("policy.yaml", f'monitoring:\n  interval_seconds: 60\n  token: "{SECRET}\n', "line 4, column 1"),
+    ("policy.yaml", f"monitoring:\n\tkey: {SECRET}\n", "line 2, column 1"),
+    ("policy.toml", f"[monitoring]\ntoken = = {SECRET}\n", "line 2"),
+])
+def test_a_malformed_policy_file_is_named_without_quoting_its_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, text: str,
+    where: str,
+) -> None:
+    """A policy file that does not parse: its path, what is wrong and where; none of its text (a value may be secret)."""
+    path = tmp_path / name
+    path.write_text(text)
+    monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(path))
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert f"policy file {path} is not valid" in err and where in err, err
+    assert SECRET not in err and len(err.strip().splitlines()) == 1, err

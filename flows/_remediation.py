@@ -29,9 +29,18 @@ Not a runbook procedure itself; the procedures in flows/ use it:
   plan with nothing to do after an earlier run acted (done, or crashed/cancelled mid-act) is not repeated: the new
   run only verifies (nothing_to_do when verification passes, else verification_failed), no approval needed.
 
-  Outcomes: refused (another remediation holds the environment), nothing_to_do, rejected / timed_out (the approval),
-  plan_changed, failed (the action raised; what it reports), verified / verification_failed. A plan that a safety
-  rule refuses (UnsafeOperation) is recorded and raised: the run fails with the rule's message.
+  Guardrails (issue 19, runbook.guardrails): while a freeze holds the environment (`runbook freeze`, the
+  freeze-remediations deployment) a remediation stops after its plan as a dry run would, and says why (outcome
+  frozen; also when the freeze came while it waited for approval). The circuit breaker refuses a remediation past
+  the policy's applied remediations per environment per hour, or past one applied run of the same action on the same
+  target (`Plan.target`, default the environment) per incident: outcome refused, the reason on the timeline, and
+  on-call paged once (a `guard:circuit_breaker:<environment>` incident). Checked before the approval request and
+  again before acting; each applied remediation is counted in the store, on the runbook clock.
+
+  Outcomes: refused (another remediation holds the environment, or the circuit breaker), frozen, nothing_to_do,
+  rejected / timed_out (the approval), plan_changed, failed (the action raised; what it reports), verified /
+  verification_failed. A plan that a safety rule refuses (UnsafeOperation) is recorded and raised: the run fails
+  with the rule's message.
 """
 
 from __future__ import annotations
@@ -52,9 +61,12 @@ from prefect.flow_runs import apause_flow_run, asuspend_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
+from flows._guard import page_oncall_about
+from runbook import clock
 from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, RunbookError, UnsafeOperation
+from runbook.guardrails import WINDOW, breaker_refusal, freeze_line
 from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind
-from runbook.policy import two_person_violation
+from runbook.policy import get_policy, two_person_violation
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import flow_run_id, flow_run_url
@@ -67,7 +79,7 @@ RequesterChannel = Literal["prefect-ui", "slack", "cli", "api", "runbook"]
 
 Outcome = Literal[
     "dry_run", "nothing_to_do", "verified", "verification_failed", "rejected", "timed_out", "plan_changed",
-    "refused", "failed",
+    "refused", "failed", "frozen",
 ]
 
 
@@ -83,6 +95,8 @@ class Plan(BaseModel):
     done_by: str | None = Field(None, description="With noop: the earlier run of this remediation for the "
                                 "incident that already did it (the new run only verifies)")
     warnings: list[str] = Field(default_factory=list)
+    target: str | None = Field(None, description="What the action changes, for the circuit breaker's one run of "
+                                                 "an action on a target per incident (default: the environment)")
 
     @property
     def hash(self) -> str:
@@ -520,6 +534,8 @@ async def run_remediation(spec: Remediation, params: RemediationParams) -> Remed
             await _offer(plan, incident)
         return RemediationResult(action=spec.action, incident_id=incident, outcome="dry_run", plan=plan,
                                  detail="dry run: nothing was changed")
+    if (frozen := await _frozen(spec, incident)) is not None:
+        return frozen
     try:
         async with remediation_lock(spec.action, incident):
             return await _locked(spec, params, logger)
@@ -528,6 +544,57 @@ async def run_remediation(spec: Remediation, params: RemediationParams) -> Remed
                      {"action": spec.action, "reason": "locked"})
         logger.warning("%s refused: %s", spec.action, exc)
         return RemediationResult(action=spec.action, incident_id=incident, outcome="refused", detail=str(exc))
+
+
+async def _frozen(spec: Remediation, incident: str | None, plan: Plan | None = None,
+                  approval: Approval | None = None) -> RemediationResult | None:
+    """While a freeze holds the environment: stop after the plan (published, as a dry run), say why; else None."""
+    async with open_store() as store:
+        freeze = await store.freeze_of(get_settings().environment)
+    if freeze is None:
+        return None
+    if plan is None:
+        plan = await _plan(spec, incident)
+        await publish_plan(plan, incident)
+    why = f"remediations are {freeze_line(freeze)}"
+    detail = f"{spec.action} stopped after its plan ({plan.summary}): {why}; nothing was changed"
+    await record(incident, EventKind.REMEDIATION_ABORTED, detail,
+                 {"action": spec.action, "reason": "frozen", "plan_hash": plan.hash, "freeze": freeze})
+    get_run_logger().warning(detail)
+    return RemediationResult(action=spec.action, incident_id=incident, outcome="frozen", plan=plan,
+                             approval=approval, detail=detail)
+
+
+async def _guarded(spec: Remediation, plan: Plan, incident: str | None,
+                   approval: Approval | None = None) -> RemediationResult | None:
+    """Return the result of a remediation the freeze or the circuit breaker stops now, else None (it goes on)."""
+    if (frozen := await _frozen(spec, incident, plan, approval)) is not None:
+        return frozen
+    environment, target = get_settings().environment, plan.target or plan.environment
+    now = clock.now()
+    async with open_store() as store:
+        last_hour = await store.applications(environment, since=now - WINDOW)
+        of_incident = await store.applications(environment, incident_id=incident) if incident else []
+    reason = breaker_refusal(environment=environment, action=spec.action, target=target, incident_id=incident,
+                             last_hour=last_hour, of_incident=of_incident, now=now, limits=get_policy().guardrails)
+    if reason is None:
+        return None
+    get_run_logger().error("%s refused: %s", spec.action, reason)
+    page, paged = await page_oncall_about(
+        "circuit_breaker", f"Remediation circuit breaker open in {environment}",
+        f"{spec.action} for {incident or 'no incident'} refused: {reason}", actor="circuit-breaker")
+    await record(incident, EventKind.REMEDIATION_ABORTED, f"{spec.action} refused: {reason}",
+                 {"action": spec.action, "reason": "circuit_breaker", "plan_hash": plan.hash, "target": target,
+                  "breaker_incident": page.id, "paged": paged})
+    return RemediationResult(action=spec.action, incident_id=incident, outcome="refused", plan=plan,
+                             approval=approval, detail=f"{reason} (on-call paged: {page.id})")
+
+
+async def _count_applied(plan: Plan, incident: str | None) -> None:
+    """Count an applied remediation for the circuit breaker (on the runbook clock)."""
+    async with open_store() as store:
+        await store.record_application(get_settings().environment, plan.action, plan.target or plan.environment,
+                                       incident_id=incident, flow_run_id=flow_run_id(), at=clock.now())
 
 
 async def _offer(plan: Plan, incident: str | None) -> None:
@@ -579,6 +646,8 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
                   "investigate before resolving")
         logger.error("%s: %s", spec.action, detail)
         return result("verification_failed", plan, verification=checked.model_dump(), detail=detail)
+    if (refused := await _guarded(spec, plan, incident)) is not None:
+        return refused
     requester = await resolve_requester(params, spec.action)
     # Once per remediation: a deployment run suspended for approval re-runs from the top when resumed.
     await record_once(incident, EventKind.REMEDIATION_STARTED, f"{spec.action} started: {plan.summary}",
@@ -603,6 +672,8 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
             await record(incident, EventKind.REMEDIATION_ABORTED, f"{spec.action} refused after approval: {exc}",
                          {"action": spec.action, "reason": "unsafe"})
         return result("plan_changed", plan, approval=approval, detail=str(exc))
+    if (stopped := await _guarded(spec, current, incident, approval=approval)) is not None:
+        return stopped  # frozen or the breaker tripped while the plan waited for its approval
     try:
         applied = await spec.act(current, approval)
     except RunbookError as exc:
@@ -610,6 +681,7 @@ async def _locked(spec: Remediation, params: RemediationParams, logger: Any) -> 
                      {"action": spec.action, "reason": "failed", "error": str(exc), "plan_hash": current.hash})
         logger.error("%s failed: %s", spec.action, exc)
         return result("failed", current, approval=approval, detail=str(exc))
+    await _count_applied(current, incident)
     await record(incident, EventKind.REMEDIATION_APPLIED, f"{spec.action} applied: {current.summary}",
                  {"action": spec.action, "plan_hash": current.hash, "approved_by": approval.approver, **applied},
                  actor=approval.approver)

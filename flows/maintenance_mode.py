@@ -51,7 +51,7 @@ async def plan_maintenance(params: MaintenanceModeParams) -> Plan:
              f"Verify the app reports maintenance={str(params.enabled).lower()} on /api/health"]
     warnings = ["Users see the maintenance page on every route until it is turned off"] if params.enabled else []
     return Plan(action=ACTION, environment=environment, state=state, steps=steps, warnings=warnings,
-                summary=f"turn maintenance mode {word}")
+                summary=f"turn maintenance mode {word}", target=f"{FLAG}={word}")
 
 
 @flow(name=ACTION, flow_run_name=run_name(ACTION))

@@ -191,6 +191,10 @@ class Monitoring(_Table):
 
     interval_seconds: float = Field(60, gt=0)
     breach_cycles: int = Field(2, ge=1, description="Consecutive breaching cycles before declaring")
+    gap_cycles: int = Field(5, ge=1, description="Consecutive cycles a probe source cannot measure before a P2 "
+                                                "monitoring_gap incident is declared for it")
+    heartbeat_minutes: float = Field(5, gt=0, description="The dead man's switch: no monitor cycle completed for "
+                                                         "this long pages on-call (the watchdog automation)")
     probe_timeout_s: float = Field(10, gt=0)
     uptime_window_hours: float = Field(24 * 30, gt=0)
     stripe_window_minutes: float = Field(60, gt=0)
@@ -229,6 +233,15 @@ class Monitoring(_Table):
     auth_failures_per_minute: float = Field(
         30, ge=0, description="security_event: failed logins per minute above this are a brute-force pattern "
                               "(the monitor's own auth probe adds one per cycle)")
+
+
+class Guardrails(_Table):
+    """Bounds on automation that acts on production (the circuit breaker)."""
+
+    max_remediations_per_hour: int = Field(3, ge=0, description="Applied remediations per environment in any hour; "
+                                                               "past it every remediation is refused")
+    max_same_action_per_incident: int = Field(1, ge=0, description="Applied runs of the same action on the same "
+                                                                  "target per incident")
 
 
 class Escalation(_Table):
@@ -290,6 +303,7 @@ class Policy(_Table):
     communication: Communication = Field(default_factory=Communication)
     post_incident: PostIncident = Field(default_factory=PostIncident)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
     response: Escalation = Field(default_factory=Escalation)
     review: Review = Field(default_factory=Review)
     approvers: dict[str, Approver] = Field(

@@ -187,6 +187,32 @@ locks_t = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# The circuit breaker's count: one row per applied remediation (held across workers and restarts).
+applications_t = Table(
+    "remediation_applications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(100), nullable=False, index=True),
+    Column("action", String(100), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("incident_id", String(40)),
+    Column("flow_run_id", String(64)),
+    Column("at", UTCDateTime, nullable=False, index=True),
+)
+
+# The freeze (kill switch): a row per freeze; `lifted_at` NULL while it holds. environment "*" = every environment.
+freezes_t = Table(
+    "freezes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(100), nullable=False, index=True),
+    Column("reason", Text, nullable=False),
+    Column("by", String(100), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("lifted_at", UTCDateTime),
+    Column("lifted_by", String(100)),
+)
+
 
 def _pk(result: Any) -> int:
     """Return the primary key an INSERT produced."""
@@ -928,6 +954,60 @@ class IncidentStore:
         async with self.engine.begin() as conn:
             await conn.execute(delete(locks_t).where(and_(locks_t.c.name == name, locks_t.c.holder == holder)))
 
+    # -- guardrails: the circuit breaker's count and the freeze ---------------------------------------------------
+
+    async def record_application(self, environment: str, action: str, target: str, *, incident_id: str | None,
+                                 flow_run_id: str | None, at: datetime | None = None) -> None:
+        """Count one applied remediation for the circuit breaker."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(applications_t).values(
+                environment=environment, action=action, target=target, incident_id=incident_id,
+                flow_run_id=flow_run_id, at=at or utcnow()))
+
+    async def applications(self, environment: str, *, since: datetime | None = None,
+                           incident_id: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Return the applied remediations of an environment (since a time, or of one incident), oldest first."""
+        c = applications_t.c
+        q = select(applications_t).where(c.environment == environment).order_by(c.at, c.id)
+        if since is not None:
+            q = q.where(c.at >= since)
+        if incident_id is not None:
+            q = q.where(c.incident_id == incident_id)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    async def freeze(self, environment: str, *, reason: str, by: str, at: datetime | None = None
+                     ) -> tuple[dict[str, Any], bool]:
+        """Freeze remediations in an environment ("*": every one); return (the freeze in force, created)."""
+        existing = [f for f in await self.freezes() if f["environment"] == environment]
+        if existing:
+            return existing[0], False
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(freezes_t).values(environment=environment, reason=reason, by=by,
+                                                        at=at or utcnow()))
+        return next(f for f in await self.freezes() if f["environment"] == environment), True
+
+    async def unfreeze(self, environment: str | None, *, by: str, at: datetime | None = None
+                       ) -> builtins.list[dict[str, Any]]:
+        """Lift the freeze of an environment (None: every freeze in force); return the freezes lifted."""
+        lifted = [f for f in await self.freezes() if environment is None or f["environment"] == environment]
+        if lifted:
+            c = freezes_t.c
+            async with self.engine.begin() as conn:
+                await conn.execute(update(freezes_t).where(
+                    and_(c.id.in_([f["id"] for f in lifted]), c.lifted_at.is_(None)))
+                    .values(lifted_at=at or utcnow(), lifted_by=by))
+        return lifted
+
+    async def freezes(self) -> builtins.list[dict[str, Any]]:
+        """Return the freezes in force, oldest first."""
+        q = select(freezes_t).where(freezes_t.c.lifted_at.is_(None)).order_by(freezes_t.c.at, freezes_t.c.id)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    async def freeze_of(self, environment: str) -> dict[str, Any] | None:
+        """Return the freeze that holds an environment (its own or every environment's), if any."""
+        return next((f for f in await self.freezes() if f["environment"] in {"*", environment}), None)
 
 _RUN_ID = re.compile(r"\brun ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
 

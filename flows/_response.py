@@ -18,12 +18,13 @@ from pydantic import Field
 
 from flows.verification import Verification, VerifyParams, verify_service
 from runbook.errors import IntegrationError
-from runbook.models import Diagnosis, EventKind, Incident, Severity, Status
+from runbook.escalation import escalation_schedule
+from runbook.models import Diagnosis, EventKind, Incident, Severity, Status, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.health import check_app_health
 from tasks.incident import read_incident, record, transition_status
-from tasks.pagerduty import resolve_pages
+from tasks.pagerduty import page_contact, resolve_pages
 from tasks.sentry import read_error_rate
 from tasks.slack import post_slack_message
 from tasks.statuspage import post_status_update
@@ -117,6 +118,32 @@ async def communicate(incident: Incident, status: Status, message: str) -> None:
             await record(incident.id, EventKind.NOTIFIED,
                          "Customer notice: status page incident published to subscribers (P0/P1)",
                          {"audience": "customers", "via": "status page"})
+
+
+# The first "investigating" words per severity (the procedures' own, so a later procedure run finds them posted).
+FIRST_WORDS = {Severity.P0: "We are investigating a service outage.",
+               Severity.P1: "We are investigating degraded functionality.",
+               Severity.P2: "We are looking into reports of degraded service.",
+               Severity.P3: "We are looking into reports of degraded service."}
+
+
+async def first_response(incident: Incident) -> dict[str, Any]:
+    """Page on-call now (P0/P1: the escalation's first step) and announce "investigating" (status page, #incidents,
+    stakeholders), before anything else of the response; each once per incident, whoever runs it again.
+
+    The page's first try is short (FIRST_TRY_POLICY): a page PagerDuty does not take stays pending on the timeline
+    and the escalation's wait loop, a re-run or the sweep sends it; the announcement goes out meanwhile.
+    """
+    page: dict[str, Any] = {}
+    first = escalation_schedule(incident, get_policy())[0]
+    if first.action == "page" and first.contact is not None and first.at <= utcnow():
+        try:
+            page = await page_contact(incident, first.contact, quick=True)
+        except Exception as exc:  # refused: recorded on the timeline and pending; the announcement still goes out
+            get_run_logger().warning("first page to %s not delivered, still pending: %s", first.contact.role, exc)
+            page = {"sent": False, "pending": True, "error": str(exc)}
+    await communicate(incident, Status.INVESTIGATING, FIRST_WORDS[incident.severity])
+    return page
 
 
 async def run_diagnosis(incident: Incident) -> Diagnosis | None:

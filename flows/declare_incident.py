@@ -8,10 +8,12 @@ validation is kept in the store with the reason, and the run fails with that rea
 
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from flows._response import first_response
 from runbook.errors import InputError
 from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
 from runbook.policy import get_policy
@@ -142,7 +144,8 @@ def build_incident(params: DeclareParams, alert: Alert | None) -> tuple[Incident
 
 
 async def start_response(incident: Incident, mode: str) -> str | None:
-    """Start the severity's procedure; return its flow-run id when started as a deployment run."""
+    """Start the severity's procedure (its page and first announcement, made already, are not repeated); return its
+    flow-run id when started as a deployment run."""
     if mode == "none":
         return None
     if mode == "deployment":
@@ -188,6 +191,25 @@ async def declare_incident(params: DeclareParams) -> Declared:
         payload={"severity": recorded.severity.value, "fingerprint": recorded.fingerprint, "reason": reason,
                  "flow_run_id": flow_run_id()},
     )
-    response_run = await start_response(recorded, params.respond) if created else None
+    response_run = None
+    if created and params.respond != "none":
+        await first_response(recorded)  # the page, the status page and #incidents first, in this (warm) run
+        response_run = await start_response(recorded, params.respond)
     return Declared(incident_id=recorded.id, created=created, severity=recorded.severity, reason=reason,
                     response_run_id=response_run)
+
+
+def _task_name() -> str:
+    from prefect.runtime import task_run
+
+    params = task_run.parameters.get("params")
+    alert = getattr(params, "alert", None)
+    return f"declare {alert.fingerprint if alert is not None else 'alert'}"[:100]
+
+
+@task(name="declare-alert", retries=0, cache_policy=NO_CACHE, task_run_name=_task_name)
+async def declare_alert(params: DeclareParams) -> Declared:
+    """Declare an alert as a Prefect background task (`declare_alert.delay(params)`, run by the long-running task
+    worker of `runbook up`: deployments/warm_start.py): a warm process, no poll and no process start before the
+    page. The declaration is the declare-incident flow run (in the UI as before, under this task run)."""
+    return await declare_incident(params)

@@ -21,6 +21,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows._response import (
+    FIRST_WORDS,
     acknowledge_checks,
     communicate,
     initial_assessment,
@@ -38,7 +39,6 @@ from runbook.models import (
     INCIDENT_ID_PATTERN,
     ActionItem,
     Diagnosis,
-    EventKind,
     Incident,
     Severity,
     Status,
@@ -48,6 +48,7 @@ from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import run_parameter
 from tasks.incident import read_incident
+from tasks.pagerduty import first_page_tried
 from tasks.slack import post_slack_message
 
 
@@ -127,21 +128,13 @@ async def _page_and_escalate(incident: Incident) -> asyncio.Task[EscalationOutco
     return escalation
 
 
-FIRST_PAGE_WAIT_S = 15.0
+FIRST_PAGE_WAIT_S = 15.0  # at most: the page goes out before the status page and Slack, nothing waits for minutes
 
 
 async def _first_page_tried(incident_id: str, escalation: asyncio.Task[EscalationOutcome]) -> None:
-    """Wait until the first page was sent or its first try failed (it is then retried, pending, beside the response),
-    at most FIRST_PAGE_WAIT_S: the page goes out before the status page and Slack, and nothing waits for minutes."""
-    deadline = asyncio.get_running_loop().time() + FIRST_PAGE_WAIT_S
-    while not escalation.done() and asyncio.get_running_loop().time() < deadline:
-        async with open_store() as store:
-            events = await store.timeline(incident_id)
-        if any(e.details.get("dedup_key") == incident_id and (
-                e.kind in {EventKind.PAGED, EventKind.ESCALATED} or e.details.get("page_retry") is not None
-                or e.details.get("page_failed")) for e in events):
-            return
-        await asyncio.sleep(0.1)
+    """Wait until the first page was sent or its first try failed (it is then retried, pending, beside the response);
+    at once when the declaration's first response paged already."""
+    await first_page_tried(incident_id, within=FIRST_PAGE_WAIT_S, until=escalation)
 
 
 @flow(name="respond-p0", flow_run_name=_run_name)
@@ -151,7 +144,7 @@ async def respond_p0(params: RespondParams) -> ResponseOutcome:
     await acknowledge_checks(incident)
     escalation = await _page_and_escalate(incident)  # lead and CTO later unless acknowledged
     await initial_assessment(incident)
-    await communicate(incident, Status.INVESTIGATING, "We are investigating a service outage.")
+    await communicate(incident, Status.INVESTIGATING, FIRST_WORDS[incident.severity])
     diagnosis = await run_diagnosis(incident)
     remediation, resolved = await _fix_and_verify(incident, diagnosis, params)
     return await _finish(incident.id, escalation, diagnosis.finding if diagnosis else None, remediation, resolved)
@@ -164,7 +157,7 @@ async def respond_p1(params: RespondParams) -> ResponseOutcome:
     escalation = await _page_and_escalate(incident)
     diagnosis = await run_diagnosis(incident)  # investigate the root cause first
     await communicate(incident, Status.INVESTIGATING,
-                      "We are investigating degraded functionality." + (f" {diagnosis.finding}" if diagnosis else ""))
+                      FIRST_WORDS[incident.severity] + (f" {diagnosis.finding}" if diagnosis else ""))
     remediation, resolved = await _fix_and_verify(incident, diagnosis, params)
     return await _finish(incident.id, escalation, diagnosis.finding if diagnosis else None, remediation, resolved)
 
@@ -174,7 +167,7 @@ async def respond_p2_p3(params: RespondParams) -> ResponseOutcome:
     """P2/P3 - Medium/Low: acknowledge within the SLA, investigate, update stakeholders, fix in the next release."""
     policy = get_policy()
     incident = await read_incident(params.incident_id)
-    await communicate(incident, Status.INVESTIGATING, "We are looking into reports of degraded service.")
+    await communicate(incident, Status.INVESTIGATING, FIRST_WORDS[incident.severity])
     # A reminder in #incidents, then a page when the SLA runs out.
     escalation = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
     diagnosis = await run_diagnosis(incident)

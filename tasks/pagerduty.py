@@ -18,6 +18,7 @@ chain is the incident's acknowledgement; our own acknowledge/resolve calls are r
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,36 +61,78 @@ async def _already_paged(incident_id: str, key: str) -> bool:
 IN_FLIGHT_S = 900.0
 # Between later tries of a page whose retries gave up: 15 s, doubling, at most 5 minutes; Retry-After when given.
 RESEND_MIN_S, RESEND_MAX_S = 15.0, 300.0
+# The first page's first try, on the alert's path: a few quick attempts, then it stays pending (failed, with its next
+# try) and the escalation's wait loop, a re-run or the sweep sends it; the status page and Slack do not wait minutes.
+FIRST_TRY_POLICY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, max_total_wait=5.0,
+                               max_retry_after=5.0, connect_timeout=3.0, read_timeout=5.0)
 # One try per due page: the caller (the escalation's wait loop) comes back at its next poll, so nothing blocks it.
 RESEND_POLICY = RetryPolicy(max_attempts=1, connect_timeout=5.0, read_timeout=10.0)
 
 
-async def pending_pages(incident_id: str) -> list[dict[str, Any]]:
-    """Return the pages recorded as pending and never confirmed sent (each with what is needed to resend it).
+def page_states(events: list[Any]) -> dict[str, dict[str, Any]]:
+    """Return each page recorded on a timeline by dedup key, with its `state` read from the events in order.
 
-    Each carries its state from the timeline: `state` "in-flight" (its sender is retrying; `last_at` its last
-    news) or "failed" (the retries gave up; `failures` so far, `retry_at` on the runbook clock, or None).
+    "in-flight" (its sender is retrying; `last_at` its last news), "failed" (the retries gave up; `failures` so far,
+    `retry_at` on the runbook clock, or None), "paged" (sent: a `paged`/`escalated` event) or "closed" (not sent,
+    the incident was closed or acknowledged first). A pending page carries what is needed to send it again.
     """
-    async with open_store() as store:
-        events = await store.timeline(incident_id)
-    pending: dict[str, dict[str, Any]] = {}
+    pages: dict[str, dict[str, Any]] = {}
     for e in events:
         key = e.details.get("dedup_key")
         if not key:
             continue
         key = str(key)
-        if e.kind in {EventKind.PAGED, EventKind.ESCALATED} or e.details.get("page_closed"):
-            pending.pop(key, None)
+        live = key in pages and pages[key]["state"] in ("in-flight", "failed")
+        if e.kind in {EventKind.PAGED, EventKind.ESCALATED}:
+            pages[key] = {**pages.get(key, {"dedup_key": key}), "state": "paged", "last_at": _noted_at(e)}
+        elif e.details.get("page_closed"):
+            if key in pages and pages[key]["state"] != "paged":
+                pages[key]["state"] = "closed"
         elif e.kind == EventKind.NOTE and e.details.get("page_pending"):
-            page = pending.setdefault(key, {**e.details, "failures": 0, "retry_at": None})
+            page = {**e.details, "failures": 0, "retry_at": None, "sender_run_id": e.flow_run_id}
+            if live:
+                page = pages[key]
+            pages[key] = page
             page.update(state="in-flight", last_at=_noted_at(e))
-        elif key in pending and e.details.get("page_failed"):
+        elif live and e.details.get("page_failed"):
             retry_at = e.details.get("retry_at")
-            pending[key].update(state="failed", last_at=_noted_at(e), failures=int(pending[key]["failures"]) + 1,
-                                retry_at=datetime.fromisoformat(retry_at) if retry_at else None)
-        elif key in pending and (e.details.get("page_retry") is not None):
-            pending[key].update(state="in-flight", last_at=_noted_at(e))
-    return list(pending.values())
+            pages[key].update(state="failed", last_at=_noted_at(e), failures=int(pages[key]["failures"]) + 1,
+                              retry_at=datetime.fromisoformat(retry_at) if retry_at else None)
+        elif live and e.details.get("page_retry") is not None:
+            pages[key].update(state="in-flight", last_at=_noted_at(e), sender_run_id=e.flow_run_id)
+    return pages
+
+
+async def pending_pages(incident_id: str) -> list[dict[str, Any]]:
+    """Return the pages recorded as pending and never confirmed sent (each with what is needed to resend it).
+
+    Each carries its state from the timeline (`page_states`): "in-flight" or "failed".
+    """
+    async with open_store() as store:
+        events = await store.timeline(incident_id)
+    return [p for p in page_states(events).values() if p["state"] in ("in-flight", "failed")]
+
+
+# How often `first_page_tried` re-reads the timeline: the page's own first try takes about as long.
+FIRST_PAGE_POLL_S = 0.5
+
+
+async def first_page_tried(incident_id: str, *, within: float = 15.0, until: Any = None) -> str | None:
+    """Wait until the incident's first page (dedup key = the incident id) was sent or its first try failed; return
+    its state ("paged", "failed", "in-flight" once retried, "closed"), None if nothing was tried within `within`
+    seconds or before the awaitable-like `until` (e.g. the escalation's task) is done."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with open_store() as store:
+            events = await store.timeline(incident_id)
+        page = page_states(events).get(incident_id)
+        if page is not None and (page["state"] != "in-flight" or any(
+                e.details.get("dedup_key") == incident_id and e.details.get("page_retry") is not None
+                for e in events)):
+            return str(page["state"])
+        if asyncio.get_running_loop().time() >= deadline or (until is not None and until.done()):
+            return None
+        await asyncio.sleep(FIRST_PAGE_POLL_S)
 
 
 def _noted_at(event: Any) -> datetime:
@@ -162,13 +205,14 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
 
 
 @task(name="page_contact", retries=0, timeout_seconds=IN_FLIGHT_S, cache_policy=NO_CACHE)
-async def page_contact(incident: Incident, contact: Contact, reason: str = "") -> dict[str, Any]:
+async def page_contact(incident: Incident, contact: Contact, reason: str = "", quick: bool = False) -> dict[str, Any]:
     """Page one contact of the escalation chain (PagerDuty Events v2, dedup_key per incident and contact).
 
     The page is recorded as pending first, so that a crash while PagerDuty is unreachable loses nothing. When the
     retries (minutes) give up on a throttled or failing PagerDuty, the page stays pending on the timeline and the
     call returns `pending` (the response goes on; `send_pending_pages` tries again); PagerDuty refusing the event
-    (400, 401/403: our settings) is raised, after the timeline says so.
+    (400, 401/403: our settings) is raised, after the timeline says so. `quick`: a few seconds of retries
+    (FIRST_TRY_POLICY, the alert's path), not minutes.
     """
     key = dedup_key(incident, contact)
     if await _already_paged(incident.id, key):
@@ -190,7 +234,8 @@ async def page_contact(incident: Incident, contact: Contact, reason: str = "") -
         page = earlier
         await record(incident.id, EventKind.NOTE, f"Sending the pending page to {who} again",
                      {"dedup_key": key, "page_retry": 0, "clock_at": _now()}, actor="pagerduty")
-    result = await _send_page(incident.id, page, raise_refused=True)
+    result = await _send_page(incident.id, page, policy=FIRST_TRY_POLICY if quick else PAGE_POLICY,
+                              raise_refused=True)
     if result.get("pending"):
         _log_warning(f"page to {who} not delivered yet, still pending: {result['error']}")
     return result

@@ -20,16 +20,16 @@ from starlette.routing import Route
 
 from runbook.errors import InputError
 from runbook.intake.common import (
-    DECLARE_DEPLOYMENT,
     MAX_BODY_BYTES,
     Respond,
+    Starter,
     accepted_before,
+    declare_by_deployment,
     fit_parameters,
     keep_raw,
     log,
     read_body,
     rejected,
-    start_declare,
     strict_json,
 )
 from runbook.intake.signatures import SeenOnce, authenticate, cross_site, offers_credentials
@@ -153,8 +153,10 @@ def _unauthorized(request: Request) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"})
 
 
-def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
-    """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication."""
+def routes(settings: Settings, *, open_access: bool, respond: Respond, start: Starter | None = None) -> list[Route]:
+    """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication;
+    `start` starts the response to an accepted alert (default: a declare-incident deployment run)."""
+    start = start or declare_by_deployment
     deliveries = SeenOnce()  # signed bodies being or already taken by this process (concurrent replays)
 
     async def alerts(request: Request) -> JSONResponse:
@@ -191,15 +193,15 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[R
                                  "detail": "this exact signed delivery was accepted before (a replay, or a retry of "
                                            "one already taken); nothing started"}, status_code=200)
         try:
-            run_id = await start_declare(alert, respond)
+            started = await start(alert, respond)
         except Exception as exc:  # Prefect unreachable or the deployment missing: keep it, tell the sender to retry
             deliveries.release(digest)
             reason = f"not started: {type(exc).__name__}: {exc}"
             kept = await keep_raw(payload, reason)
             log.error("accepted-but-not-started alert %s (kept as %s): %s", alert.fingerprint, kept, reason)
             return rejected(503, reason, kept_alert_id=kept, fingerprint=alert.fingerprint)
-        log.info("alert %s (%s, auth %s) → declare-incident run %s", alert.fingerprint, alert.source, how, run_id)
-        return JSONResponse({"status": "accepted", "incident_flow_run_id": run_id,
-                             "fingerprint": alert.fingerprint, "deployment": DECLARE_DEPLOYMENT}, status_code=202)
+        log.info("alert %s (%s, auth %s) → %s", alert.fingerprint, alert.source, how,
+                 ", ".join(f"{k} {v}" for k, v in started.items()))
+        return JSONResponse({"status": "accepted", **started, "fingerprint": alert.fingerprint}, status_code=202)
 
     return [Route("/alerts", alerts, methods=["POST"])]

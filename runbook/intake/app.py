@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from runbook.errors import ConfigError
 from runbook.intake import alerts, pagerduty, slack
-from runbook.intake.common import Respond
+from runbook.intake.common import Respond, Starter
 from runbook.intake.signatures import secret_bytes
 from runbook.settings import Settings, get_settings
 
@@ -28,8 +28,11 @@ SENDERS: tuple[Callable[..., list[Route]], ...] = (alerts.routes, slack.routes, 
 
 
 def create_app(settings: Settings | None = None, *, insecure_local: bool = False,
-               respond: Respond = "deployment") -> Starlette:
-    """Return the intake app; without a token or HMAC secret it only starts with insecure_local (loopback only)."""
+               respond: Respond = "deployment", start: Starter | None = None) -> Starlette:
+    """Return the intake app; without a token or HMAC secret it only starts with insecure_local (loopback only).
+
+    `start` starts the response to an accepted alert (default: a declare-incident deployment run); `runbook up`
+    passes the warm one (a Prefect background task, deployments/warm_start.py)."""
     settings = settings or get_settings()
     open_access = not (secret_bytes(settings.intake_token) or secret_bytes(settings.intake_hmac_secret))
     if open_access and not insecure_local:
@@ -40,7 +43,7 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
         return JSONResponse({"status": "ok"})
 
     routes: list[BaseRoute] = [r for sender in SENDERS for r in sender(settings, open_access=open_access,
-                                                                        respond=respond)]
+                                                                        respond=respond, start=start)]
     return Starlette(routes=[*routes, Route("/healthz", healthz, methods=["GET"])])
 
 
@@ -57,7 +60,7 @@ def check_bind(host: str, settings: Settings, insecure_local: bool) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8787, *, insecure_local: bool = False,
-          respond: Respond = "deployment") -> None:
+          respond: Respond = "deployment", start: Starter | None = None) -> None:
     """Run the intake with uvicorn until interrupted."""
     import uvicorn
     from prefect.settings import PREFECT_API_URL
@@ -67,7 +70,7 @@ def serve(host: str = "127.0.0.1", port: int = 8787, *, insecure_local: bool = F
     if not PREFECT_API_URL.value():  # else Prefect would start a throwaway server and the runs would go nowhere
         raise ConfigError("set PREFECT_API_URL to the Prefect server where declare-incident is deployed "
                           "(e.g. the address `runbook up` prints, plus /api)")
-    app = create_app(settings, insecure_local=insecure_local, respond=respond)
+    app = create_app(settings, insecure_local=insecure_local, respond=respond, start=start)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"alert intake on http://{host}:{port}/alerts (health: /healthz)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from starlette.requests import Request
@@ -18,6 +19,10 @@ from runbook.store import open_store
 DECLARE_DEPLOYMENT = "declare-incident/declare-incident"
 MAX_BODY_BYTES = 1_000_000
 Respond = Literal["deployment", "inline", "none"]
+# How the intake starts the response to a validated alert: returns the answer's fields naming what it started. The
+# default is a declare-incident deployment run; deployments/warm_start.py injects a Prefect background task that a
+# long-running task worker runs at once (runbook/ never imports flows/ or deployments/: the caller passes it in).
+Starter = Callable[[Alert, Respond], Awaitable[dict[str, str]]]
 
 # Prefect refuses flow-run parameters over 512 KiB (a 503-looking failure for the sender, retried for ever): an alert
 # whose parameters would be larger is passed with a trimmed `raw`, its payload kept in full in the store.
@@ -142,3 +147,8 @@ async def start_declare(alert: Alert, respond: Respond) -> str:
         tags=["intake", alert.source],
     )
     return str(run.id)
+
+
+async def declare_by_deployment(alert: Alert, respond: Respond) -> dict[str, str]:
+    """The default Starter: a declare-incident deployment run (a runner or worker picks it up at its next poll)."""
+    return {"incident_flow_run_id": await start_declare(alert, respond), "deployment": DECLARE_DEPLOYMENT}

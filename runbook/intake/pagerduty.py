@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runbook.errors import IncidentNotFound
-from runbook.intake.common import Respond, log, read_body, rejected
+from runbook.intake.common import Respond, Starter, log, read_body, rejected
 from runbook.intake.signatures import SeenOnce, verify_pagerduty
 from runbook.settings import Settings
 
@@ -123,7 +123,8 @@ async def handle(event: dict[str, Any], delivery_id: str) -> dict[str, Any]:
     return {"status": "accepted", "incident_id": incident.id, "recorded": meaning}
 
 
-def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
+def routes(settings: Settings, *, open_access: bool, respond: Respond, start: Starter | None = None
+           ) -> list[Route]:
     """Return the PagerDuty webhook route (always verified: `open_access` does not apply to PagerDuty)."""
 
     async def webhooks(request: Request) -> JSONResponse:

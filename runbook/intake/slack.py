@@ -50,7 +50,7 @@ from runbook.clients.slack import (
     reject_modal,
 )
 from runbook.errors import IncidentNotFound, IntegrationError
-from runbook.intake.common import MAX_BODY_BYTES, Respond, log, read_body, rejected
+from runbook.intake.common import MAX_BODY_BYTES, Respond, Starter, log, read_body, rejected
 from runbook.intake.signatures import REPLAY_WINDOW_SECONDS, verify_slack
 from runbook.models import Approval, ApprovalRequest
 from runbook.policy import Approver, get_policy, two_person_violation
@@ -350,7 +350,8 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def routes(settings: Settings, *, open_access: bool, respond: Respond) -> list[Route]:
+def routes(settings: Settings, *, open_access: bool, respond: Respond, start: Starter | None = None
+           ) -> list[Route]:
     """Return POST /slack/interactions (always signature-checked, whatever `open_access` says)."""
     work = Interactions(settings)
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from flows.declare_incident import DeclareParams, declare_incident
 from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
+from runbook.guardrails import freeze_line
 from runbook.models import Alert, EventKind, utcnow
 from runbook.monitoring import (
     ERROR_RATE_CAUSES,
@@ -103,6 +104,7 @@ class CycleReport(BaseModel):
     uptime_pct: float | None = None
     uptime_samples: int = 0
     errors: list[str] = Field(default_factory=list, description="Declarations or notes that failed")
+    frozen: str | None = Field(None, description="The freeze of remediations in force, if any (`runbook freeze`)")
 
 
 class MonitorResult(BaseModel):
@@ -299,15 +301,22 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     uptime = uptime_pct(good, total)
 
     rows = cycle_rows(policy, measurements, findings, uptime, total)
+    async with open_store() as store:
+        freeze = await store.freeze_of(settings.environment)
+    frozen = f"remediations are {freeze_line(freeze)}" if freeze is not None else None
+    if frozen:
+        rows.append({"metric": "remediations", "target": settings.environment, "value": "frozen", "threshold": "–",
+                     "state": "frozen", "detail": frozen[:200]})
     breaches = [f.key for f in findings if f.breached]
-    summary = (f"Monitor cycle {number}/{params.cycles} at {now:%Y-%m-%d %H:%M:%S}Z ({settings.environment}): "
+    summary = (("FROZEN: " + frozen + ". " if frozen else "")
+               + f"Monitor cycle {number}/{params.cycles} at {now:%Y-%m-%d %H:%M:%S}Z ({settings.environment}): "
                f"{len(breaches)} breach(es){': ' + ', '.join(breaches) if breaches else ''}; "
                f"{len(gaps)} gap(s){': ' + ', '.join(gaps) if gaps else ''}; "
                f"uptime {'n/a' if uptime is None else f'{uptime:g} %'} (target > {policy.key_metrics.uptime_pct:g} %)")
     await acreate_table_artifact(table=rows, key=ARTIFACT_KEY, description=summary)
     log.info(summary)
     return CycleReport(cycle=number, at=now, rows=rows, breaches=breaches, declared=declared, recovered=recovered,
-                       gaps=gaps, uptime_pct=uptime, uptime_samples=total, errors=errors)
+                       gaps=gaps, uptime_pct=uptime, uptime_samples=total, errors=errors, frozen=frozen)
 
 
 def _run_name() -> str:

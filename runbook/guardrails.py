@@ -12,14 +12,20 @@ communication go on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from runbook.errors import InputError
 from runbook.policy import Guardrails
+
+if TYPE_CHECKING:
+    from runbook.store import IncidentStore
 
 EVERY_ENVIRONMENT = "*"
 WINDOW = timedelta(hours=1)
+ENVIRONMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 def breaker_refusal(*, environment: str, action: str, target: str, incident_id: str | None,
@@ -55,3 +61,42 @@ def freeze_line(freeze: Mapping[str, Any]) -> str:
     """Return one line for people: 'frozen (every environment) by ana at 03:12 UTC: deploy freeze'."""
     return (f"frozen ({freeze_scope(str(freeze['environment']))}) by {freeze['by']} at "
             f"{freeze['at']:%Y-%m-%d %H:%M} UTC: {freeze['reason']}")
+
+
+def _checked(environment: str | None, by: str, reason: str | None = None) -> tuple[str, str, str]:
+    """Return (environment, by, reason) stripped; InputError names what is wrong before anything changes."""
+    env = (environment or EVERY_ENVIRONMENT).strip()
+    if env != EVERY_ENVIRONMENT and not re.fullmatch(ENVIRONMENT_PATTERN, env):
+        raise InputError(f"{environment!r} is not an environment name (letters, digits, . _ -), or '*' for every one")
+    who = by.strip()
+    if not 1 <= len(who) <= 100:
+        raise InputError("--by must name who does it (1-100 characters)")
+    why = (reason or "").strip()
+    if reason is not None and not 1 <= len(why) <= 500:
+        raise InputError("--reason must say why (1-500 characters)")
+    return env, who, why
+
+
+async def freeze(store: IncidentStore, environment: str | None, *, reason: str, by: str) -> tuple[dict[str, Any], bool]:
+    """Freeze remediations (None: every environment, drills included); return (the freeze in force, created)."""
+    env, who, why = _checked(environment, by, reason)
+    return await store.freeze(env, reason=why, by=who)
+
+
+async def unfreeze(store: IncidentStore, environment: str | None, *, by: str) -> list[dict[str, Any]]:
+    """Lift the freeze of an environment (None: every freeze in force); return the freezes lifted."""
+    env, who, _ = _checked(environment, by)
+    return await store.unfreeze(None if environment is None else env, by=who)
+
+
+def freeze_report(created: bool, held: Mapping[str, Any]) -> str:
+    """Return what a freeze command tells people."""
+    return ("remediations " if created else "already: remediations ") + freeze_line(held) + \
+        " — every remediation stops after its plan; monitoring, paging and communication go on"
+
+
+def unfreeze_report(lifted: list[dict[str, Any]], environment: str | None) -> str:
+    """Return what an unfreeze command tells people."""
+    if not lifted:
+        return f"nothing to lift: {freeze_scope(environment or EVERY_ENVIRONMENT)} is not frozen"
+    return "lifted: " + "; ".join(freeze_line(f) for f in lifted)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from runbook.cli import incidents, intake, lifecycle, preflight, remediate, report
+from runbook.cli import freeze, incidents, intake, lifecycle, preflight, remediate, report
 from runbook.drill import cli as drill_cli
 from runbook.errors import ConfigError, RunbookError
 
@@ -28,6 +28,7 @@ COMMAND_GROUPS: tuple[Register, ...] = (
     incidents.register,
     lifecycle.register,
     remediate.register,
+    freeze.register,
     report.register,
     preflight.register,
     drill_cli.register,

@@ -1,6 +1,7 @@
 """`runbook check`: one harmless authenticated call per configured integration, as a table or JSON.
 
-Unconfigured integrations are listed as `unconfigured`, never as failures. PagerDuty (Events v2) and Slack
+Unconfigured integrations are listed as `unconfigured`, never as failures. A freeze of remediations (`runbook
+freeze`) that holds this environment is printed under the table (stderr with --json). PagerDuty (Events v2) and Slack
 (incoming webhooks) have no harmless authenticated call: their credentials are checked for presence and shape
 only, and the detail says so. Nothing here prints a secret.
 """
@@ -238,6 +239,19 @@ def format_table(results: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
+async def freeze_lines(settings: Settings) -> list[str]:
+    """Return one line per freeze that holds this environment's remediations (the store's `runbook freeze`)."""
+    from runbook.guardrails import freeze_line
+    from runbook.store import open_store
+
+    try:
+        async with open_store(settings.resolved_store_url) as store:
+            held = [f for f in await store.freezes() if f["environment"] in {"*", settings.environment}]
+    except Exception as exc:  # the store is not an integration: say it could not be read, do not fail the check
+        return [f"FREEZE: unknown, the incident store could not be read ({type(exc).__name__})"]
+    return [f"FROZEN: remediations are {freeze_line(f)} (`runbook unfreeze --by NAME` lifts it)" for f in held]
+
+
 def cmd_check(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Run the preflight, print the table (or JSON); return 1 when a configured integration failed."""
     from runbook.settings import load_settings
@@ -248,6 +262,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings | None = None) -> int
         print(json.dumps(payload, indent=2))
     else:
         print(format_table(results))
+    frozen = asyncio.run(freeze_lines(settings or load_settings()))
+    for line in frozen:  # stderr with --json, so that stdout stays the JSON list
+        print(line, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     if results and all(r.state == "unconfigured" for r in results):
         print("runbook check: nothing is configured, so nothing can be checked (and an incident could not be "
               "handled). Set the RUNBOOK_* settings of your integrations, e.g. RUNBOOK_APP_URL, "

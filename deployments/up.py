@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     up.add_argument("--workers", type=int, default=0, metavar="N",
                     help="deploy prefect.yaml to the process pool runbook-pool and run N `prefect worker start` "
                          "processes sharing one incident store on PostgreSQL (default 0: served from this process)")
+    up.add_argument("--intake-port", type=int, default=None, metavar="P",
+                    help="also serve the alert intake on this port, on the warm path: each alert is declared and "
+                         "paged at once by the task worker (deployments/warm_start.py); default: not served")
     up.set_defaults(func=cmd_up)
 
 
@@ -155,6 +158,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 return _up_with_workers(args, stack, state_dir, api_url, ui_url, [d.name for d in deployments])
             print(f"incident store: {redacted(store_url_of(state_dir))}; reports in {state_dir / 'reports'}",
                   flush=True)
+            _start_warm(stack, {**os.environ, "RUNBOOK_STATE_DIR": str(state_dir)}, state_dir, args.intake_port)
         except KeyboardInterrupt:
             with signals_ignored():
                 stack.close()
@@ -194,6 +198,7 @@ def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, stat
         topology.start()
         print(f"incident store: {redacted(topology.store_url)} (shared by the workers); reports in "
               f"{state_dir / 'reports'}", flush=True)
+        _start_warm(stack, topology.warm_env(), state_dir, args.intake_port)
         print(workers_banner(ui_url, names, topology), flush=True)
         while True:  # until Ctrl-C / SIGTERM (KeyboardInterrupt); a worker that died is restarted
             time.sleep(1)
@@ -214,6 +219,16 @@ def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, stat
         stack.close()
     print("stopped", flush=True)
     return 0
+
+
+def _start_warm(stack: contextlib.ExitStack, env: dict[str, str], state_dir: Path, intake_port: int | None) -> None:
+    """Start the warm path's task worker (and the intake on `intake_port`); `stack` stops it before the server."""
+    from deployments.warm_start import warm_process
+
+    log = state_dir / "warm-start.log"
+    stack.enter_context(warm_process(env, log, intake_port=intake_port))
+    print(f"task worker of the warm path (declare-alert) started; log {log}"
+          + (f"; alert intake on http://127.0.0.1:{intake_port}/alerts" if intake_port else ""), flush=True)
 
 
 def workers_banner(ui_url: str, names: list[str], topology: Any) -> str:

@@ -195,6 +195,13 @@ class Topology:
         env["RUNBOOK_WORKER_NAME"] = name
         return env
 
+    def warm_env(self) -> dict[str, str]:
+        """Return the environment of the warm path's task worker (deployments/warm_start.py): a worker's, unmarked
+        (`runbook up` stops it itself, gracefully, after the workers)."""
+        env = {**os.environ, **self.worker_env("runbook-warm")}
+        env.pop(MARKER, None)
+        return env
+
     def _spawn(self, name: str, restarts: int = 0) -> Worker:
         logs = self.state_dir / "workers"
         logs.mkdir(parents=True, exist_ok=True)

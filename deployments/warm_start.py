@@ -100,6 +100,8 @@ def warm_process(env: dict[str, str], log: Path, *, intake_port: int | None = No
     if intake_port is not None:
         command += ["--intake-port", str(intake_port)]
     with log.open("ab") as out:
+        # The task run's own logs (outside a flow run) stay in the log file, without a warning per line.
+        env = {"PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore", **env}
         process = subprocess.Popen(command, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:

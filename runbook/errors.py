@@ -9,7 +9,7 @@
     ├── IntegrationError              a vendor call failed (vendor, operation, status; never a secret)
     │   ├── NotConfigured             the integration has no settings
     │   ├── TransientError            worth retrying: transport error, timeout, 5xx
-    │   │   └── RateLimited           429 / 420, carries retry_after seconds
+    │   │   └── RateLimited           429 / 420, carries retry_after seconds, until (UTC), read/action
     │   ├── AuthError                 401 / 403: never retried
     │   └── RequestRejected           any other 4xx: never retried
     ├── RemediationError              a remediation refused or failed to act
@@ -22,6 +22,8 @@
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 
 class RunbookError(Exception):
@@ -73,12 +75,42 @@ class TransientError(IntegrationError):
 
 
 class RateLimited(TransientError):
-    """The vendor said slow down; retry_after is in seconds when it said how long."""
+    """The vendor said slow down: `retry_after` seconds and `until` (aware UTC) when it said how long, `detail` its own
+    error code/message. A call that gave up rather than wait sets `use`: "read" (a read gives up at once past its
+    short bound: a monitor cycle records a gap) or "action" (rollback, promote, page: waited as long as its timeout
+    allows), and `why` says which bound stopped it."""
 
-    def __init__(self, vendor: str, operation: str, retry_after: float | None, status: int = 429) -> None:
+    def __init__(
+        self,
+        vendor: str,
+        operation: str,
+        retry_after: float | None,
+        status: int = 429,
+        *,
+        detail: str = "",
+        until: datetime | None = None,
+        use: str | None = None,
+        why: str = "",
+    ) -> None:
         self.retry_after = retry_after
-        wait = f"retry after {retry_after:g}s" if retry_after is not None else "rate limited"
-        super().__init__(vendor, operation, wait, status)
+        self.until = until
+        self.vendor_detail = detail
+        self.use = use
+        self.why = why
+        if until is not None:
+            wait = f"rate limited until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        elif retry_after is not None:
+            wait = f"retry after {retry_after:g}s"
+        else:
+            wait = "rate limited"
+        if why:
+            wait += f", given up: {why}"
+        super().__init__(vendor, operation, f"{wait}; {detail}" if detail else wait, status)
+
+    def gave_up(self, use: str, why: str) -> RateLimited:
+        """Return this error as given up by a read or an action, saying which bound stopped it."""
+        return RateLimited(self.vendor, self.operation, self.retry_after, self.status or 429,
+                           detail=self.vendor_detail, until=self.until, use=use, why=why)
 
 
 class AuthError(IntegrationError):

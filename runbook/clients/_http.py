@@ -5,8 +5,14 @@ factory under it (HTTP requests, SDK calls, database connects); `HttpClient` is 
 attempt translates transport errors and HTTP statuses into the runbook's `IntegrationError` family;
 the retry loop repeats what is worth repeating.
 
-Retried: transport errors, timeouts, 429 and Statuspage's 420 (honouring `Retry-After`, seconds or HTTP date,
-up to a bound; without it the documented window reset: `ratelimit-reset`, Sentry's and Vercel's epoch resets), 5xx.
+Retried: transport errors, timeouts, 429 and Statuspage's 420 (honouring `Retry-After`, seconds or HTTP date;
+without it the documented window reset: `ratelimit-reset`, Sentry's and Vercel's epoch resets; with neither, an
+exponential backoff that never drops to zero), 5xx.
+How long a rate limit is waited out depends on the use, as an on-call engineer would decide it: a read (a monitor
+cycle's) gives up at once when the reset is more than `max_retry_after` away, with `RateLimited` saying "rate limited
+until <time>" (the monitor records a gap, the next cycle reads again); an action (rollback, promote, redeploy), run
+inside `acting(name, timeout)`, waits for the reset as long as its timeout allows, and otherwise gives up at once
+saying its timeout ends first.
 Never retried: 401/403 (`AuthError`) and any other 4xx (`RequestRejected`).
 Non-idempotent calls (create an incident, post a message, create a deployment) are retried only when the
 request surely did not reach the vendor (connect errors) or the vendor said "slow down" (429/420).
@@ -27,9 +33,11 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -90,6 +98,12 @@ class RetryPolicy:
         """Return the full-jitter delay before retry number `attempt` (1-based)."""
         cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
         return (rng or random).uniform(0, cap)
+
+    def throttled_backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Return the delay after a rate limit that said not how long: the same exponential cap, but at least
+        half of it (equal jitter), so a throttled retry really slows down instead of coming straight back."""
+        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return (rng or random).uniform(cap / 2, cap)
 
     def with_(self, **changes: Any) -> RetryPolicy:
         """Return a copy with some fields changed."""
@@ -219,12 +233,19 @@ def error_for_status(
             wait = epoch_wait(response.headers.get("x-sentry-rate-limit-reset"))
         if wait is None and (header := EPOCH_RESET_HEADERS.get(vendor)) is not None:
             wait = epoch_wait(response.headers.get(header))
-        return RateLimited(vendor, operation, wait, status)
+        return rate_limited(vendor, operation, wait, status, message)
     if status in (401, 403):
         return AuthError(vendor, operation, message or "not authorised", status)
     if status >= 500:
         return TransientError(vendor, operation, message, status)
     return RequestRejected(vendor, operation, message, status)
+
+
+def rate_limited(vendor: str, operation: str, wait: float | None, status: int = 429, detail: str = "") -> RateLimited:
+    """Return the RateLimited error of a throttled answer: its wait, the wall-clock time it ends, the vendor's own
+    error code/message (already redacted)."""
+    until = utcnow() + timedelta(seconds=wait) if wait is not None else None
+    return RateLimited(vendor, operation, wait, status, detail=detail, until=until)
 
 
 def error_for_transport(
@@ -258,6 +279,60 @@ def is_retryable(exc: BaseException, idempotent: bool = True) -> bool:
     return idempotent or getattr(exc, "sent", True) is False
 
 
+@dataclass(frozen=True)
+class Action:
+    """An action in progress (rollback, promote, redeploy): rate limits are waited out until its deadline."""
+
+    name: str
+    timeout: float
+    deadline: float
+    clock: Callable[[], float]
+
+    def remaining(self) -> float:
+        """Return the seconds left before the action's timeout."""
+        return max(0.0, self.deadline - self.clock())
+
+
+_ACTION: ContextVar[Action | None] = ContextVar("runbook_action", default=None)
+
+
+@contextmanager
+def acting(name: str, timeout: float, *, clock: Callable[[], float] = time.monotonic) -> Iterator[Action]:
+    """Run the calls inside as one action of `timeout` seconds: a rate limit whose reset comes before the deadline
+    is waited out, whatever the policy's `max_retry_after`. Nested: the outer action's deadline holds."""
+    outer = _ACTION.get()
+    if outer is not None:
+        yield outer
+        return
+    action = Action(name, timeout, clock() + timeout, clock)
+    token = _ACTION.set(action)
+    try:
+        yield action
+    finally:
+        _ACTION.reset(token)
+
+
+def _rate_limit_delay(
+    exc: RateLimited, policy: RetryPolicy, number: int, waited: float, read: bool, rng: random.Random | None
+) -> float:
+    """Return how long to wait before retrying a rate-limited call, or raise it given up (saying read or action)."""
+    delay = exc.retry_after if exc.retry_after is not None else policy.throttled_backoff(number, rng)
+    action = _ACTION.get()
+    if action is not None:
+        left = action.remaining()
+        if delay > left:
+            raise exc.gave_up("action", f"the {action.name} has {left:.0f} s left of its {action.timeout:g} s "
+                                        "timeout") from None
+        return delay
+    use = "read" if read else "action"
+    if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+        bound = "a read gives up at once" if read else "this call waits at most"
+        raise exc.gave_up(use, f"{bound} when the reset is more than {policy.max_retry_after:g} s away") from None
+    if waited + delay > policy.max_total_wait:
+        raise exc.gave_up(use, f"the call has waited {waited:.0f} s of its {policy.max_total_wait:g} s") from None
+    return delay
+
+
 async def retry_call(
     attempt: Callable[[], Awaitable[T]],
     *,
@@ -267,9 +342,12 @@ async def retry_call(
     rng: random.Random | None = None,
     label: str = "call",
     on_retry: RetryHook | None = None,
+    read: bool = True,
 ) -> T:
     """Run `attempt` until it succeeds, the error is not retryable, or the attempt/wait budget is spent.
 
+    A rate limit is waited out within the policy's bounds, or, inside `acting(...)`, until the action's deadline;
+    past them it is raised at once, given up as a `read` or an action (see the module docstring).
     `on_retry(attempt, error, delay)` is awaited before each wait (e.g. to say on a timeline that a page is pending).
     """
     waited = 0.0
@@ -278,14 +356,19 @@ async def retry_call(
         try:
             return await attempt()
         except IntegrationError as exc:
-            if number >= policy.max_attempts or not retryable(exc):
+            if not retryable(exc):
                 raise
-            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-            if retry_after is not None and retry_after > policy.max_retry_after:
+            if number >= policy.max_attempts:
+                if isinstance(exc, RateLimited):
+                    use = "action" if _ACTION.get() is not None or not read else "read"
+                    raise exc.gave_up(use, f"still limited after {number} attempts in {waited:.0f} s") from None
                 raise
-            delay = retry_after if retry_after is not None else policy.backoff(number, rng)
-            if waited + delay > policy.max_total_wait:
-                raise
+            if isinstance(exc, RateLimited):
+                delay = _rate_limit_delay(exc, policy, number, waited, read, rng)
+            else:
+                delay = policy.backoff(number, rng)
+                if waited + delay > policy.max_total_wait:
+                    raise
             log.info("%s: attempt %d failed (%s); retrying in %.2fs", label, number, exc, delay)
             if on_retry is not None:
                 await on_retry(number, exc, delay)
@@ -316,7 +399,7 @@ class Pacer:
             return slot - now
 
     def delay(self, seconds: float) -> None:
-        """Push the next free slot `seconds` into the future (the vendor said Retry-After)."""
+        """Push the next free slot `seconds` into the future (a rate-limited request waits that long)."""
         with self._lock:
             self._next = max(self._next, self.clock() + seconds)
 
@@ -413,14 +496,17 @@ class HttpClient:
             stats.statuses.append(response.status_code)
             if response.is_success or response.status_code in accepted:
                 return response
-            error = error_for_status(self.vendor, operation, response, self.redact)
-            if self.pacer is not None and isinstance(error, RateLimited):
-                self.pacer.delay(error.retry_after if error.retry_after is not None else self.pacer.interval)
-            raise error
+            raise error_for_status(self.vendor, operation, response, self.redact)
 
         async def sleep(delay: float) -> None:
             stats.waited += delay
             await self.sleep(delay)
+
+        async def before_retry(number: int, exc: IntegrationError, delay: float) -> None:
+            if self.pacer is not None and isinstance(exc, RateLimited):
+                self.pacer.delay(delay)  # every request with this key holds back while this one waits
+            if on_retry is not None:
+                await on_retry(number, exc, delay)
 
         return await retry_call(
             once,
@@ -428,7 +514,8 @@ class HttpClient:
             sleep=sleep,
             retryable=lambda exc: is_retryable(exc, idempotent),
             label=f"{self.vendor} {operation}",
-            on_retry=on_retry,
+            on_retry=before_retry,
+            read=method.upper() in {"GET", "HEAD"},
         )
 
     async def json(self, method: str, url: str, *, operation: str, **kwargs: Any) -> Any:

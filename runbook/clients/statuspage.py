@@ -1,9 +1,13 @@
 """Atlassian Statuspage: incidents (the runbook's four states), impact, body, component statuses.
 
 Statuspage allows "1 request / second as measured on a 60 second rolling window" per API token and answers 420 or
-429 past it. Every request of every client holding the same token goes through one shared `Pacer` (one slot per
-`PACE` seconds), so a burst (incident + components + update) is spaced instead of throttled; a 420/429 that still
-comes is retried after its Retry-After, and pushes the shared pacer back by as much. Errors are `{"message": …}`.
+429 past it ("Error codes 420 or 429 indicate that you have exceeded the rate limit and the request has been
+rejected"); the document promises no Retry-After or rate-limit header. Every request of every client holding the
+same token goes through one shared `Pacer` (one slot per `PACE` seconds), so a burst (incident + components +
+update) is spaced instead of throttled. A 420/429 that still comes (another process using the key) is retried
+under `POLICY`: exponential backoff from 1-2 s, doubling, never under half its cap (equal jitter), for up to a
+minute (the rolling window's length); each wait pushes the shared pacer back by as much, so the key's other requests
+hold back too. A Retry-After, should Statuspage send one, is honoured. Errors are `{"message": …}`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from runbook.settings import Settings, fingerprint
 
 VENDOR = "statuspage"
 PACE = 1.0  # seconds between two requests with one API token (the documented 1 request / second)
+# A throttled request backs off 1-2 s, 2-4, 4-8, 8-16, 8-16, 8-16 s (at most 60 s: the rolling window's length).
+POLICY = DEFAULT_POLICY.with_(max_attempts=7, base_delay=2.0, max_delay=16.0, max_total_wait=60.0)
 IncidentStatus = Literal["investigating", "identified", "monitoring", "resolved"]
 Impact = Literal["none", "minor", "major", "critical"]
 ComponentStatus = Literal["operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage"]
@@ -69,7 +75,7 @@ class StatuspageClient(BaseClient):
         cls,
         settings: Settings,
         *,
-        policy: RetryPolicy = DEFAULT_POLICY,
+        policy: RetryPolicy = POLICY,
         sleep: Sleeper = asyncio.sleep,
         pacer: Pacer | None = None,
     ) -> StatuspageClient:

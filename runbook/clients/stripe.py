@@ -27,6 +27,7 @@ from runbook.clients._http import (
     RetryPolicy,
     Sleeper,
     parse_retry_after,
+    rate_limited,
     require,
     retry_call,
     secret_value,
@@ -38,7 +39,6 @@ from runbook.errors import (
     InputError,
     IntegrationError,
     NotConfigured,
-    RateLimited,
     RequestRejected,
     TransientError,
 )
@@ -143,10 +143,17 @@ def _header(headers: Any, name: str) -> str | None:
 def translate_stripe_error(exc: stripe_sdk.StripeError, operation: str, redact: Redactor) -> IntegrationError:
     """Translate an SDK error into the runbook's hierarchy (message from Stripe's code/message, redacted)."""
     status = exc.http_status
-    code = exc.code or (getattr(exc.error, "type", None) if exc.error else None)
+    kind = getattr(exc.error, "type", None) if exc.error else None
+    code = exc.code or kind
     message = redact(": ".join(str(p) for p in (code, exc.user_message) if p))[:300]
     if isinstance(exc, stripe_sdk.RateLimitError) or status == 429:
-        return RateLimited(VENDOR, operation, parse_retry_after(_header(exc.headers, "retry-after")), 429)
+        # Stripe's own error object, kept: code (`rate_limit`, or `lock_timeout` for contention on one object), type
+        # and message; Stripe sends no Retry-After (docs.stripe.com/rate-limits), so there is usually no wait
+        own = exc.code or (getattr(exc.error, "code", None) if exc.error else None)
+        said = f"{own} ({kind})" if own and kind else own or kind
+        detail = redact(": ".join(str(p) for p in (said, exc.user_message) if p))[:300]
+        wait = parse_retry_after(_header(exc.headers, "retry-after"))
+        return rate_limited(VENDOR, operation, wait, 429, detail)
     if isinstance(exc, stripe_sdk.AuthenticationError | stripe_sdk.PermissionError) or status in (401, 403):
         return AuthError(VENDOR, operation, message or "not authorised", status)
     if isinstance(exc, stripe_sdk.APIConnectionError):
@@ -209,14 +216,15 @@ class StripeClient:
             sleep=sleep,
         )
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]], *, read: bool = True) -> T:
         async def once() -> T:
             try:
                 return await call()
             except stripe_sdk.StripeError as exc:
                 raise translate_stripe_error(exc, operation, self.redact) from None
 
-        return await retry_call(once, policy=self.policy, sleep=self.sleep, label=f"{VENDOR} {operation}")
+        return await retry_call(once, policy=self.policy, sleep=self.sleep, label=f"{VENDOR} {operation}",
+                                read=read)
 
     # Registration and deliveries
 
@@ -457,7 +465,7 @@ class StripeClient:
                 results.append(ReplayResult(event_id=event_id[:40], ok=False, detail="not a Stripe event id"))
                 continue
             try:
-                await self._call("resend event", self._resend(event_id, endpoint_id))
+                await self._call("resend event", self._resend(event_id, endpoint_id), read=False)
                 pending = await self._confirm(event_id, confirm_timeout, poll_interval)
             except IntegrationError as exc:
                 results.append(ReplayResult(event_id=event_id, ok=False, status=exc.status, detail=str(exc)))

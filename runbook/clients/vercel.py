@@ -12,6 +12,10 @@ the job the project showed before we asked, and was not requested before our req
 older job, even a succeeded one to the same deployment, is not our answer. A 409 to our request (it was retried
 after a read timeout while the first one runs, or the deployment is already production) is "in progress" when the
 project's job is ours, and we poll it; any other 409 (another job running) is refused with Vercel's message.
+
+Rollback, promote and redeploy are actions (`acting`): a 429 whose `X-RateLimit-Reset` comes before the action's
+timeout is waited out, reads and polls included; a reset past it gives up at once, saying the timeout ends first. The
+reads elsewhere (a monitor's, a plan's) give up at once when the reset is more than `max_retry_after` away.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from runbook.clients._http import (
     HttpClient,
     RetryPolicy,
     Sleeper,
+    acting,
     require,
     secret_value,
     settings_secrets,
@@ -259,14 +264,16 @@ class VercelClient(BaseClient):
     async def rollback(
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
-        """Roll production back to a deployment and wait for our alias job to finish (TransientError on timeout)."""
+        """Roll production back to a deployment and wait for our alias job to finish (TransientError on timeout;
+        a rate limit is waited out when its reset comes within `timeout`)."""
         return await self._alias_change("rollback", f"/v9/projects/{self.project_id}/rollback", deployment_id,
                                         timeout, poll_interval, body={})
 
     async def promote(
         self, deployment_id: str, *, timeout: float = 120.0, poll_interval: float | None = None
     ) -> AliasJob:
-        """Promote a deployment to production (201 started / 202 queued) and wait for our alias job."""
+        """Promote a deployment to production (201 started / 202 queued) and wait for our alias job (rate limits:
+        as rollback)."""
         return await self._alias_change("promote", f"/v10/projects/{self.project_id}/promote", deployment_id,
                                         timeout, poll_interval, body=None)
 
@@ -275,21 +282,22 @@ class VercelClient(BaseClient):
         *, body: dict[str, Any] | None,
     ) -> AliasJob:
         _check_id(deployment_id)
-        before = (await self.project()).last_alias_request
-        asked_ms = self.wall_ms()
-        extra: dict[str, Any] = {} if body is None else {"json": body}
-        try:
-            await self.http.request("POST", f"{path}/{deployment_id}", operation=operation, idempotent=True,
-                                    **extra)
-        except RequestRejected as exc:
-            if exc.status != 409:
-                raise
-            job = (await self.project()).last_alias_request
-            if not self._ours(job, deployment_id, before, asked_ms):
-                raise  # another rollback/promote is running, or Vercel refused for another reason
-            # Our earlier attempt (timed out, then retried) is the job running: wait for it.
-        return await self.wait_alias(deployment_id, timeout=timeout, poll_interval=poll_interval, after=before,
-                                     asked_ms=asked_ms)
+        with acting(operation, timeout, clock=self.clock) as action:
+            before = (await self.project()).last_alias_request
+            asked_ms = self.wall_ms()
+            extra: dict[str, Any] = {} if body is None else {"json": body}
+            try:
+                await self.http.request("POST", f"{path}/{deployment_id}", operation=operation, idempotent=True,
+                                        **extra)
+            except RequestRejected as exc:
+                if exc.status != 409:
+                    raise
+                job = (await self.project()).last_alias_request
+                if not self._ours(job, deployment_id, before, asked_ms):
+                    raise  # another rollback/promote is running, or Vercel refused for another reason
+                # Our earlier attempt (timed out, then retried) is the job running: wait for it.
+            return await self.wait_alias(deployment_id, timeout=action.remaining(), poll_interval=poll_interval,
+                                         after=before, asked_ms=asked_ms)
 
     def _ours(self, job: AliasJob | None, deployment_id: str, before: AliasJob | None, asked_ms: int) -> bool:
         """Say whether a job is the one our request started: to our deployment, newer than `before`, not older
@@ -337,20 +345,22 @@ class VercelClient(BaseClient):
         timeout: float = 300.0,
         poll_interval: float | None = None,
     ) -> Deployment:
-        """Rebuild a deployment for production (picks up current env vars); wait for READY/ERROR/CANCELED."""
+        """Rebuild a deployment for production (picks up current env vars); wait for READY/ERROR/CANCELED (rate
+        limits: as rollback, within `timeout`)."""
         _check_id(deployment_id)
-        name = self._project_name or (await self.project()).name or self.project_id
-        body = await self.http.json(
-            "POST",
-            "/v13/deployments",
-            operation="redeploy",
-            idempotent=False,
-            json={"name": name, "deploymentId": deployment_id, "target": "production"},
-        )
-        deployment = Deployment.from_api(body or {})
-        if not wait or not deployment.id:
-            return deployment
-        return await self.wait_deployment(deployment.id, timeout=timeout, poll_interval=poll_interval)
+        with acting("redeploy", timeout, clock=self.clock) as action:
+            name = self._project_name or (await self.project()).name or self.project_id
+            body = await self.http.json(
+                "POST",
+                "/v13/deployments",
+                operation="redeploy",
+                idempotent=False,
+                json={"name": name, "deploymentId": deployment_id, "target": "production"},
+            )
+            deployment = Deployment.from_api(body or {})
+            if not wait or not deployment.id:
+                return deployment
+            return await self.wait_deployment(deployment.id, timeout=action.remaining(), poll_interval=poll_interval)
 
     async def wait_deployment(
         self, deployment_id: str, *, timeout: float = 300.0, poll_interval: float | None = None

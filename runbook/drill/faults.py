@@ -1,6 +1,6 @@
 """Faults a stand-in can be told to inject, and the record of every request a stand-in received.
 
-    stack.sentry.inject(Fault.rate_limit(retry_after=1, times=2))   # the next 2 requests get 429
+    stack.sentry.inject(Fault.rate_limit(retry_after=1, times=2))   # the next 2 requests get 429 (as Sentry's own)
     stack.vercel.inject(Fault.error(503, path="/v9/projects"))     # the next matching request gets 503
     stack.openai.inject(Fault.hang(seconds=60))                     # every request hangs (until cleared)
     stack.slack.inject(Fault.refuse())                              # nothing listens on the port
@@ -38,7 +38,9 @@ class Fault:
     def rate_limit(
         cls, retry_after: float = 1, *, times: int | None = 1, path: str | None = None, status: int = 429
     ) -> Fault:
-        """Answer 429 (or `status`, e.g. 420) with `Retry-After: <seconds>` in the vendor's error shape."""
+        """Answer 429 (or `status`, e.g. 420) as the vendor throttles: by default its error shape with
+        `Retry-After: <seconds>`; a vendor that documents none answers its own rate-limit response instead (Vercel
+        and Sentry: their reset header `retry_after` seconds from now; Stripe, Statuspage: no wait at all)."""
         return cls("rate_limit", times=times, path=path, status=status, retry_after=retry_after)
 
     @classmethod

@@ -22,11 +22,13 @@ It answers the Discover endpoints as Sentry's published OpenAPI document describ
 Rate limits as Sentry documents them (getsentry/sentry-docs docs/api/ratelimits.mdx): a fixed window per caller and
 endpoint (`rate_limit` requests per `rate_window` seconds, on `rate_clock`); every answer carries
 `X-Sentry-Rate-Limit-Limit/-Remaining/-Reset` (reset in UTC epoch seconds) and `-ConcurrentLimit/-ConcurrentRemaining`;
-past the limit 429 {"detail": …} with those headers and no Retry-After.
+past the limit 429 {"detail": …} with those headers and no Retry-After. An injected rate-limit fault answers that 429,
+its reset the fault's `retry_after` seconds from now.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -39,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from runbook.drill.faults import Fault
 from runbook.drill.standin import StandIn, bearer, iso, json_response
 
 _PERIOD = re.compile(r"^(\d+)([smhdw])$")
@@ -172,6 +175,23 @@ class SentryStandIn(StandIn):
         """Return Sentry's `{"detail": …}`."""
         return {"detail": message}
 
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit is Sentry's own 429: no Retry-After, the window reset `retry_after` s from now."""
+        reset = math.ceil(self.rate_clock() + (fault.retry_after if fault.retry_after is not None else 1))
+        return self._throttled(fault.status, self._limit_headers(self.rate_limit, reset, 0))
+
+    def _throttled(self, status: int, headers: dict[str, str]) -> Response:
+        return json_response({"detail": f"You are attempting to use this endpoint too frequently. Limit is "
+                                        f"{self.rate_limit} requests in {self.rate_window:g} seconds"}, status, headers)
+
+    def _limit_headers(self, used: int, reset: int, concurrent: int) -> dict[str, str]:
+        """Return the documented X-Sentry-Rate-Limit-* headers (reset in UTC epoch seconds)."""
+        return {"X-Sentry-Rate-Limit-Limit": str(self.rate_limit),
+                "X-Sentry-Rate-Limit-Remaining": str(max(0, self.rate_limit - used)),
+                "X-Sentry-Rate-Limit-Reset": str(reset),
+                "X-Sentry-Rate-Limit-ConcurrentLimit": str(self.concurrent_limit),
+                "X-Sentry-Rate-Limit-ConcurrentRemaining": str(max(0, self.concurrent_limit - concurrent))}
+
     def _guard(self, request: Request) -> Response | None:
         token = bearer(request)
         if token is None:
@@ -235,18 +255,11 @@ class SentryStandIn(StandIn):
             with self._lock:
                 self._in_flight += 1
                 concurrent = self._in_flight
-            headers = {"X-Sentry-Rate-Limit-Limit": str(self.rate_limit),
-                       "X-Sentry-Rate-Limit-Remaining": str(max(0, self.rate_limit - used)),
-                       "X-Sentry-Rate-Limit-Reset": str(int((number + 1) * self.rate_window)),
-                       "X-Sentry-Rate-Limit-ConcurrentLimit": str(self.concurrent_limit),
-                       "X-Sentry-Rate-Limit-ConcurrentRemaining": str(max(0, self.concurrent_limit - concurrent))}
+            headers = self._limit_headers(used, int((number + 1) * self.rate_window), concurrent)
             try:
                 if used > self.rate_limit:
-                    response: Response = json_response(
-                        {"detail": f"You are attempting to use this endpoint too frequently. Limit is "
-                                   f"{self.rate_limit} requests in {self.rate_window:g} seconds"}, 429)
-                else:
-                    response = await handler(request)
+                    return self._throttled(429, headers)
+                response = await handler(request)
             finally:
                 with self._lock:
                     self._in_flight -= 1

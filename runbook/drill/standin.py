@@ -2,7 +2,9 @@
 
 A stand-in is an ASGI app served by uvicorn on its own 127.0.0.1 port (see host.py). Every request is recorded
 (`.requests`), then the first matching fault (`.inject(Fault…)`) is applied before the vendor routes run.
-Vendor error bodies come from `error_body()`, overridden per vendor, so faults answer in the vendor's shape.
+Vendor error bodies come from `error_body()`, overridden per vendor, so faults answer in the vendor's shape; an
+injected rate limit answers `rate_limited(fault)`, by default that body with `Retry-After`, overridden by a vendor
+whose documented throttling answer differs (Vercel, Sentry, Stripe, Statuspage send no Retry-After).
 """
 
 from __future__ import annotations
@@ -130,6 +132,12 @@ class StandIn:
         if isinstance(body, str):
             return Response(body, status_code=status, headers=headers, media_type="text/plain")
         return JSONResponse(body, status_code=status, headers=headers)
+
+    def rate_limited(self, fault: Fault) -> Response:
+        """Return the answer of an injected rate limit: the vendor's error body with `Retry-After: <seconds>`."""
+        wait = fault.retry_after if fault.retry_after is not None else 1
+        return self.error_response(fault.status, "Too many requests (drill: rate limit fault)",
+                                   {"Retry-After": f"{wait:g}"})
 
     def reset_state(self) -> None:
         """Return the vendor state to its baseline (subclasses)."""
@@ -274,11 +282,7 @@ class StandIn:
                 await response(scope, replay, capture)
                 return
             elif fault.kind == "rate_limit":
-                wait = fault.retry_after if fault.retry_after is not None else 1
-                response = self.error_response(
-                    fault.status, "Too many requests (drill: rate limit fault)", {"Retry-After": f"{wait:g}"}
-                )
-                await response(scope, replay, capture)
+                await self.rate_limited(fault)(scope, replay, capture)
                 return
             elif fault.kind == "error":
                 response = self.error_response(fault.status, "Service unavailable (drill: error fault)")

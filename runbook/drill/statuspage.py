@@ -3,22 +3,26 @@
 `Authorization: OAuth <key>`. A PATCH with a `body` (or a new status) appends an entry to `incident_updates`;
 `components: {"<id>": "<status>"}` on an incident also sets those components' status. Errors are the document's
 ErrorEntity `{"message": …}`. The rate limit is the documented one, "1 request / second as measured on a 60 second
-rolling window" (`rate_limit = (60, 60.0)`): past it a request gets 429 with `Retry-After`; a test can tighten it
-(e.g. `(1, 2.0)`) to model a stricter enforcement.
+rolling window" (`rolling_limit = (60, 60.0)`, per API key, on `rate_clock`): past it a request gets 429
+`{"message": "Rate limit exceeded"}` and nothing more, since the document ("Error codes 420 or 429 indicate that you
+have exceeded the rate limit and the request has been rejected") promises no Retry-After or rate-limit header; an
+injected rate-limit fault answers the same way. A test can tighten the limit (e.g. `(1, 2.0)`) and drive the window
+with its own clock.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from runbook.drill.faults import Fault
 from runbook.drill.standin import StandIn, iso, json_response, rand_id
 
 # The enums of the Statuspage document (tests/contracts/specs/statuspage.json): realtime and scheduled statuses.
@@ -27,6 +31,7 @@ INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved", "s
 IMPACTS = ("critical", "none", "maintenance", "major", "minor")
 COMPONENT_STATUSES = ("operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage", "")
 RATE_LIMIT = (60, 60.0)  # requests per rolling window (seconds) per API key
+RATE_LIMITED = {"message": "Rate limit exceeded"}
 COMPONENTS = {"app": "Web App", "database": "Database", "auth": "Authentication", "payments": "Payments"}
 
 
@@ -41,7 +46,8 @@ class StatuspageStandIn(StandIn):
         self.component_ids = {logical: rand_id("", 12, lower=True) for logical in COMPONENTS}
         self.components: dict[str, dict[str, Any]] = {}
         self.incidents: list[dict[str, Any]] = []
-        self.rate_limit: tuple[int, float] = RATE_LIMIT
+        self.rolling_limit: tuple[int, float] = RATE_LIMIT
+        self.rate_clock: Callable[[], float] = time.monotonic
         self._recent: deque[float] = deque()
         super().__init__()
         self.reset_state()
@@ -56,7 +62,7 @@ class StatuspageStandIn(StandIn):
             for n, (logical, cid) in enumerate(self.component_ids.items())
         }
         self.incidents = []
-        self.rate_limit = RATE_LIMIT
+        self.rolling_limit, self.rate_clock = RATE_LIMIT, time.monotonic
         self._recent = deque()
 
     # -- Python API -------------------------------------------------------------------------------------------
@@ -76,6 +82,10 @@ class StatuspageStandIn(StandIn):
         """Return Statuspage's ErrorEntity `{"message": …}`."""
         return {"message": message}
 
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit answers like the real one: the ErrorEntity, no Retry-After."""
+        return json_response(dict(RATE_LIMITED), fault.status)
+
     def _guard(self, request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")
         key = auth[6:].strip() if auth.lower().startswith("oauth ") else request.query_params.get("api_key")
@@ -88,15 +98,15 @@ class StatuspageStandIn(StandIn):
         return None
 
     def _throttle(self) -> Response | None:
-        """Count the request in the rolling window; 429 with Retry-After when the window is full."""
-        limit, window = self.rate_limit
-        now = time.monotonic()
+        """Count the request in the key's rolling window; 429 (the ErrorEntity, no header) when the window is full.
+        A rejected request is not counted: it did nothing."""
+        limit, window = self.rolling_limit
+        now = self.rate_clock()
         with self._lock:
             while self._recent and self._recent[0] <= now - window:
                 self._recent.popleft()
             if len(self._recent) >= limit:
-                wait = max(1, math.ceil(self._recent[0] + window - now))
-                return json_response({"message": "Rate limit exceeded"}, 429, {"Retry-After": str(wait)})
+                return json_response(dict(RATE_LIMITED), 429)
             self._recent.append(now)
         return None
 

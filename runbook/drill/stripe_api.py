@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from runbook.drill.faults import Fault
 from runbook.drill.standin import StandIn, bearer, json_response, rand_id, read_params
 
 APP_EVENTS = [
@@ -248,6 +249,10 @@ class StripeStandIn(StandIn):
             return {"error": dict(RATE_LIMITED)}
         kind = "api_error" if status >= 500 else "invalid_request_error"
         return {"error": {"message": message, "type": kind}}
+
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit is Stripe's own 429: the `rate_limit` error object, no Retry-After or header."""
+        return json_response({"error": dict(RATE_LIMITED)}, fault.status)
 
     def _err(self, status: int, message: str, **extra: Any) -> Response:
         kind = "api_error" if status >= 500 else "invalid_request_error"

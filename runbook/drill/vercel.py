@@ -19,7 +19,8 @@ of that text, not on vercel.com itself; the limit values vary per endpoint and p
 `429 {"error": {"code": "too_many_requests", "message": "Rate limit exceeded"}}` (the code vercel/sdk's
 TooManyRequests model spells, docs/models/toomanyrequestscode.md) with those headers. The stand-in counts a fixed
 window per token and endpoint (`rate_limit` requests per `rate_window` seconds on `rate_clock`); it sends no
-Retry-After (the CLI honours one when sent: packages/cli/src/util/error.ts).
+Retry-After (the CLI honours one when sent: packages/cli/src/util/error.ts). An injected rate-limit fault answers
+exactly that 429, its `X-RateLimit-Reset` the fault's `retry_after` seconds from now.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import base64
 import copy
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -38,13 +40,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from runbook.drill.faults import Fault
 from runbook.drill.standin import StandIn, bearer, json_response, now_ms, rand_id
 
 ENV_TYPES = ("plain", "encrypted", "sensitive", "secret", "system")
 TARGETS = ("production", "preview", "development")
 RATE_LIMIT = (1000, 60.0)  # requests per fixed window (seconds) per token and endpoint (Vercel's vary per endpoint)
 _ERROR_CODES = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found", 409: "conflict",
-                429: "rate_limited"}
+                429: "too_many_requests"}
 
 
 @dataclass
@@ -346,6 +349,21 @@ class VercelStandIn(StandIn):
         code = _ERROR_CODES.get(status, "internal_server_error" if status >= 500 else "bad_request")
         return {"error": {"code": code, "message": message}}
 
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit is Vercel's own 429: no Retry-After, the window reset `retry_after` s from now."""
+        reset = math.ceil(self.rate_clock() + (fault.retry_after if fault.retry_after is not None else 1))
+        return self._throttled(fault.status, 0, reset)
+
+    def _throttled(self, status: int, remaining: int, reset: int) -> Response:
+        response = self._err(status, "too_many_requests", "Rate limit exceeded")
+        response.headers.update(self._limit_headers(remaining, reset))
+        return response
+
+    def _limit_headers(self, remaining: int, reset: int) -> dict[str, str]:
+        """Return the documented X-RateLimit-Limit/-Remaining/-Reset (UTC epoch seconds) of an answer."""
+        return {"X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": str(max(0, remaining)),
+                "X-RateLimit-Reset": str(reset)}
+
     def _err(self, status: int, code: str, message: str, **extra: Any) -> Response:
         return json_response({"error": {"code": code, "message": message, **extra}}, status)
 
@@ -482,14 +500,11 @@ class VercelStandIn(StandIn):
 
         async def limited(request: Request) -> Response:
             used, number = self.count_in_window(request, endpoint)
-            headers = {"X-RateLimit-Limit": str(self.rate_limit),
-                       "X-RateLimit-Remaining": str(max(0, self.rate_limit - used)),
-                       "X-RateLimit-Reset": str(int((number + 1) * self.rate_window))}
+            reset = int((number + 1) * self.rate_window)
             if used > self.rate_limit:
-                response: Response = self._err(429, "too_many_requests", "Rate limit exceeded")
-            else:
-                response = await handler(request)
-            response.headers.update(headers)
+                return self._throttled(429, 0, reset)
+            response = await handler(request)
+            response.headers.update(self._limit_headers(self.rate_limit - used, reset))
             return response
 
         return limited

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pydantic import SecretStr
 
@@ -96,33 +94,57 @@ async def test_the_client_sleeps_for_its_slot(drill: DrillStack) -> None:
     assert clock.sleeps == [1.0, 1.0]
 
 
-async def test_throttled_burst_is_retried_after_retry_after(drill: DrillStack, recorder: Recorder,
-                                                            fast: RetryPolicy) -> None:
-    """An unpaced burst against a strict limit gets the documented 429 + Retry-After and is retried, not lost."""
-    drill.statuspage.rate_limit = (1, 2.0)
-    slept: list[float] = []
+async def test_a_burst_past_a_stricter_limit_backs_off_without_retry_after(drill: DrillStack,
+                                                                           recorder: Recorder) -> None:
+    """Status + update + component, paced a second apart, against a key whose rolling window allows 2 requests in 3 s
+    (another process is using it): the third gets the documented 429 `{"message"}` with no Retry-After; the client
+    backs off 1-2 s on its own (the shared pacer with it) and the burst lands. Clock and sleeps are the test's."""
+    clock = Clock()
+    drill.statuspage.rolling_limit, drill.statuspage.rate_clock = (2, 3.0), clock
+    async with StatuspageClient.from_settings(drill.settings(), sleep=clock.sleep,
+                                              pacer=Pacer(1.0, clock=clock)) as page:
+        recorder.watch(page.http)
+        incident = await page.create_incident("Checkout errors", components={"app": "major_outage"})
+        await page.update_incident(incident.id, status="identified", body="Found it")
+        await page.set_component_status("app", "degraded_performance")
+    assert [e.status for e in recorder.exchanges] == [201, 200, 429, 200]
+    throttled = recorder.exchanges[2]
+    assert throttled.response_json() == {"message": "Rate limit exceeded"}
+    assert not {"retry-after", "x-ratelimit-reset", "ratelimit-reset"} & set(throttled.response_headers)
+    assert clock.sleeps[:2] == [1.0, 1.0] and len(clock.sleeps) == 3  # paced, then one backoff (the pacer agreed)
+    assert 1.0 <= clock.sleeps[2] <= 2.0
+    assert drill.statuspage.component_status("app") == "degraded_performance"
+    assert_conforms(VENDOR, recorder.exchanges)
 
-    async def sleep(seconds: float) -> None:  # the client's waits, recorded (and really waited)
-        slept.append(seconds)
-        await asyncio.sleep(seconds)
 
-    async with StatuspageClient.from_settings(drill.settings(), policy=fast, pacer=_unpaced(), sleep=sleep) as page:
+async def test_a_key_that_stays_throttled_backs_off_longer_each_time_then_gives_up(drill: DrillStack,
+                                                                                   recorder: Recorder) -> None:
+    """A window that never frees: each wait is at least half its doubling cap (1-2, 2-4, 4-8, 8-16 s ...), all of
+    them within a minute (the window's length), then RateLimited with Statuspage's own message."""
+    clock = Clock()
+    drill.statuspage.rolling_limit, drill.statuspage.rate_clock = (1, 3600.0), clock
+    async with StatuspageClient.from_settings(drill.settings(), sleep=clock.sleep,
+                                              pacer=Pacer(1.0, clock=clock)) as page:
         recorder.watch(page.http)
         await page.list_components()
-        await page.list_components()
-    statuses = [e.status for e in recorder.exchanges]
-    assert statuses[0] == 200 and statuses[-1] == 200 and 429 in statuses
-    throttled = next(e for e in recorder.exchanges if e.status == 429)
-    wait = float(throttled.response_headers["retry-after"])
-    assert wait >= 1 and wait in slept  # the retry waited what Retry-After said, not the policy's 0.05 s backoff
+        with pytest.raises(RateLimited) as caught:
+            await page.list_components()
+    backoffs = clock.sleeps[1:]  # the first is the pacer's slot
+    caps = [min(16.0, 2.0 * 2 ** n) for n in range(len(backoffs))]
+    assert len(backoffs) >= 4 and all(cap / 2 <= wait <= cap for wait, cap in zip(backoffs, caps, strict=True))
+    assert sum(backoffs) <= 60
+    assert set(e.status for e in recorder.exchanges[1:]) == {429}
+    assert "Rate limit exceeded" in str(caught.value) and caught.value.use == "read"
     assert_conforms(VENDOR, recorder.exchanges)
 
 
 async def test_420_is_rate_limited_too(drill: DrillStack, fast: RetryPolicy) -> None:
-    """The older 420 the document names is a RateLimited error (retried), like 429."""
+    """The older 420 the document names is a RateLimited error (retried), like 429; the injected one answers as
+    Statuspage does, `{"message"}` and no Retry-After."""
     drill.statuspage.inject(Fault.rate_limit(retry_after=0, times=None, status=420))
     async with StatuspageClient.from_settings(drill.settings(), policy=fast.with_(max_attempts=2),
                                               pacer=_unpaced()) as page:
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited) as caught:
             await page.list_components()
     assert [r.status for r in drill.statuspage.requests] == [420, 420]
+    assert caught.value.status == 420 and "Rate limit exceeded" in str(caught.value)

@@ -11,6 +11,7 @@ from runbook.clients._http import RetryPolicy
 from runbook.clients.stripe import StripeClient
 from runbook.drill import DrillStack
 from runbook.drill.faults import Fault
+from runbook.errors import RateLimited
 from tests.contracts.contract import Recorder, Spec, assert_conforms
 
 VENDOR = "stripe"
@@ -122,3 +123,29 @@ async def test_past_the_documented_per_second_limit_the_read_backs_off_and_lands
                                                                    "ratelimit-reset"}
     assert waits and all(0 < w <= 8 for w in waits)  # the policy's backoff: nothing from the answer to wait for
     assert_conforms(VENDOR, exchanges)
+
+
+async def test_a_read_still_throttled_says_stripes_own_code_type_and_message(drill: DrillStack,
+                                                                             recorder: Recorder) -> None:
+    """Every attempt throttled: the RateLimited error keeps Stripe's error object (code `rate_limit`, type
+    `invalid_request_error`, its message), says it was a read that gave up, and holds no key."""
+    drill.stripe.rate_limit = 0
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    settings = drill.settings()
+    async with StripeClient.from_settings(settings, sleep=sleep) as stripe:
+        _watch(recorder, stripe)
+        try:
+            await stripe.list_webhook_endpoints()
+        except RateLimited as exc:
+            error = exc
+    assert error.use == "read" and error.status == 429 and len(waits) == 3
+    assert "rate_limit (invalid_request_error): Request rate limit exceeded" in str(error)
+    assert error.vendor_detail.startswith("rate_limit (invalid_request_error): ")
+    key = settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else "unset"
+    assert key not in str(error) and key not in repr(error)
+    assert {e.status for e in _stripe_only(recorder, drill)} == {429}
+    assert_conforms(VENDOR, _stripe_only(recorder, drill))

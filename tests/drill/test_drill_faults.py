@@ -23,10 +23,55 @@ def test_rate_limit_answers_429_with_retry_after_then_recovers(stack: DrillStack
 
 
 def test_rate_limit_uses_the_vendor_error_shape(stack: DrillStack, http: httpx.Client) -> None:
-    """A Vercel 429 carries Vercel's {"error": {"code", "message"}} body."""
-    stack.vercel.inject(Fault.rate_limit(retry_after=1))
+    """A Vercel 429 is Vercel's own: {"error": {"code": "too_many_requests"}}, X-RateLimit-Reset (UTC epoch seconds)
+    `retry_after` from now, no Retry-After (Vercel documents none)."""
+    stack.vercel.inject(Fault.rate_limit(retry_after=20))
+    before = time.time()
     resp = http.get(f"{stack.urls['vercel']}/v6/deployments", headers={"Authorization": f"Bearer {stack.vercel.token}"})
-    assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited"
+    assert resp.status_code == 429
+    assert resp.json() == {"error": {"code": "too_many_requests", "message": "Rate limit exceeded"}}
+    assert "retry-after" not in resp.headers and resp.headers["x-ratelimit-remaining"] == "0"
+    assert before + 20 <= int(resp.headers["x-ratelimit-reset"]) <= time.time() + 21
+
+
+def _throttled(stack: DrillStack, http: httpx.Client, vendor: str) -> httpx.Response:
+    """One request to a rate-limited endpoint of a vendor stand-in, authenticated as the runbook is."""
+    if vendor == "vercel":
+        return http.get(f"{stack.urls['vercel']}/v6/deployments",
+                        headers={"Authorization": f"Bearer {stack.vercel.token}"})
+    if vendor == "sentry":
+        return http.get(f"{stack.urls['sentry']}/api/0/organizations/{stack.sentry.org}/events/",
+                        headers={"Authorization": f"Bearer {stack.sentry.token}"})
+    if vendor == "stripe":
+        return http.get(f"{stack.urls['stripe']}/v1/webhook_endpoints",
+                        headers={"Authorization": f"Bearer {stack.stripe.secret_key}"})
+    page = stack.statuspage
+    return http.get(f"{stack.urls['statuspage']}/v1/pages/{page.page_id}/components",
+                    headers={"Authorization": f"OAuth {page.api_key}"})
+
+
+@pytest.mark.parametrize("vendor", ["vercel", "sentry", "stripe", "statuspage"])
+def test_an_injected_rate_limit_answers_as_the_vendors_own(stack: DrillStack, http: httpx.Client,
+                                                           vendor: str) -> None:
+    """Vendors that document no Retry-After: the fault's 429 has the same body and headers as the stand-in's own
+    rate limit (the one that models the documented limit), so a client cannot tell them apart."""
+    standin = getattr(stack, vendor)
+    try:
+        if vendor == "statuspage":
+            standin.rolling_limit = (1, 60.0)
+        else:
+            standin.rate_limit = 1
+        standin.inject(Fault.rate_limit(retry_after=5))
+        injected = _throttled(stack, http, vendor)
+        assert _throttled(stack, http, vendor).status_code != 429  # the fault's answer used none of the window
+        own = _throttled(stack, http, vendor)
+    finally:
+        stack.reset()
+    names = {"content-type", "content-length", "date", "server"}
+    assert injected.status_code == own.status_code == 429
+    assert injected.json() == own.json()
+    assert set(injected.headers) - names == set(own.headers) - names
+    assert "retry-after" not in injected.headers
 
 
 def test_error_fault_answers_5xx_for_n_requests(stack: DrillStack, http: httpx.Client) -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from runbook.clients._http import RetryPolicy
+from runbook.clients._http import Pacer, RetryPolicy
 from runbook.clients.openai import OpenAIClient
 from runbook.clients.pagerduty import PagerDutyClient
 from runbook.clients.sentry import SentryClient
@@ -19,24 +19,50 @@ from runbook.errors import AuthError, RateLimited, RequestRejected, TransientErr
 from runbook.settings import Settings
 
 
+class Sleeps:
+    """A recorded sleeper on a manual clock: the client's waits advance the clock, none is really waited."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
 async def test_rate_limit_with_retry_after_is_waited_then_succeeds(drill: DrillStack, settings: Settings) -> None:
-    """Two 429s with Retry-After: 1 are waited out (at least 2 s in total) and the third attempt succeeds."""
+    """Two 429s with Retry-After: 1 (OpenAI sends it) are waited exactly 1 s each; the third attempt succeeds."""
+    drill.openai.inject(Fault.rate_limit(retry_after=1, times=2))
+    sleeps = Sleeps()
+    async with OpenAIClient.from_settings(settings, sleep=sleeps) as openai:
+        await openai.liveness()
+        waited = openai.http.last.waited
+    assert sleeps.waits == [1.0, 1.0] and waited == 2.0
+    assert [r.status for r in drill.openai.requests] == [429, 429, 200]
+
+
+async def test_sentry_rate_limit_is_waited_until_its_reset(drill: DrillStack, settings: Settings) -> None:
+    """Sentry's 429 says no Retry-After, only X-Sentry-Rate-Limit-Reset (epoch seconds): waited until then, twice."""
     drill.sentry.inject(Fault.rate_limit(retry_after=1, times=2))
-    started = time.monotonic()
-    async with SentryClient.from_settings(settings) as sentry:
+    sleeps = Sleeps()
+    async with SentryClient.from_settings(settings, sleep=sleeps) as sentry:
         count = await sentry.error_count("15m")
-        waited = sentry.http.last.waited
-    assert count >= 0
-    assert time.monotonic() - started >= 2.0 and waited == pytest.approx(2.0)
-    assert len(drill.sentry.requests_to("/api/0/organizations")) == 3
+    assert count >= 0 and len(sleeps.waits) == 2 and all(0 < w <= 2 for w in sleeps.waits)
+    assert [r.status for r in drill.sentry.requests_to("/api/0/organizations")] == [429, 429, 200]
 
 
 async def test_statuspage_420_is_treated_as_rate_limiting(drill: DrillStack, settings: Settings) -> None:
-    """Statuspage's 420 is retried like a 429."""
-    drill.statuspage.inject(Fault.rate_limit(retry_after=0.2, times=1, status=420))
-    async with StatuspageClient.from_settings(settings) as page:
+    """Statuspage's 420 is retried like a 429: no Retry-After, so after Statuspage's own 1-2 s backoff."""
+    drill.statuspage.inject(Fault.rate_limit(times=1, status=420))
+    sleeps = Sleeps()
+    async with StatuspageClient.from_settings(settings, sleep=sleeps, pacer=Pacer(1.0, clock=sleeps.clock)) as page:
         components = await page.list_components()
     assert components and [r.status for r in drill.statuspage.requests] == [420, 200]
+    assert len(sleeps.waits) == 1 and 1.0 <= sleeps.waits[0] <= 2.0  # the backoff (the key's pacer agreed)
 
 
 async def test_401_is_not_retried_and_is_a_clear_auth_error(drill: DrillStack, settings: Settings) -> None:
@@ -88,14 +114,16 @@ async def test_a_400_is_never_retried(drill: DrillStack, settings: Settings, fas
     assert "routing_key" in str(caught.value) and wrong not in str(caught.value)
 
 
-async def test_a_retry_after_beyond_the_bound_is_not_waited(drill: DrillStack, settings: Settings) -> None:
-    """A Retry-After above max_retry_after raises RateLimited at once, carrying the wait the vendor asked for."""
+async def test_a_reset_beyond_the_bound_is_not_waited_by_a_read(drill: DrillStack, settings: Settings) -> None:
+    """A Sentry reset two minutes away (more than max_retry_after) raises RateLimited at once: the read gives up,
+    saying until when it is limited, and carries the wait the vendor asked for."""
     drill.sentry.inject(Fault.rate_limit(retry_after=120, times=1))
-    started = time.monotonic()
-    async with SentryClient.from_settings(settings, policy=RetryPolicy(max_retry_after=30)) as sentry:
+    sleeps = Sleeps()
+    async with SentryClient.from_settings(settings, policy=RetryPolicy(max_retry_after=30), sleep=sleeps) as sentry:
         with pytest.raises(RateLimited) as caught:
             await sentry.error_count()
-    assert caught.value.retry_after == 120 and time.monotonic() - started < 60  # not the 120 s asked for
+    assert 119 <= (caught.value.retry_after or 0) <= 121 and sleeps.waits == []
+    assert caught.value.use == "read" and "rate limited until" in str(caught.value)
     assert len(drill.sentry.requests) == 1
 
 

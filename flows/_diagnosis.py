@@ -64,9 +64,13 @@ class Investigation:
                 self.unconfigured.add(check)
         except Exception as exc:  # a diagnosis reports what it could not check; it never crashes on it
             message = _error_text(exc)
-        self.errors[check] = message
-        self.note(check, False, "error", message)
+        self.unread(check, message)
         return None
+
+    def unread(self, check: str, message: str, value: str = "error") -> None:
+        """Note a read that did not answer (ok=false): it is named as not checked, never taken as evidence."""
+        self.errors[check] = message
+        self.note(check, False, value, message)
 
     def failed(self, check: str) -> bool:
         """Return True when the probe ran and failed (not merely: its integration is not configured)."""
@@ -76,9 +80,27 @@ class Investigation:
         """Record an identified cause and the remediations it points at."""
         self.causes.append((finding, list(suggestions)))
 
-    def diagnosis(self, nothing_found: str) -> Diagnosis:
-        """Return the Diagnosis: the first cause leads; others are appended; secrets redacted."""
+    def could_not_check(self) -> str:
+        """Name the reads that failed, each with its error ('' when every configured probe ran)."""
+        return "; ".join(f"{check} ({message.splitlines()[0][:160] if message else 'failed'})"
+                         for check, message in self.errors.items() if self.failed(check))
+
+    def diagnosis(self, nothing_found: str, *, all_clear: bool = False) -> Diagnosis:
+        """Return the Diagnosis: the first cause leads; others are appended; secrets redacted.
+
+        Without a cause, `nothing_found` is the finding, unless a read failed: a failed read is no evidence, so an
+        all-clear text (`all_clear=True`: "healthy", "no bad deploy", "third parties operational") becomes "cause
+        unknown" naming what could not be checked, and any other text says so after it. Integrations that are not
+        configured are named too (they were not checked), without turning the finding into "unknown".
+        """
         redact = redactor()
+        blind = self.could_not_check()
+        if blind and not self.causes:
+            nothing_found = (f"Cause unknown: could not check {blind}. What could be checked looks healthy; this is "
+                             "no all-clear." if all_clear
+                             else f"{nothing_found.rstrip('.')}. Cause unknown: could not check {blind}.")
+        if self.unconfigured and not self.causes:
+            nothing_found += f" Not configured, so not checked: {', '.join(sorted(self.unconfigured))}."
         if self.causes:
             finding = self.causes[0][0]
             if len(self.causes) > 1:

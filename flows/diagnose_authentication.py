@@ -149,6 +149,15 @@ async def diagnose_authentication(params: DiagnoseAuthenticationParams) -> Diagn
         inv.cause(f"The app's {names} in Vercel production does not match the Supabase project ({details}).{symptom}",
                   env_rollback(mismatched, expected_fingerprints()),
                   *rollback_alternative(previous, current, "built with the previous environment"))
+    elif auth_failing and (named := sorted(set(ENV_NAME.findall(auth_error)))) and app_vars is None:
+        # Vercel's env did not answer: whether its value is wrong or production was built with an old one is not
+        # known, and the two need different remediations, so none is suggested from a read that failed.
+        names = " and ".join(named)
+        inv.cause(f"/api/health's auth check names {names} ({auth_error[:160]}); Vercel's env could not be read "
+                  f"({inv.errors.get('app Supabase env', 'no answer')[:160]}), so whether its value is wrong or "
+                  "production was built with an old one is unknown.",
+                  Suggestion(flow=NONE, why=f"read {names} in Vercel once it answers: roll the env back "
+                                            "(config-rollback) if it differs from Supabase's, else redeploy"))
     elif auth_failing and (named := sorted(set(ENV_NAME.findall(auth_error)))):
         names = " and ".join(named)
         inv.cause(f"/api/health's auth check names {names} ({auth_error[:160]}) although Vercel's value matches "
@@ -166,8 +175,10 @@ async def diagnose_authentication(params: DiagnoseAuthenticationParams) -> Diagn
     if auth_failing and not inv.causes:
         nothing = f"/api/health's auth check fails ({auth_error[:160] or 'unhealthy'}) but no cause was identified"
     elif probe is not None and not probe.alive and not inv.causes:
-        nothing = f"The auth endpoint answers HTTP {probe.status_code}, but Supabase Auth and the app's Supabase " \
-                  "env are fine: look at the app itself (performance scenario)"
+        nothing = (f"The auth endpoint answers HTTP {probe.status_code}, but Supabase Auth and the app's Supabase "
+                   "env are fine: look at the app itself (performance scenario)" if project is not None
+                   and app_vars is not None else f"The auth endpoint answers HTTP {probe.status_code}")
     else:
         nothing = "Authentication healthy: endpoint alive, Supabase Auth healthy, the app's Supabase env matches."
-    return await publish(inv.diagnosis(nothing), params.incident_id)
+    return await publish(inv.diagnosis(nothing, all_clear=nothing.startswith("Authentication healthy")),
+                         params.incident_id)

@@ -229,5 +229,6 @@ async def diagnose_configuration(params: DiagnoseConfigurationParams) -> Diagnos
     else:
         nothing = "Configuration healthy: the config check passes" + (
             f" ({len(recent)} recent flag change(s) did not break it)." if recent else ".")
-    return await publish(inv.diagnosis(nothing), params.incident_id)
+    return await publish(inv.diagnosis(nothing, all_clear=nothing.startswith("Configuration healthy")),
+                         params.incident_id)
 

@@ -204,4 +204,5 @@ async def diagnose_database(params: DiagnoseDatabaseParams) -> Diagnosis:
         nothing = f"/api/health's database check fails ({db_error[:160] or 'unhealthy'}) but no cause was identified"
     else:
         nothing = "Database healthy: reachable, no long-running queries, no suspect migration."
-    return await publish(inv.diagnosis(nothing), params.incident_id)
+    return await publish(inv.diagnosis(nothing, all_clear=nothing.startswith("Database healthy")),
+                         params.incident_id)

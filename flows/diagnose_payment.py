@@ -96,4 +96,4 @@ async def diagnose_payment(params: DiagnosePaymentParams) -> Diagnosis:
         inv.cause(f"{len(failed)} Stripe event deliveries failed in the last {window:g} min.",
                   repair("replay the failed events once the endpoint accepts them"))
     nothing = "Billing webhook healthy: endpoint enabled, secrets match, no failed deliveries, probe passed."
-    return await publish(inv.diagnosis(nothing), params.incident_id)
+    return await publish(inv.diagnosis(nothing, all_clear=True), params.incident_id)

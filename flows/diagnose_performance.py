@@ -140,8 +140,12 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
                  openai.error or f"{openai.total_s:.3f} s")
     statuses = await inv.probe("vendor status pages", check_vendor_statuses()) or []
     for vs in statuses:
-        inv.note(f"status page: {vs.vendor}", vs.operational or vs.level == "unknown", vs.level,
-                 vs.error or vs.description or "")
+        if vs.level == "unknown":  # its page did not answer: not read, so neither "operational" nor a cause
+            inv.unread(f"status page: {vs.vendor}", vs.error or "its status page could not be read", vs.level)
+            if not vs.url:  # no status page configured for it: not checked, and no failure either
+                inv.unconfigured.add(f"status page: {vs.vendor}")
+        else:
+            inv.note(f"status page: {vs.vendor}", vs.operational, vs.level, vs.description or "")
 
     # Causes
     if health is not None and server_error and not deps_failing and current is not None \
@@ -195,4 +199,5 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
     else:
         nothing = (f"Performance healthy: /api/health in {timing.total_s:.2f} s, no recent bad deploy, no slow "
                    "queries, third parties operational." if timing is not None else "No performance cause found.")
-    return await publish(inv.diagnosis(nothing), params.incident_id)
+    return await publish(inv.diagnosis(nothing, all_clear=nothing.startswith(("Performance healthy", "No performance"))),
+                         params.incident_id)

@@ -330,3 +330,39 @@ def test_every_diagnostic_has_one_parameters_model() -> None:
         (model,) = hints.values()
         assert issubclass(model, BaseModel)
         assert model().incident_id is None  # type: ignore[call-arg]
+
+
+# -- a read that failed is no evidence (issue 21: diagnosis under faults) ----------------------------------------
+
+
+async def test_vendor_reads_down_make_the_performance_diagnosis_unknown_not_healthy(drill_env: DrillStack) -> None:
+    """Vercel and the vendors' status pages answer 503: the diagnosis says the cause is unknown and names both
+    reads, never "no recent bad deploy" or "third parties operational" from reads that failed."""
+    drill_env.vercel.inject(Fault.error(503, times=None))
+    drill_env.status_pages.inject(Fault.error(503, times=None))
+    result = await run_diagnostic("performance", None)
+    assert result.found is False and result.suggestions == []
+    assert result.finding.startswith("Cause unknown: could not check "), result.finding
+    assert "production deployments (" in result.finding and "status page: openai (" in result.finding
+    assert "healthy" not in result.finding.split("What could be checked")[0]
+    assert "third parties operational" not in result.finding and "no recent bad deploy" not in result.finding
+
+
+async def test_an_env_read_that_failed_is_no_evidence_that_vercels_value_matches(
+    drill_env: DrillStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The auth check names the anon key while Vercel's env cannot be read: the finding names the variable and says
+    Vercel's value is unknown, never "Vercel's value matches now", and suggests no redeploy from a failed read."""
+    inject(drill_env, monkeypatch, "auth-outage")
+    drill_env.vercel.inject(Fault.error(503, times=None))
+    result = await run_diagnostic("authentication", None)
+    assert result.found is True and "NEXT_PUBLIC_SUPABASE_ANON_KEY" in result.finding
+    assert "Vercel's env could not be read" in result.finding and "is unknown" in result.finding, result.finding
+    assert "matches now" not in result.finding
+    assert [s.flow for s in result.suggestions] == ["none"], result.suggestions
+
+
+async def test_every_read_answering_is_still_the_plain_all_clear(drill_env: DrillStack) -> None:
+    """With every read answering, the healthy text stands alone: no "unknown", nothing named as not checked."""
+    result = await run_diagnostic("performance", None)
+    assert result.finding.startswith("Performance healthy") and "unknown" not in result.finding.lower()

@@ -1,9 +1,13 @@
-"""The follow-up sweep (scheduled): every resolved incident gets its review and follow-up runs, exactly once.
+"""The follow-up sweep (scheduled): every resolved incident gets its review and follow-up runs, exactly once; every
+open incident's pending page whose sender died goes out.
 
 A run is missing when there is no FollowUp row, a row without a flow run, or a row whose run no longer exists;
 the sweep creates it (at its due time, or now when that has passed). A run that exists is left alone, so running
 the sweep twice creates nothing the second time. It also escalates a review whose input deadline passed with
-nothing recorded (a suspended review that expired on the server cannot escalate by itself).
+nothing recorded (a suspended review that expired on the server cannot escalate by itself). A page is durable (pending
+on the timeline before it is sent): a pending page of an open, unacknowledged incident whose sender's flow run is
+over (crashed, cancelled, ended: read through Prefect's API) or whose retries gave up is sent by the next sweep,
+once (dedup key); one still being retried by a live run is left to it.
 """
 
 
@@ -17,6 +21,7 @@ from flows.post_incident import FollowUpRun, ensure_follow_up_run, escalate_miss
 from runbook.models import FollowUpKind, Incident, Status, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
+from tasks.pagerduty import pending_pages, resend_pending_pages
 
 
 class FollowUpSweepParams(BaseModel):
@@ -33,10 +38,11 @@ class SweepOutcome(BaseModel):
     incidents: int = 0
     created: list[FollowUpRun] = Field(default_factory=list)
     escalated_reviews: list[str] = Field(default_factory=list)
+    pages_sent: list[str] = Field(default_factory=list, description="Dedup keys of pending pages sent by the sweep")
 
     @property
     def nothing_to_do(self) -> bool:
-        return not self.created and not self.escalated_reviews
+        return not self.created and not self.escalated_reviews and not self.pages_sent
 
 
 @task(name="list_resolved_incidents", retries=0, cache_policy=NO_CACHE)
@@ -45,6 +51,14 @@ async def list_resolved_incidents(since: datetime) -> list[Incident]:
     async with open_store() as store:
         items = await store.list(include_drill=True, since=since, limit=100_000)
     return [i for i in items if i.status is Status.RESOLVED and i.resolved_at is not None]
+
+
+@task(name="list_open_incidents_with_pending_pages", retries=0, cache_policy=NO_CACHE)
+async def list_open_incidents_with_pending_pages(since: datetime) -> list[Incident]:
+    """Return open incidents (drills included) declared since a time that have a page pending."""
+    async with open_store() as store:
+        items = await store.list(include_drill=True, since=since, open_only=True, limit=100_000)
+    return [i for i in items if await pending_pages(i.id)]
 
 
 @task(name="ensure_follow_up_runs", retries=0, cache_policy=NO_CACHE, timeout_seconds=300)
@@ -82,9 +96,11 @@ async def follow_up_sweep(params: FollowUpSweepParams = FollowUpSweepParams()) -
         if await find_overdue_review(incident, now):
             await escalate_missed_review(incident, policy.post_incident.review_input_deadline_hours, policy)
             out.escalated_reviews.append(incident.id)
+    for incident in await list_open_incidents_with_pending_pages(now - timedelta(days=params.lookback_days)):
+        out.pages_sent.extend(await resend_pending_pages(incident))
     if out.nothing_to_do:
         logger.info("Nothing to do: %d resolved incident(s), every follow-up run exists", out.incidents)
     else:
-        logger.info("Created %d follow-up run(s); escalated %d review(s)", len(out.created),
-                    len(out.escalated_reviews))
+        logger.info("Created %d follow-up run(s); escalated %d review(s); sent %d pending page(s)", len(out.created),
+                    len(out.escalated_reviews), len(out.pages_sent))
     return out

@@ -241,11 +241,40 @@ async def page_contact(incident: Incident, contact: Contact, reason: str = "", q
     return result
 
 
-def _due(page: dict[str, Any], *, honour_retry_at: bool) -> bool:
-    """Return True when a pending page should be tried now (not while its sender still retries it)."""
+def _due(page: dict[str, Any], *, honour_retry_at: bool, dead: set[str] | None = None) -> bool:
+    """Return True when a pending page should be tried now (not while its sender still retries it); a page whose
+    sender's flow run is over (`dead`: crashed, cancelled, ended or gone) has no sender left."""
     if page["state"] == "in-flight":
-        return (clock.now() - page["last_at"]).total_seconds() > IN_FLIGHT_S
+        quiet = (clock.now() - page["last_at"]).total_seconds()
+        return page.get("sender_run_id") in (dead or set()) or quiet > IN_FLIGHT_S
     return not honour_retry_at or page["retry_at"] is None or clock.now() >= page["retry_at"]
+
+
+async def _dead_senders(pages: list[dict[str, Any]]) -> set[str]:
+    """Return the flow-run ids of in-flight pages' senders that are no longer running (read through Prefect's API);
+    none when the API cannot be read (the page is then left to IN_FLIGHT_S)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    ids = {str(p["sender_run_id"]) for p in pages if p["state"] == "in-flight" and p.get("sender_run_id")}
+    dead: set[str] = set()
+    if not ids:
+        return dead
+    try:
+        async with get_client() as client:
+            for run_id in ids:
+                try:
+                    run = await client.read_flow_run(UUID(run_id))
+                except ObjectNotFound:
+                    dead.add(run_id)
+                    continue
+                if run.state is None or run.state.is_final():
+                    dead.add(run_id)
+    except Exception as exc:  # Prefect unreachable: say so, leave the pages to their age
+        _log_warning(f"could not read the pending pages' senders from Prefect: {type(exc).__name__}: {exc}")
+    return dead
 
 
 async def _close_pending(incident: Incident, pages: list[dict[str, Any]], why: str) -> None:
@@ -255,12 +284,13 @@ async def _close_pending(incident: Incident, pages: list[dict[str, Any]], why: s
 
 
 async def send_pending_pages(incident: Incident, *, policy: RetryPolicy = RESEND_POLICY,
-                             honour_retry_at: bool = True) -> list[str]:
+                             honour_retry_at: bool = True, check_senders: bool = False) -> list[str]:
     """Send the incident's pending pages that are due; return the dedup keys sent.
 
     Not a task: the escalation's wait loop calls it at every poll, so a page whose retries gave up is tried again
     (one try each time it is due: 15 s doubling to 5 min, or PagerDuty's Retry-After) for as long as the incident
     is open and unacknowledged; once it is closed or acknowledged its pending pages are closed with a note.
+    `check_senders`: a page still in flight whose sender's flow run is over in Prefect is due now (a sweep).
     """
     pages = await pending_pages(incident.id)
     if not pages:
@@ -272,9 +302,11 @@ async def send_pending_pages(incident: Incident, *, policy: RetryPolicy = RESEND
     if current.acknowledged_at is not None:
         await _close_pending(current, pages, f"acknowledged by {current.acknowledged_by}")
         return []
+    dead = await _dead_senders(pages) if check_senders else set()
     sent = []
     for page in pages:
-        if _due(page, honour_retry_at=honour_retry_at) and (await _send_page(current.id, page, policy=policy))["sent"]:
+        if _due(page, honour_retry_at=honour_retry_at, dead=dead) \
+                and (await _send_page(current.id, page, policy=policy))["sent"]:
             sent.append(str(page["dedup_key"]))
     return sent
 
@@ -284,9 +316,9 @@ async def resend_pending_pages(incident: Incident) -> list[str]:
     """Send again every page of the incident still pending (after a crash or exhausted retries); return their keys.
 
     For a re-run or a sweep: each page is retried for minutes, now (not at its next-try time); a page whose sender
-    is still retrying it is left to that sender.
+    is still retrying it is left to that sender, one whose sender's flow run is over (Prefect's API) is sent.
     """
-    return await send_pending_pages(incident, policy=PAGE_POLICY, honour_retry_at=False)
+    return await send_pending_pages(incident, policy=PAGE_POLICY, honour_retry_at=False, check_senders=True)
 
 
 def _log_warning(line: str) -> None:

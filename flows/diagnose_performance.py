@@ -199,5 +199,5 @@ async def diagnose_performance(params: DiagnosePerformanceParams) -> Diagnosis:
     else:
         nothing = (f"Performance healthy: /api/health in {timing.total_s:.2f} s, no recent bad deploy, no slow "
                    "queries, third parties operational." if timing is not None else "No performance cause found.")
-    return await publish(inv.diagnosis(nothing, all_clear=nothing.startswith(("Performance healthy", "No performance"))),
-                         params.incident_id)
+    all_clear = nothing.startswith(("Performance healthy", "No performance"))
+    return await publish(inv.diagnosis(nothing, all_clear=all_clear), params.incident_id)

@@ -128,7 +128,7 @@ def test_a_store_that_cannot_be_used_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, url: str, code: int,
     says: str,
 ) -> None:
-    """An unreachable store, an unsupported database or a mistyped URL: one line naming it, no traceback, no password."""
+    """An unreachable store, an unsupported database, a mistyped URL: one line naming it, no traceback, no password."""
     monkeypatch.setenv("RUNBOOK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("RUNBOOK_STORE_URL", url)
     assert main(["incidents", "list"]) == code
@@ -147,7 +147,7 @@ def test_a_malformed_policy_file_is_named_without_quoting_its_lines(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, text: str,
     where: str,
 ) -> None:
-    """A policy file that does not parse: its path, what is wrong and where; none of its text (a value may be secret)."""
+    """A policy file that does not parse: its path, what is wrong and where; none of its text (a value may be secret)"""
     path = tmp_path / name
     path.write_text(text)
     monkeypatch.setenv("RUNBOOK_POLICY_FILE", str(path))

@@ -1,15 +1,19 @@
-"""End-to-end fixtures: prefect.yaml's deployments registered on the session's Prefect test harness, and a real
-Prefect server started as `runbook up` starts it, with every deployment deployed to it."""
+"""End-to-end fixtures: prefect.yaml's deployments registered on the session's Prefect test harness, and one real
+Prefect server started as `runbook up` starts it, with every deployment deployed to runbook-pool, shared by the
+deployment, UI, lifecycle and topology tests (the xdist group POOL_SERVER: it starts once, on one worker)."""
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from deployments.local_server import LocalPrefectServer, prefect_command, prefect_on_postgres
+from deployments.local_server import LocalPrefectServer, prefect_on_postgres
 from deployments.serve import PROJECT_DIR
 from tests.e2e.deploy_support import register_all
 
@@ -26,16 +30,32 @@ async def registered_deployments(prefect_harness: None) -> dict[str, UUID]:
 
 
 @pytest.fixture(scope="session")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPrefectServer, dict[str, str]]]:
-    """Start a Prefect server as `runbook up` does (embedded PostgreSQL, a free port, the UI pointed at its own
-    API), create runbook-pool and run `prefect --no-prompt deploy --all`; shared by the deployment and UI tests."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    # No scheduler: the monitor's every-minute runs would otherwise queue up for the worker of test_deployments.
-    with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
-        env = server.env(PWD=str(PROJECT_DIR), RUNBOOK_STATE_DIR=str(home / "state"),
-                         PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="2")
-        for args in (["work-pool", "create", "runbook-pool", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
-            done = subprocess.run([*prefect_command(), *args], env=env, cwd=PROJECT_DIR, capture_output=True,
-                                  text=True, timeout=120)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield server, env
+def pool_server() -> Iterator[LocalPrefectServer]:
+    """A Prefect server as `runbook up` starts it (embedded PostgreSQL, a free port, the UI pointed at its own
+    API), without the scheduler (the monitor's every-minute runs would queue up for the tests' workers), with
+    runbook-pool created and prefect.yaml deployed to it through the API as `runbook up --workers` deploys it.
+
+    `prefect deploy --all` itself, what users run, is proven once by test_prefect_deploy_all_registers_every_deployment
+    on this same server.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.workers import deploy_to_pool
+
+    # Not under pytest's 0700 temporary root: as root, the wheel runs postgres as its own user, which must reach it.
+    home = Path(tempfile.mkdtemp(prefix="runbook-pool-server-"))
+    try:
+        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as srv:
+            with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
+                asyncio.run(deploy_to_pool())
+            yield srv
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def deployed(pool_server: LocalPrefectServer) -> tuple[LocalPrefectServer, dict[str, str]]:
+    """The pool server and an environment for Prefect CLI subprocesses talking to it (workers poll every second)."""
+    env = pool_server.env(PWD=str(PROJECT_DIR), RUNBOOK_STATE_DIR=str(pool_server.home / "state"),
+                          PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="2")
+    return pool_server, env

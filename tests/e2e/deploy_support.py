@@ -13,6 +13,9 @@ from prefect.runner import Runner
 from deployments.serve import load_deployments
 
 INCIDENT_ID = "inc-20261126-abcdef"
+# The tests that use the `pool_server` fixture (or `deployed`) carry @pytest.mark.xdist_group(POOL_SERVER);
+# pyproject's `--dist loadgroup` sends them to one xdist worker, so that server starts once per session.
+POOL_SERVER = "pool-server"
 
 
 async def register_all() -> dict[str, UUID]:

@@ -13,6 +13,7 @@ import sys
 import time
 import typing
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,7 +29,7 @@ from deployments.local_server import LocalPrefectServer, prefect_command
 from deployments.serve import PROJECT_DIR, DeploymentSpec, build_schedule, load_flow, read_specs
 from runbook.errors import ConfigError
 from runbook.store import open_store
-from tests.e2e.deploy_support import INCIDENT_ID, execute_due_runs, read_run
+from tests.e2e.deploy_support import INCIDENT_ID, POOL_SERVER, execute_due_runs, read_run
 
 SPECS = read_specs()
 BY_NAME = {s.name: s for s in SPECS}
@@ -157,6 +158,7 @@ def api(server: LocalPrefectServer, path: str, body: dict[str, Any] | None = Non
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(POOL_SERVER)
 def test_the_printed_ui_talks_to_its_own_server(deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
     """The UI at the server's own (non-default) port is configured with that server's API, not 127.0.0.1:4200."""
     server, _ = deployed
@@ -171,11 +173,21 @@ def test_the_printed_ui_talks_to_its_own_server(deployed: tuple[LocalPrefectServ
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(POOL_SERVER)
 def test_prefect_deploy_all_registers_every_deployment(deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
-    """`prefect deploy --all` creates every deployment on runbook-pool with its schedules, in the project directory."""
-    server, _ = deployed
+    """`prefect deploy --all` (what users run) creates or updates every deployment on runbook-pool with its
+    schedules, in the project directory (the shared server's deployments came through the API: each is redone)."""
+    server, env = deployed
+    began = datetime.now(UTC)
+    done = subprocess.run([*prefect_command(), "--no-prompt", "deploy", "--all"], env=env, cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = {d["name"]: d for d in api(server, "/deployments/filter", {"limit": 200})}
     assert set(found) == set(BY_NAME)
+    # every one written by this command: updated since it began, with prefect.yaml's pull step (the API has none)
+    assert [n for n, d in found.items() if datetime.fromisoformat(d["updated"]) < began] == []
+    assert all(d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}]
+               for d in found.values()), {n: d["pull_steps"] for n, d in found.items()}
     assert {d["work_pool_name"] for d in found.values()} == {"runbook-pool"}
     assert found["monitor"]["schedules"][0]["schedule"]["interval"] == 60
     assert found["runbook-review-reminder"]["schedules"][0]["schedule"]["cron"] == "0 9 1 * *"
@@ -183,6 +195,7 @@ def test_prefect_deploy_all_registers_every_deployment(deployed: tuple[LocalPref
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(POOL_SERVER)
 def test_worker_runs_a_deployment_started_from_the_shell(
         deployed: tuple[LocalPrefectServer, dict[str, str]]) -> None:
     """A run started with `prefect deployment run --param` completes on a worker started elsewhere and records."""

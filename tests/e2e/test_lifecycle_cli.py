@@ -19,8 +19,9 @@ from runbook.drill import DrillStack
 from runbook.models import Incident, Severity, Status
 from runbook.store import open_store
 from tasks.common import open_client
+from tests.e2e.deploy_support import POOL_SERVER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(POOL_SERVER)]
 
 RUNBOOK = Path(sys.executable).with_name("runbook")
 

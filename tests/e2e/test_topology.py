@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,28 +18,21 @@ from prefect.deployments.flow_runs import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.drill import run_one
-from deployments.local_server import LocalPrefectServer, prefect_on_postgres
-from deployments.workers import Topology, deploy_to_pool, shared_store
+from deployments.local_server import LocalPrefectServer
+from deployments.workers import Topology, shared_store
 from runbook.drill import DrillStack
 from runbook.drill.approver import resume
 from runbook.models import EventKind, Incident, Severity
 from runbook.store import open_store
+from tests.e2e.deploy_support import POOL_SERVER
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(POOL_SERVER)]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalPrefectServer]:
-    """A Prefect server on its own embedded PostgreSQL with prefect.yaml deployed to runbook-pool (no scheduler)."""
-    # Not under pytest's 0700 temporary root: as root, the wheel runs postgres as its own user, which must reach it.
-    home = Path(tempfile.mkdtemp(prefix="runbook-topology-"))
-    try:
-        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as srv:
-            with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
-                asyncio.run(deploy_to_pool())
-                yield srv
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+def server(pool_server: LocalPrefectServer) -> LocalPrefectServer:
+    """The session's Prefect server on its own embedded PostgreSQL with prefect.yaml deployed to runbook-pool."""
+    return pool_server
 
 
 @pytest.fixture(scope="module")

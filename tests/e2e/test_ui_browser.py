@@ -18,6 +18,7 @@ import pytest
 from deployments.local_server import LocalPrefectServer
 from deployments.serve import read_specs
 from deployments.up import ready_banner
+from tests.e2e.deploy_support import POOL_SERVER
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What the machine needs: no sandbox as root, and no background traffic into a closed network.
@@ -26,7 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 NO_API = "Can't connect to Server API"
 NAMES = sorted(s.name for s in read_specs())
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(POOL_SERVER)]
 
 
 @pytest.fixture(scope="module")

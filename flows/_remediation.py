@@ -65,7 +65,7 @@ from flows._guard import page_oncall_about
 from runbook import clock
 from runbook.errors import ApprovalDenied, PlanChanged, RemediationLocked, RunbookError, UnsafeOperation
 from runbook.guardrails import WINDOW, breaker_refusal, freeze_line
-from runbook.models import INCIDENT_ID_PATTERN, Approval, ApprovalRequest, EventKind
+from runbook.models import Approval, ApprovalRequest, EventKind, IncidentId
 from runbook.policy import get_policy, two_person_violation
 from runbook.settings import get_settings
 from runbook.store import open_store
@@ -411,7 +411,7 @@ async def latest_that_acted(incident_id: str | None, action: str) -> EarlierRun 
 class RemediationParams(BaseModel):
     """Fields every remediation form has."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN,
+    incident_id: IncidentId | None = Field(None,
                                     description="The incident this remediates (recorded on its timeline)")
     dry_run: bool = Field(False, description="Only compute and publish the plan; change nothing")
     approval_timeout_minutes: float = Field(60, gt=0, le=24 * 60,

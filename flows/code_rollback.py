@@ -10,7 +10,7 @@ completed) does not roll back again: when production serves the target of an ear
 approval, the plan is "already rolled back to <target> by run <id>" and the run only verifies.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from pydantic import Field
@@ -28,7 +28,7 @@ from flows._remediation import (
 )
 from runbook.clients.types import Deployment
 from runbook.errors import RemediationError, UnsafeOperation
-from runbook.models import Approval
+from runbook.models import ONE_LINE, Approval
 from runbook.settings import get_settings
 from tasks.vercel import find_rollback_target, rollback_deployment
 
@@ -38,7 +38,7 @@ ACTION = "code-rollback"
 class CodeRollbackParams(RemediationParams):
     """Roll production back to a previous deployment (a form in the Prefect UI)."""
 
-    target_deployment_id: str | None = Field(
+    target_deployment_id: Annotated[str, ONE_LINE] | None = Field(
         None, pattern=r"^[A-Za-z0-9_\-]{1,64}$",
         description="Deployment to roll back to (e.g. dpl_…); empty: the previous READY production deployment")
     alias_timeout_seconds: float = Field(300, gt=0, le=1800, description="How long to wait for the alias job")

@@ -52,7 +52,7 @@ ACTION = "config-rollback"
 class ConfigRollbackParams(RemediationParams):
     """Restore feature flags and production env vars from a snapshot (a form in the Prefect UI)."""
 
-    snapshot_id: str | None = Field(None, pattern=r"^snap-[0-9]{8}t[0-9]{6}z-[0-9a-f]{6}$",
+    snapshot_id: str | None = Field(None, pattern=r"^snap-[0-9]{8}t[0-9]{6}z-[0-9a-f]{6}$", max_length=28,
                                     description="Snapshot to restore; empty: the latest taken before the incident")
     restore_flags: bool = Field(True, description="Restore public.jurisdiction_configs")
     restore_env: bool = Field(True, description="Restore the Vercel production env vars")

@@ -18,9 +18,9 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.blocks.system import Secret
 from pydantic import BaseModel, Field, SecretStr
 
-from flows._remediation import INCIDENT_ID_PATTERN, run_name
+from flows._remediation import run_name
 from runbook.errors import InputError
-from runbook.models import EventKind, utcnow
+from runbook.models import EventKind, IncidentId, utcnow
 from runbook.settings import get_settings
 from tasks.incident import record
 from tasks.supabase import read_jurisdiction_configs
@@ -65,7 +65,7 @@ class ConfigSnapshot(BaseModel):
 class ConfigSnapshotParams(BaseModel):
     """Take a config snapshot (a form in the Prefect UI; also the schedule's parameters)."""
 
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description="Record on this incident")
+    incident_id: IncidentId | None = Field(None, description="Record on this incident")
     reason: str = Field("scheduled", min_length=1, max_length=200, description="Why the snapshot was taken")
 
 

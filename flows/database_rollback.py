@@ -29,7 +29,7 @@ from flows._remediation import (
 )
 from runbook.clients.types import Backup, DownScript, parse_version, sha256_file
 from runbook.errors import UnsafeOperation
-from runbook.models import Approval, EventKind
+from runbook.models import ONE_LINE, Approval, EventKind
 from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.incident import record
@@ -39,7 +39,7 @@ ACTION = "database-rollback"
 PITR = ("restore with point-in-time recovery instead (Supabase Dashboard → Database → Backups → Point in Time), "
         "or add a reviewed down script at supabase/migrations/down/<version>_<name>.down.sql")
 
-Version = Annotated[str, Field(pattern=r"^[0-9]{1,20}$", max_length=20), BeforeValidator(parse_version)]
+Version = Annotated[str, Field(pattern=r"^[0-9]{1,20}$", max_length=20), ONE_LINE, BeforeValidator(parse_version)]
 
 
 def _key(version: str) -> tuple[int, str]:

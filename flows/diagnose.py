@@ -17,7 +17,7 @@ from flows.diagnose_payment import DiagnosePaymentParams, diagnose_payment
 from flows.diagnose_performance import DiagnosePerformanceParams, diagnose_performance
 from runbook.clients.types import AppHealth
 from runbook.errors import IntegrationError
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Evidence
+from runbook.models import Diagnosis, Evidence, IncidentId
 from tasks.health import check_app_health
 
 Scenario = Literal["database", "authentication", "payment", "performance", "configuration"]
@@ -77,7 +77,7 @@ def _dispatch_run_name() -> str:
 async def diagnose(
     scenario: Annotated[Literal["auto", Scenario], BeforeValidator(lambda v: "auto" if v is None else v)] = Field(
         "auto", title="Scenario", description="Runbook scenario; auto: try each, most likely first"),
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION),
+    incident_id: IncidentId | None = Field(None, description=INCIDENT_ID_DESCRIPTION),
 ) -> Diagnosis:
     """Run the scenario's diagnostic, or each in turn (failing health checks first) until one finds a cause."""
     if scenario != "auto":

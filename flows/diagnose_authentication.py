@@ -30,7 +30,7 @@ from flows._diagnosis import (
 )
 from flows.config_snapshot import list_snapshots
 from runbook.clients.types import Deployment
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
+from runbook.models import Diagnosis, IncidentId, Suggestion
 from runbook.settings import fingerprint, get_settings
 from tasks.health import check_app_health, check_auth_endpoint
 from tasks.supabase import check_project_health
@@ -44,7 +44,7 @@ ENV_NAME = re.compile(r"\b(NEXT_PUBLIC_[A-Z0-9_]+|SUPABASE_[A-Z0-9_]+)\b")
 class DiagnoseAuthenticationParams(BaseModel):
     """Parameters of diagnose-authentication."""
 
-    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: IncidentId | None = Field(default=None, description=INCIDENT_ID_DESCRIPTION)
 
 
 def expected_fingerprints() -> dict[str, str]:

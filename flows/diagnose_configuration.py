@@ -27,7 +27,7 @@ from flows._diagnosis import (
     run_name,
 )
 from flows.config_snapshot import ConfigSnapshot, list_snapshots
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
+from runbook.models import Diagnosis, IncidentId, Suggestion
 from runbook.settings import get_settings
 from tasks.diagnostics import ConfigChange, read_config_changes
 from tasks.health import check_app_health
@@ -41,7 +41,7 @@ ROW_FIELDS = ("enabled", "features", "settings")
 class DiagnoseConfigurationParams(BaseModel):
     """Parameters of diagnose-configuration."""
 
-    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: IncidentId | None = Field(default=None, description=INCIDENT_ID_DESCRIPTION)
     changes_hours: float = Field(default=24, gt=0, le=24 * 30,
                                  description="Look at flag changes in the config audit trail this far back")
 

@@ -35,7 +35,7 @@ from flows._diagnosis import (
     suggest_cancel,
 )
 from runbook.clients.types import DatabaseHealth, MigrationStatus
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
+from runbook.models import Diagnosis, IncidentId, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import AppliedMigrationDetail, read_applied_migrations
 from tasks.health import check_app_health
@@ -52,7 +52,7 @@ QUOTED = re.compile(r"[\"']([A-Za-z_][A-Za-z0-9_.]*)[\"']")
 class DiagnoseDatabaseParams(BaseModel):
     """Parameters of diagnose-database."""
 
-    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: IncidentId | None = Field(default=None, description=INCIDENT_ID_DESCRIPTION)
     long_query_seconds: float | None = Field(default=None, gt=0, le=3600,
         description="A query running longer than this is long-running (default: the policy's response-time "
                     "target, key_metrics.response_time_s)")

@@ -19,7 +19,7 @@ from flows._diagnosis import (
     publish,
     run_name,
 )
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
+from runbook.models import Diagnosis, IncidentId, Suggestion
 from runbook.policy import get_policy
 from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_failed_events, probe_webhook
 
@@ -27,7 +27,7 @@ from tasks.stripe import check_webhook_endpoint, check_webhook_secret, list_fail
 class DiagnosePaymentParams(BaseModel):
     """Parameters of diagnose-payment."""
 
-    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: IncidentId | None = Field(default=None, description=INCIDENT_ID_DESCRIPTION)
     window_minutes: float | None = Field(default=None, gt=0, le=30 * 24 * 60,
         description="Look for failed deliveries this far back (default: the policy's monitoring.stripe_window)")
 

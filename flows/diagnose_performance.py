@@ -34,7 +34,7 @@ from flows._diagnosis import (
     suggest_cancel,
 )
 from runbook.clients.types import Deployment, SeriesPoint
-from runbook.models import INCIDENT_ID_PATTERN, Diagnosis, Suggestion
+from runbook.models import Diagnosis, IncidentId, Suggestion
 from runbook.policy import get_policy
 from tasks.diagnostics import probe_openai, read_error_series
 from tasks.health import check_app_health, check_vendor_statuses, probe_health_timing
@@ -48,7 +48,7 @@ DEPENDENCIES = ("database", "auth", "config")
 class DiagnosePerformanceParams(BaseModel):
     """Parameters of diagnose-performance."""
 
-    incident_id: str | None = Field(default=None, pattern=INCIDENT_ID_PATTERN, description=INCIDENT_ID_DESCRIPTION)
+    incident_id: IncidentId | None = Field(default=None, description=INCIDENT_ID_DESCRIPTION)
     deploy_window_minutes: float = Field(default=120, gt=0, le=7 * 24 * 60,
         description="A production deployment created at most this long before the errors started is suspect")
     error_window_minutes: float | None = Field(

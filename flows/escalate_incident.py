@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from runbook import clock
 from runbook.escalation import Step, pending_steps, plan_of, step_key, wait_limit
-from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, Severity
+from runbook.models import EventKind, Incident, IncidentId, Severity
 from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
@@ -59,7 +59,7 @@ class Acknowledge(RunInput):
 class EscalateParams(BaseModel):
     """Parameters of escalate-incident."""
 
-    incident_id: str = Field(..., pattern=INCIDENT_ID_PATTERN,
+    incident_id: IncidentId = Field(...,
                              description="The incident to escalate until acknowledged")
 
 

@@ -7,10 +7,13 @@ dry run, and says why; monitoring, paging and communication go on.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from runbook import guardrails
+from runbook.models import ONE_LINE
 from runbook.store import open_store
 
 ENVIRONMENT = Field(None, pattern=guardrails.ENVIRONMENT_PATTERN,
@@ -22,14 +25,14 @@ class FreezeParams(BaseModel):
 
     reason: str = Field(..., min_length=1, max_length=500, description="Why (shown wherever a remediation stops)")
     by: str = Field(..., min_length=1, max_length=100, description="Who freezes")
-    environment: str | None = ENVIRONMENT
+    environment: Annotated[str, ONE_LINE] | None = ENVIRONMENT
 
 
 class UnfreezeParams(BaseModel):
     """Lift a freeze."""
 
     by: str = Field(..., min_length=1, max_length=100, description="Who lifts it")
-    environment: str | None = Field(None, pattern=guardrails.ENVIRONMENT_PATTERN,
+    environment: Annotated[str, ONE_LINE] | None = Field(None, pattern=guardrails.ENVIRONMENT_PATTERN,
                                     description="Only this environment's freeze (empty: every freeze in force)")
 
 

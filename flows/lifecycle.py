@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from flows._response import announce_status, close_out
 from runbook import lifecycle
 from runbook.errors import IntegrationError
-from runbook.models import INCIDENT_ID_PATTERN, EventKind, Incident, Severity, Status
+from runbook.models import EventKind, Incident, IncidentId, Severity, Status
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.common import flow_run_id, run_parameter
@@ -51,7 +51,7 @@ def _via() -> Any:
 class ResolveParams(BaseModel):
     """Resolve an incident by hand."""
 
-    incident_id: str = Field(..., title="Incident", description="The incident to resolve", pattern=INCIDENT_ID_PATTERN)
+    incident_id: IncidentId = Field(..., title="Incident", description="The incident to resolve")
     reason: str = Field(..., min_length=1, max_length=1000, title="Reason",
                         description="What restored the service (or why it was not an incident)")
     by: str = _by()
@@ -61,7 +61,7 @@ class ResolveParams(BaseModel):
 class SetStatusParams(BaseModel):
     """Move an incident along investigating → identified → monitoring → resolved (or back) by hand."""
 
-    incident_id: str = Field(..., title="Incident", description="The incident to change", pattern=INCIDENT_ID_PATTERN)
+    incident_id: IncidentId = Field(..., title="Incident", description="The incident to change")
     status: StatusChoice = Field(..., title="Status", description="The new status (resolved needs a reason)")
     reason: str = Field("", max_length=1000, title="Reason", description="Why (shown on the timeline)")
     by: str = _by()
@@ -71,7 +71,7 @@ class SetStatusParams(BaseModel):
 class SetSeverityParams(BaseModel):
     """Change an incident's severity; the new severity's escalation and communication rules run."""
 
-    incident_id: str = Field(..., title="Incident", description="The incident to change", pattern=INCIDENT_ID_PATTERN)
+    incident_id: IncidentId = Field(..., title="Incident", description="The incident to change")
     severity: SeverityChoice = Field(..., title="Severity",
                                      description="P0 complete outage, P1 major, P2 minor, P3 cosmetic")
     reason: str = Field("", max_length=1000, title="Reason", description="Why (shown on the timeline)")
@@ -86,8 +86,8 @@ class SetSeverityParams(BaseModel):
 class LinkParams(BaseModel):
     """Relate two incidents (both timelines say so)."""
 
-    incident_id: str = Field(..., title="Incident", description="One incident", pattern=INCIDENT_ID_PATTERN)
-    other_id: str = Field(..., title="Other incident", description="The related incident", pattern=INCIDENT_ID_PATTERN)
+    incident_id: IncidentId = Field(..., title="Incident", description="One incident")
+    other_id: IncidentId = Field(..., title="Other incident", description="The related incident")
     by: str = _by()
     via: Via = _via()
 
@@ -95,11 +95,9 @@ class LinkParams(BaseModel):
 class MergeParams(BaseModel):
     """Merge a duplicate (e.g. a person's report of the monitor's outage) into the incident that carries on."""
 
-    survivor_id: str = Field(..., title="Survivor", description="The incident that carries on",
-                             pattern=INCIDENT_ID_PATTERN)
-    duplicate_id: str = Field(..., title="Duplicate",
-                              description="The incident merged away (closed, pointing at the survivor)",
-                              pattern=INCIDENT_ID_PATTERN)
+    survivor_id: IncidentId = Field(..., title="Survivor", description="The incident that carries on")
+    duplicate_id: IncidentId = Field(..., title="Duplicate",
+                              description="The incident merged away (closed, pointing at the survivor)")
     reason: str = Field("", max_length=1000, title="Reason", description="Why they are the same outage")
     by: str = _by()
     via: Via = _via()
@@ -108,7 +106,7 @@ class MergeParams(BaseModel):
 class NoteParams(BaseModel):
     """Add a note to an incident's timeline."""
 
-    incident_id: str = Field(..., title="Incident", description="The incident", pattern=INCIDENT_ID_PATTERN)
+    incident_id: IncidentId = Field(..., title="Incident", description="The incident")
     text: str = Field(..., min_length=1, max_length=2000, title="Note", description="What to record")
     by: str = _by()
     via: Via = _via()

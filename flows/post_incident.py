@@ -30,12 +30,12 @@ from pydantic import BaseModel, Field
 
 from runbook.errors import InputError
 from runbook.models import (
-    INCIDENT_ID_PATTERN,
     ActionItem,
     EventKind,
     FollowUp,
     FollowUpKind,
     Incident,
+    IncidentId,
     TimelineEvent,
     utcnow,
 )
@@ -87,7 +87,7 @@ def follow_up_due(kind: FollowUpKind, resolved_at: datetime, policy: Policy) -> 
 class IncidentParams(BaseModel):
     """Which incident."""
 
-    incident_id: str = Field(..., pattern=INCIDENT_ID_PATTERN, description="The incident id, e.g. inc-20261126-1a2b3c")
+    incident_id: IncidentId = Field(..., description="The incident id, e.g. inc-20261126-1a2b3c")
 
 
 class PostIncidentReviewParams(IncidentParams):

@@ -36,10 +36,10 @@ from flows._response import (
 )
 from flows.escalate_incident import EscalateParams, EscalationOutcome, escalate_incident
 from runbook.models import (
-    INCIDENT_ID_PATTERN,
     ActionItem,
     Diagnosis,
     Incident,
+    IncidentId,
     Severity,
     Status,
     utcnow,
@@ -55,7 +55,7 @@ from tasks.slack import post_slack_message
 class RespondParams(BaseModel):
     """Parameters of the severity procedures."""
 
-    incident_id: str = Field(..., pattern=INCIDENT_ID_PATTERN, description="The incident to respond to")
+    incident_id: IncidentId = Field(..., description="The incident to respond to")
     remediate: bool = Field(True, description="Start the suggested remediation (it still asks a human to approve)")
     requested_by: str = Field("runbook", min_length=1, max_length=100,
                               description="Recorded as the requester of remediations (two-person rule)")

@@ -22,7 +22,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from runbook.errors import IntegrationError
-from runbook.models import INCIDENT_ID_PATTERN, EventKind
+from runbook.models import EventKind, IncidentId
 from runbook.policy import get_policy
 from tasks.health import check_app_health, check_auth_endpoint, probe_health_timing
 from tasks.incident import record
@@ -63,7 +63,7 @@ class VerifyParams(BaseModel):
     """Parameters of verify-service."""
 
     scenario: Scenario = Field("performance", description="Which runbook scenario's verification to run")
-    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN, description="Record on this incident")
+    incident_id: IncidentId | None = Field(None, description="Record on this incident")
     within_seconds: float = Field(60, ge=0, le=3600, description="Keep re-checking up to this long before failing")
     interval_seconds: float = Field(2, gt=0, le=300, description="Pause between attempts")
     check_timeout_seconds: float = Field(60, gt=0, le=600,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 
 def utcnow() -> datetime:
@@ -128,6 +128,14 @@ ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 
 INCIDENT_ID_PATTERN = r"^inc-[0-9]{8}-[0-9a-f]{6}$"  # what new_incident_id makes; flow parameters validate it
+# Every id is exactly this long. Flow parameters carry it as maxLength too: Prefect checks parameters against the
+# JSON schema with Python's `re.search`, where `$` also matches before a trailing newline, so "inc-…\n" passed
+# Prefect's check and then failed the model's (pydantic's regex is strict) once the run had started.
+INCIDENT_ID_LENGTH = 19
+IncidentId = Annotated[str, StringConstraints(pattern=INCIDENT_ID_PATTERN, max_length=INCIDENT_ID_LENGTH)]
+# For an anchored pattern of variable length (a deployment id, a migration version) the length cannot say it, so the
+# schema says it: a flow parameter with `ONE_LINE` refuses a newline in Prefect's check as the model does.
+ONE_LINE = Field(json_schema_extra={"not": {"pattern": "\n"}})
 
 
 def new_incident_id(at: datetime | None = None) -> str:

@@ -2,10 +2,12 @@
 bare-Prefect floor of each (an empty task / an empty flow the same way).
 
     .venv/bin/python -m bench.alert_latency [--alerts 20] [--served-alerts 10] [--query-seconds 5]
+    .venv/bin/python -m bench.alert_latency --imports     (cold start: each entrypoint's import in a new process)
 
 One Prefect server on PostgreSQL (as `runbook up` runs it), the drill stack's stand-ins (PagerDuty, Statuspage,
-Slack on loopback), the incident store a SQLite file, and every deployment of prefect.yaml served by
-`python -m deployments.serve` (so the respond-p0 runs that follow each page really run beside the next alert):
+Slack on loopback), the incident store a SQLite file, prefect.yaml registered and only declare-incident served (the
+respond-p0 run each incident starts is created, not run: N full responses at once would measure the machine, not the
+path; they are deleted at the end):
   warm    `python -m deployments.warm_start --intake-port P`: the intake submits `declare-alert.delay()` to the task
           worker of the same process (issue 18's path);
   served  the intake with its default Starter: a declare-incident deployment run, picked up at the runner's next
@@ -32,7 +34,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import httpx
 from prefect import flow, task
 
 from deployments.local_server import free_port, prefect_on_postgres
-from deployments.serve import PROJECT_DIR
+from deployments.serve import PROJECT_DIR, load_deployments
 from deployments.warm_start import warm_process
 from runbook.drill import DrillStack
 from runbook.store import open_store
@@ -202,21 +203,22 @@ async def _floor_flow(count: int, query_seconds: float) -> list[float]:
     return out
 
 
-@contextlib.contextmanager
-def _served(env: dict[str, str], log: Path, query_seconds: float) -> Iterator[None]:
-    """Every deployment of prefect.yaml served by `python -m deployments.serve` for the block."""
-    with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "deployments.serve", "--query-seconds", f"{query_seconds:g}"],
-                                   env=env, cwd=PROJECT_DIR, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield
-        finally:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+async def _register() -> None:
+    """Register every deployment of prefect.yaml (not served): declare-incident starts its respond-p0 runs."""
+    for deployment in load_deployments(schedules=False):
+        await deployment.apply()
+
+
+async def _delete_scheduled() -> None:
+    """Delete the runs left Scheduled (the respond-p0 runs nobody serves here)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as client:
+        for run in await client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))), limit=1000):
+            await client.delete_flow_run(run.id)
 
 
 def _wait_http(url: str, timeout: float = 180) -> None:
@@ -235,7 +237,11 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=20, help="alerts through the warm path (and floor runs)")
     parser.add_argument("--served-alerts", type=int, default=10, help="alerts through the served hop (slow)")
     parser.add_argument("--query-seconds", type=float, default=5.0, help="the runner's poll (runbook up: 5)")
+    parser.add_argument("--imports", action="store_true", help="only time each entrypoint's import (3 runs each)")
     args = parser.parse_args()
+    if args.imports:
+        _imports()
+        return
     home = Path(tempfile.mkdtemp(prefix="runbook-bench-latency-"))
     try:
         _run(args, home)
@@ -256,22 +262,40 @@ def _run(args: argparse.Namespace, home: Path) -> None:
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         os.environ.update({k: v for k, v in env.items() if k.startswith("RUNBOOK_")})
         asyncio.run(_init_store(store_url))
-        with _served(env, home / "serve.log", args.query_seconds):
-            port = free_port()
-            with warm_process(env, home / "warm.log", intake_port=port):
-                _wait_http(f"http://127.0.0.1:{port}/healthz")
-                time.sleep(3)  # the task worker subscribed
-                asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, 2, "warmup"))
-                warm = asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, args.alerts, "warm"))
-                _report("warm   ", warm)
-                print(f"  after warm: {_load()}", flush=True)
-            served = asyncio.run(_served_alerts(stack, store_url, args.served_alerts))
-            _report("served ", served)
-            print(f"  after served: {_load()}", flush=True)
+        asyncio.run(_register())
+        port = free_port()
+        with warm_process(env, home / "warm.log", intake_port=port):
+            _wait_http(f"http://127.0.0.1:{port}/healthz")
+            time.sleep(3)  # the task worker subscribed
+            asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, 2, "warmup"))
+            warm = asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, args.alerts, "warm"))
+            _report("warm   ", warm)
+            print(f"  after warm: {_load()}", flush=True)
+        asyncio.run(_delete_scheduled())
+        served = asyncio.run(_served_alerts(stack, store_url, args.served_alerts, args.query_seconds))
+        _report("served ", served)
+        print(f"  after served: {_load()}", flush=True)
+        asyncio.run(_delete_scheduled())
         print(f"floor, empty background task: {_stats(asyncio.run(_floor_task(args.alerts)))}", flush=True)
         print(f"floor, empty served flow (poll {args.query_seconds:g} s): "
               f"{_stats(asyncio.run(_floor_flow(args.served_alerts, args.query_seconds)))}", flush=True)
         print(f"end: {_load()}", flush=True)
+
+
+def _imports(runs: int = 3) -> None:
+    """Print the median wall time of `python -c "import <module>"` per prefect.yaml entrypoint, and of prefect."""
+    from deployments.serve import read_specs
+
+    modules = ["prefect", *sorted({spec.module for spec in read_specs()})]
+    print(f"start: {_load()}", flush=True)
+    for module in modules:
+        times = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=PROJECT_DIR)
+            times.append(time.perf_counter() - began)
+        print(f"  {module:32} {statistics.median(times):.2f} s", flush=True)
+    print(f"end: {_load()}", flush=True)
 
 
 async def _init_store(store_url: str) -> None:
@@ -279,12 +303,18 @@ async def _init_store(store_url: str) -> None:
         pass
 
 
-async def _served_alerts(stack: DrillStack, store_url: str, count: int) -> dict[str, list[float]]:
-    """The intake with its default Starter (a declare-incident deployment run) in this process."""
+async def _served_alerts(stack: DrillStack, store_url: str, count: int, query_seconds: float
+                         ) -> dict[str, list[float]]:
+    """The intake with its default Starter (a declare-incident deployment run) in this process, declare-incident
+    served by a Runner here polling every `query_seconds` (each run in a new Python process, as `runbook up`)."""
     import uvicorn
 
+    from deployments.serve import build_runner
     from runbook.intake import create_app
 
+    runner = await build_runner(names=["declare-incident"], query_seconds=query_seconds, name="bench-served")
+    running = asyncio.create_task(runner.start())
+    await asyncio.sleep(3)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
@@ -295,6 +325,10 @@ async def _served_alerts(stack: DrillStack, store_url: str, count: int) -> dict[
     finally:
         server.should_exit = True
         await serving
+        await runner.astop()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
 
 
 if __name__ == "__main__":

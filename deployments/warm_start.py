@@ -49,6 +49,7 @@ async def aserve_warm(*, intake_port: int | None = None, host: str = "127.0.0.1"
     import uvicorn
     from prefect.task_worker import aserve
 
+    import flows._response  # noqa: F401  (imported now, not at the first alert: the page does not wait for it)
     from flows.declare_incident import declare_alert
     from runbook.intake import create_app
 

@@ -13,7 +13,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from flows._response import first_response
 from runbook.errors import InputError
 from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
 from runbook.policy import get_policy
@@ -193,6 +192,8 @@ async def declare_incident(params: DeclareParams) -> Declared:
     )
     response_run = None
     if created and params.respond != "none":
+        from flows._response import first_response  # here: the form's and the schema's imports stay light
+
         await first_response(recorded)  # the page, the status page and #incidents first, in this (warm) run
         response_run = await start_response(recorded, params.respond)
     return Declared(incident_id=recorded.id, created=created, severity=recorded.severity, reason=reason,

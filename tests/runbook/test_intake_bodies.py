@@ -11,18 +11,7 @@ import pytest
 
 from runbook.intake import MAX_BODY_BYTES, create_app
 from runbook.intake.pagerduty import MAX_WEBHOOK_BYTES
-
-
-class CountingBody:
-    """A streamed request body (no Content-Length) that counts the chunks the server pulled from it."""
-
-    def __init__(self, chunks: int, size: int = 64 * 1024) -> None:
-        self.chunks, self.size, self.pulled = chunks, size, 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for _ in range(self.chunks):
-            self.pulled += 1
-            yield b"a" * self.size
+from tests.e2e.test_intake import CountingBody
 
 
 @pytest.fixture

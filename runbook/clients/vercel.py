@@ -334,7 +334,7 @@ class VercelClient(BaseClient):
             if self.clock() + interval > deadline:
                 status = job.job_status if self._ours(job, deployment_id, after, asked) and job else "not started"
                 raise TransientError(VENDOR, f"wait for alias to {deployment_id}",
-                                     f"our job is still {status} after {timeout:g}s")
+                                     f"our job is still {status} after {timeout:.0f}s")
             await self.http.sleep(interval)
 
     async def redeploy(
@@ -373,7 +373,7 @@ class VercelClient(BaseClient):
             if (deployment.state or "").upper() in TERMINAL_DEPLOY:
                 return deployment
             if self.clock() + interval > deadline:
-                raise TransientError(VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:g}s")
+                raise TransientError(VENDOR, "wait for deployment", f"still {deployment.state} after {timeout:.0f}s")
             await self.http.sleep(interval)
 
     # Environment variables

@@ -144,6 +144,9 @@ class Topology:
     # True: each worker also polls a work queue of its own name, so a run can be sent to one worker
     # (`work_queue_name=` of run_deployment); the topology tests pin runs that way.
     own_queues: bool = False
+    # False (with own_queues): the workers poll only their own queues, not the pool's default one: the workers of
+    # one environment (their settings: its targets, RUNBOOK_ENVIRONMENT) get only the runs sent to that environment.
+    default_queue: bool = True
     limit: int | None = None  # at most this many flow runs at a time per worker
     prefix: str = "runbook-worker"  # workers are named <prefix>-1 … <prefix>-N
     ready_timeout: float = 180.0
@@ -208,7 +211,7 @@ class Topology:
         log = (logs / f"{name}.log").open("ab")
         command = [*prefect_command(), "worker", "start", "--pool", self.pool, "--name", name, "--type", "process"]
         if self.own_queues:
-            command += ["--work-queue", "default", "--work-queue", name]
+            command += [*(["--work-queue", "default"] if self.default_queue else []), "--work-queue", name]
         if self.limit:
             command += ["--limit", str(self.limit)]
         process = subprocess.Popen(

@@ -55,7 +55,7 @@ def topology(server: LocalPrefectServer, store_url: str, drill_stack: DrillStack
     """Two workers (each also on a queue of its own name, so a test can send a run to one of them) on the drill
     stack's targets, sharing the store."""
     state = tmp_path_factory.mktemp("topology-state")
-    env = {**drill_stack.env, "RUNBOOK_STORE_URL": store_url}
+    env = {**drill_stack.env, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "production"}
     with Topology(server.api_url, workers=2, state_dir=state, env=env, deploy=False, own_queues=True,
                   prefix="topo-worker") as topo:
         yield topo
@@ -99,8 +99,59 @@ def _final(run: Any) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-async def _rollback(incident_id: str, worker: str) -> Any:
-    """Start a code-rollback deployment run (not a dry run) for the incident on one worker."""
+@pytest.fixture(scope="module")
+def staging(server: LocalPrefectServer, store_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[DrillStack, Topology]]:
+    """A second environment, staging: a drill stack of its own and a worker with its settings (its targets,
+    RUNBOOK_ENVIRONMENT=staging) that polls only staging's queue, topo-staging-1; the store is the shared one."""
+    with DrillStack() as stack:
+        env = {**stack.env, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "staging"}
+        with Topology(server.api_url, workers=1, state_dir=tmp_path_factory.mktemp("staging-state"), env=env,
+                      deploy=False, own_queues=True, default_queue=False, prefix="topo-staging") as topo:
+            yield stack, topo
+
+
+async def test_two_incidents_on_two_environments_are_remediated_at_once_by_their_workers(
+        on_server: str, topology: Topology, staging: tuple[DrillStack, Topology], store_url: str,
+        bad_deploy: DrillStack) -> None:
+    """A bad deploy in production and one in staging at the same time: both rollbacks hold their environment's
+    lock at once (neither refused), each run executes on a worker of its environment (Prefect's flow runs say
+    which), and both environments are rolled back once and healthy again."""
+    staging_stack, _ = staging
+    staging_stack.reset()
+    staging_stack.inject("bad-deploy")
+    try:
+        prod_id = await _incident(store_url, "Checkout 500 (production)")
+        staging_id = await _incident(store_url, "Checkout 500 (staging)")
+        started = [await _rollback(prod_id, None), await _rollback(staging_id, "topo-staging-1")]
+        paused = [await _wait(run.id, _paused) for run in started]  # both suspended for approval, both locks held
+        async with open_store(store_url) as store:
+            held = {lock["name"]: lock["holder"] for lock in await store.active_locks("remediation:")}
+        assert held == {"remediation:production": f"code-rollback {prod_id} run {paused[0].id}",
+                        "remediation:staging": f"code-rollback {staging_id} run {paused[1].id}"}, held
+        finished = await asyncio.gather(*(_approve_until_final(run.id) for run in paused))
+        ran = {run.name: run.labels.get("prefect.worker.name") for run in [*paused, *finished]}
+        assert [run.state.is_completed() for run in finished] == [True, True], [r.state for r in finished]
+        assert paused[0].labels["prefect.worker.name"] in {"topo-worker-1", "topo-worker-2"}, ran
+        assert finished[0].labels["prefect.worker.name"] in {"topo-worker-1", "topo-worker-2"}, ran
+        assert paused[1].labels["prefect.worker.name"] == finished[1].labels["prefect.worker.name"] == \
+            "topo-staging-1", ran
+        for stack in (bad_deploy, staging_stack):
+            assert stack.healthy("bad-deploy")
+            assert len([r for r in stack.vercel.requests if r.method == "POST" and "rollback" in r.path]) == 1
+        async with open_store(store_url) as store:
+            assert await store.active_locks("remediation:") == []
+            for incident_id in (prod_id, staging_id):
+                kinds = [e.kind for e in await store.timeline(incident_id)]
+                assert kinds.count(EventKind.REMEDIATION_APPLIED) == 1, kinds
+                assert EventKind.REMEDIATION_ABORTED not in kinds, kinds
+    finally:
+        staging_stack.reset()
+
+
+async def _rollback(incident_id: str, worker: str | None) -> Any:
+    """Start a code-rollback deployment run (not a dry run) for the incident on one worker's queue (None: the
+    pool's default queue, any worker polling it)."""
     return await arun_deployment("code-rollback/code-rollback", timeout=0, work_queue_name=worker,
                                  parameters={"params": {"incident_id": incident_id, "dry_run": False,
                                                         "requested_by": "alice", "verify_within_seconds": 30}})

@@ -35,11 +35,17 @@ TASK_LIMIT = 10  # alerts declared at once by one task worker (each a short run:
 
 async def start_warm(alert: Alert, respond: Any) -> dict[str, str]:
     """The intake's Starter: submit the alert's declaration as a background task; return its task-run id."""
+    from prefect.utilities.engine import emit_task_run_state_change_event
+
     from flows.declare_incident import DeclareParams, declare_alert
 
     params = DeclareParams(alert=alert, respond=respond)
-    future = await asyncio.to_thread(declare_alert.delay, params)  # .delay() is sync: off the event loop
-    return {"task_run_id": str(future.task_run_id), "task": "declare-alert"}
+    # What `declare_alert.delay(params)` does, awaited on this event loop (delay() is sync: it would block the
+    # intake's loop or need a thread and a loop of its own per alert): a deferred (Scheduled) task run whose
+    # parameters go to the result storage; the server pushes it to the subscribed task worker.
+    run = await declare_alert.create_run(parameters={"params": params}, deferred=True)
+    emit_task_run_state_change_event(task_run=run, initial_state=None, validated_state=run.state)
+    return {"task_run_id": str(run.id), "task": "declare-alert"}
 
 
 async def aserve_warm(*, intake_port: int | None = None, host: str = "127.0.0.1", limit: int = TASK_LIMIT,

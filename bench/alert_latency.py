@@ -1,7 +1,7 @@
 """Benchmark: alert → page and alert → status page through the intake, warm path against the served hop, and the
 bare-Prefect floor of each (an empty task / an empty flow the same way).
 
-    .venv/bin/python -m bench.alert_latency [--alerts 20] [--served-alerts 10] [--query-seconds 5]
+    .venv/bin/python -m bench.alert_latency [--alerts 20] [--served-alerts 10] [--query-seconds 2]
     .venv/bin/python -m bench.alert_latency --imports     (cold start: each entrypoint's import in a new process)
 
 One Prefect server on PostgreSQL (as `runbook up` runs it), the drill stack's stand-ins (PagerDuty, Statuspage,
@@ -217,7 +217,7 @@ async def _delete_scheduled() -> None:
 
     async with get_client() as client:
         for run in await client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))), limit=1000):
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))), limit=200):
             await client.delete_flow_run(run.id)
 
 
@@ -236,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=20, help="alerts through the warm path (and floor runs)")
     parser.add_argument("--served-alerts", type=int, default=10, help="alerts through the served hop (slow)")
-    parser.add_argument("--query-seconds", type=float, default=5.0, help="the runner's poll (runbook up: 5)")
+    parser.add_argument("--query-seconds", type=float, default=2.0, help="the runner's poll (runbook up: 2)")
     parser.add_argument("--imports", action="store_true", help="only time each entrypoint's import (3 runs each)")
     args = parser.parse_args()
     if args.imports:

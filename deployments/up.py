@@ -37,6 +37,10 @@ from deployments.run_logging import logging_config
 from deployments.workers import redacted
 from runbook.settings import get_settings
 
+# The served Runner's poll: one `POST /deployments/get_scheduled_flow_runs` (every deployment at once) per poll, so
+# 0.5 request/s at 2 s; it is what respond-<severity> (assessment, diagnosis) waits for after the page (BENCHMARKS.md).
+SERVED_QUERY_SECONDS = 2.0
+
 
 def register(sub: Any) -> None:
     """Add the `up` command."""
@@ -46,7 +50,8 @@ def register(sub: Any) -> None:
     up.add_argument("--file", default="prefect.yaml", help="the deployments file (default: prefect.yaml)")
     up.add_argument("--limit", type=int, default=None, help="at most this many flow runs at a time")
     up.add_argument("--query-seconds", type=float, default=None,
-                    help="how often to look for due runs (default 5 served, 1 with --workers)")
+                    help=f"how often to look for due runs (default {SERVED_QUERY_SECONDS:g} served, 1 with "
+                         "--workers); the warm path's page does not wait for it, the rest of the response does")
     up.add_argument("--workers", type=int, default=0, metavar="N",
                     help="deploy prefect.yaml to the process pool runbook-pool and run N `prefect worker start` "
                          "processes sharing one incident store on PostgreSQL (default 0: served from this process)")
@@ -167,7 +172,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"registering {len(deployments)} deployments ...", flush=True)
         try:
             asyncio.run(_serve(api_url, ui_url, args.file, args.limit,
-                               5.0 if args.query_seconds is None else args.query_seconds,
+                               SERVED_QUERY_SECONDS if args.query_seconds is None else args.query_seconds,
                                [d.name for d in deployments]))
         except KeyboardInterrupt:
             pass

@@ -268,6 +268,7 @@ class EventKind(StrEnum):
     LINKED = "linked"                          # related to another incident (details.other)
     MERGED = "merged"                          # a duplicate merged in (details.merged_from) / away (merged_into)
     CONFIRMATION_REQUESTED = "confirmation_requested"  # verification passed; a person must confirm resolution
+    DRIFT_REPAIRED = "drift_repaired"          # reconcile repaired a tool that disagreed with the record
 
 
 class TimelineEvent(BaseModel):
@@ -280,6 +281,9 @@ class TimelineEvent(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     flow_run_id: str | None = None
     id: int | None = None
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What wrote it: code version (+ git commit), Prefect deployment id/version, flow run id")
 
 
 Channel = Literal["prefect-ui", "slack", "pagerduty", "cli", "api", "drill", "runbook"]

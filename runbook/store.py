@@ -35,7 +35,9 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -43,6 +45,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, Ope
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from runbook import provenance
 from runbook.errors import ConfigError, IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
 from runbook.models import (
     ALLOWED_TRANSITIONS,
@@ -61,7 +64,8 @@ from runbook.models import (
 from runbook.policy import get_policy
 from runbook.settings import redacted_url
 
-SCHEMA_VERSION = 1
+# 1: the first schema; 2: timeline_events.provenance (what wrote each event), added to a version-1 store at init.
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -114,6 +118,7 @@ timeline_t = Table(
     Column("summary", Text, nullable=False),
     Column("details", JSON, nullable=False),
     Column("flow_run_id", String(64)),
+    Column("provenance", JSON),  # schema 2: code version and Prefect deployment/run of the writer (NULL before)
 )
 
 approvals_t = Table(
@@ -271,6 +276,8 @@ class IncidentStore:
                     row = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == "schema_version"))).first()
                     if row is None:
                         await conn.execute(insert(meta_t).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(row[0]) < SCHEMA_VERSION:
+                        await self._migrate(conn, int(row[0]))
                     elif int(row[0]) > SCHEMA_VERSION:
                         raise StoreError(
                             f"store schema version {row[0]} is newer than this runbook ({SCHEMA_VERSION}); upgrade"
@@ -287,6 +294,16 @@ class IncidentStore:
                     raise StoreError(f"the incident store at {redacted_url(self.url)} cannot be used: "
                                      f"{_cause(exc, self.url)}") from exc
                 await asyncio.sleep(0.2)
+
+    async def _migrate(self, conn: AsyncConnection, version: int) -> None:
+        """Bring an older store up to SCHEMA_VERSION in place; what it holds stays readable."""
+        if version < 2:
+            columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("timeline_events")})
+            if "provenance" not in columns:
+                kind = JSON().compile(dialect=conn.dialect)
+                guard = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""  # another process's init
+                await conn.execute(text(f"ALTER TABLE timeline_events ADD COLUMN{guard} provenance {kind}"))
+        await conn.execute(update(meta_t).where(meta_t.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     async def schema_version(self) -> int:
         """Return the store's schema version."""
@@ -323,6 +340,8 @@ class IncidentStore:
         await conn.execute(update(incidents_t).where(incidents_t.c.id == incident.id).values(**self._row(incident)))
 
     async def _event(self, conn: AsyncConnection, incident_id: str, ev: TimelineEvent) -> TimelineEvent:
+        """Insert one timeline event, stamped with its provenance (the code and the Prefect run writing it)."""
+        written_by = _jsonable(ev.provenance or provenance.current())
         result = await conn.execute(
             insert(timeline_t).values(
                 incident_id=incident_id,
@@ -332,9 +351,10 @@ class IncidentStore:
                 summary=ev.summary,
                 details=_jsonable(ev.details),
                 flow_run_id=ev.flow_run_id,
+                provenance=written_by,
             )
         )
-        return ev.model_copy(update={"id": _pk(result)})
+        return ev.model_copy(update={"id": _pk(result), "provenance": written_by})
 
     async def declare(
         self, incident: Incident, alert: Alert | None = None, *, actor: str = "runbook", flow_run_id: str | None = None
@@ -615,7 +635,7 @@ class IncidentStore:
                     incident_id=survivor_id, at=r["at"], kind=r["kind"], actor=r["actor"],
                     summary=f"[{duplicate_id}] {r['summary']}",
                     details={**(r["details"] or {}), "merged_from": duplicate_id, "merged_event_id": r["id"]},
-                    flow_run_id=r["flow_run_id"]))
+                    flow_run_id=r["flow_run_id"], provenance=r["provenance"]))
             for a in (await conn.execute(select(approvals_t).where(approvals_t.c.incident_id == duplicate_id))
                       ).mappings().all():
                 await conn.execute(insert(approvals_t).values(incident_id=survivor_id, at=a["at"], data=a["data"]))
@@ -682,7 +702,7 @@ class IncidentStore:
             rows = (await conn.execute(q)).mappings().all()
         return [
             TimelineEvent(id=r["id"], at=r["at"], kind=r["kind"], actor=r["actor"], summary=r["summary"],
-                          details=r["details"] or {}, flow_run_id=r["flow_run_id"])
+                          details=r["details"] or {}, flow_run_id=r["flow_run_id"], provenance=r["provenance"] or {})
             for r in rows
         ]
 

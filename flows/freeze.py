@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from runbook import guardrails
 from runbook.models import ONE_LINE
 from runbook.store import open_store
+from tasks.common import run_parameter
 
 ENVIRONMENT = Field(None, pattern=guardrails.ENVIRONMENT_PATTERN,
                     description="Only this environment (empty: every environment, drills included)")
@@ -50,7 +51,7 @@ async def _outcome(summary: str) -> FreezeOutcome:
     return FreezeOutcome(summary=summary, frozen=[guardrails.freeze_line(f) for f in held])
 
 
-@flow(name="freeze-remediations", flow_run_name="freeze-remediations {params.by}")
+@flow(name="freeze-remediations", flow_run_name=lambda: f"freeze-remediations by {run_parameter('by')}")
 async def freeze_remediations(params: FreezeParams) -> FreezeOutcome:
     """Freeze remediations: each stops after its plan until unfrozen."""
     async with open_store() as store:
@@ -58,7 +59,7 @@ async def freeze_remediations(params: FreezeParams) -> FreezeOutcome:
     return await _outcome(guardrails.freeze_report(created, held))
 
 
-@flow(name="unfreeze-remediations", flow_run_name="unfreeze-remediations {params.by}")
+@flow(name="unfreeze-remediations", flow_run_name=lambda: f"unfreeze-remediations by {run_parameter('by')}")
 async def unfreeze_remediations(params: UnfreezeParams) -> FreezeOutcome:
     """Lift a freeze of remediations."""
     async with open_store() as store:

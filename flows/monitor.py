@@ -11,7 +11,10 @@ this flow acts on it: a Prefect event per breach (`runbook.monitor.<rule>.<targe
 declare-incident (fingerprint `monitor:<rule>:<target>`, so a continuing breach attaches to the open incident),
 RECOVERY_OBSERVED on the incident's timeline once the breach clears, and a table artifact `monitor-cycle` per
 cycle. A probe that fails is a monitoring gap: shown, warned about when it persists, never declared as an outage
-of the app.
+of the app. A source that stays a gap for the policy's `monitoring.gap_cycles` cycles is blind monitoring: one P2
+`monitoring_gap` incident per source (fingerprint `monitor:monitoring_gap:<source>`, its title the cause in words,
+its summary the rules that are blind), on-call paged once unless `respond` is none; the monitor resolves it when the
+source measures again (runbook.monitoring.gaps). A freeze of remediations is shown in the cycle's summary and table.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
+from flows._guard import page_oncall, resolve_guard, resolve_open
+from flows._response import announce_status
 from flows.declare_incident import DeclareParams, declare_incident
+from flows.watchdog import GUARD, HEARTBEAT_EVENT, heartbeat_resource
 from runbook.errors import IncidentNotFound, IntegrationError, RunbookError
 from runbook.guardrails import freeze_line
-from runbook.models import Alert, EventKind, utcnow
+from runbook.models import Alert, EventKind, Severity, Status, utcnow
 from runbook.monitoring import (
     ERROR_RATE_CAUSES,
     FEATURE_CAUSES,
@@ -56,6 +62,7 @@ from runbook.monitoring import (
     probe_failure,
     uptime_pct,
 )
+from runbook.monitoring.gaps import GapStep, blind_rules, gap_fingerprint, gap_reason, gap_steps, source_name
 from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
@@ -247,6 +254,66 @@ async def _act(steps: list[Step], params: MonitorParams, environment: str
     return declared, recovered, errors
 
 
+async def _declare_gap(step: GapStep, reason: str, blind: list[str], params: MonitorParams, environment: str
+                       ) -> DeclaredAlert | None:
+    """Declare a source's P2 monitoring_gap incident (page on-call unless respond is none); None when still open."""
+    state, fingerprint = step.state, gap_fingerprint(step.state.target)
+    if step.action == "continuing":
+        async with open_store() as store:
+            if await store.find_open(fingerprint) is not None:
+                return None
+    rules = ", ".join(blind) or "none of the alert rules (the source only adds evidence)"
+    alert = Alert(source="monitor", fingerprint=fingerprint, summary=reason[:200], severity=Severity.P2,
+                  labels={"target": state.target, "metric": GAP_RULE, "environment": environment, "level": "info",
+                          "rule": GAP_RULE},
+                  values={"consecutive_cycles": float(state.gap_cycles)},
+                  raw={"source": state.target, "reason": reason, "blind_rules": blind})
+    summary = (f"{reason}. Blind while it lasts ({state.gap_cycles} cycles so far): {rules}. The monitor resolves "
+               "this incident once it measures the source again.")
+    out = await declare_incident(DeclareParams(alert=alert, summary=summary[:2000], respond="none"))
+    state.incident_id = out.incident_id
+    get_run_logger().warning("monitoring gap: %s for %d cycles → P2 %s (blind: %s)", state.target,
+                             state.gap_cycles, out.incident_id, rules)
+    if out.created and params.respond != "none":
+        async with open_store() as store:
+            incident = await store.get(out.incident_id)
+        await page_oncall(incident, f"{reason}; blind rules: {rules}")
+        await announce_status(incident, Status.INVESTIGATING, f"{reason}. Blind rules: {rules}.")
+    return DeclaredAlert(rule=GAP_RULE, target=state.target, severity=out.severity.value,
+                         incident_id=out.incident_id, created=out.created)
+
+
+async def _resolve_gap(step: GapStep) -> str | None:
+    """Resolve a source's monitoring_gap incident now that the source measures again; return its id if resolved."""
+    state = step.state
+    resolved = await resolve_open(state.incident_id, f"the monitor measures {source_name(state.target)} again",
+                                  actor="monitor", details={"rule": GAP_RULE, "source": state.target})
+    state.incident_id = None  # resolved now, or gone / resolved by a person before: nothing left to do
+    return resolved
+
+
+async def _act_on_gaps(steps: list[GapStep], gaps: dict[str, str], blind: dict[str, list[str]],
+                       params: MonitorParams, environment: str) -> tuple[list[DeclaredAlert], list[str], list[str]]:
+    """Declare, keep or resolve each source's monitoring_gap incident; return (declared, resolved, errors)."""
+    declared: list[DeclaredAlert] = []
+    resolved: list[str] = []
+    errors: list[str] = []
+    for step in steps:
+        source = step.state.target
+        try:
+            if step.action in {"declare", "continuing"}:
+                reason = gap_reason(source, gaps.get(source, ""))
+                if (out := await _declare_gap(step, reason, blind.get(source, []), params, environment)) is not None:
+                    declared.append(out)
+            elif step.action == "recovered" and (done := await _resolve_gap(step)) is not None:
+                resolved.append(done)
+        except Exception as exc:  # one failing declaration must not stop the cycle; the run fails at the end
+            get_run_logger().error("%s on %s: %s failed: %s: %s", GAP_RULE, source, step.action,
+                                   type(exc).__name__, exc)
+            errors.append(f"{GAP_RULE}:{source} {step.action}: {type(exc).__name__}: {exc}")
+    return declared, resolved, errors
+
+
 async def _attribute_symptoms(findings: list[Finding]) -> None:
     """Mask a symptom breach (error rate, traffic, security, feature usage) while a monitor incident of one of its
     causes is open."""
@@ -280,8 +347,12 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
     await mstore.save([s.state for s in steps] + gap_states, now)
 
     declared, recovered, errors = await _act(steps, params, settings.environment)
-    if declared:
-        await mstore.save([s.state for s in steps if s.state.incident_id], now)
+    blind = {source: blind_rules(source, measurements, policy.alert_rules) for source in gaps}
+    gsteps = gap_steps(gap_states, gaps, mon.gap_cycles)
+    gap_declared, gap_recovered, gap_errors = await _act_on_gaps(gsteps, gaps, blind, params, settings.environment)
+    declared, recovered, errors = declared + gap_declared, recovered + gap_recovered, errors + gap_errors
+    if declared or any(g.action != "none" for g in gsteps):
+        await mstore.save([s.state for s in steps if s.state.incident_id] + [g.state for g in gsteps], now)
 
     n = policy.monitoring.breach_cycles
     for gs in gap_states:
@@ -315,8 +386,18 @@ async def run_cycle(number: int, params: MonitorParams, policy: Policy, mstore: 
                f"uptime {'n/a' if uptime is None else f'{uptime:g} %'} (target > {policy.key_metrics.uptime_pct:g} %)")
     await acreate_table_artifact(table=rows, key=ARTIFACT_KEY, description=summary)
     log.info(summary)
+    await _heartbeat(mstore, settings.environment, number, now)
     return CycleReport(cycle=number, at=now, rows=rows, breaches=breaches, declared=declared, recovered=recovered,
                        gaps=gaps, uptime_pct=uptime, uptime_samples=total, errors=errors, frozen=frozen)
+
+
+async def _heartbeat(mstore: MonitorStore, environment: str, number: int, now: datetime) -> None:
+    """Say that a cycle completed: in the store and as the event the watchdog's automation expects."""
+    await mstore.beat(environment, now)
+    emit_event(event=HEARTBEAT_EVENT,
+               resource={"prefect.resource.id": heartbeat_resource(environment),
+                         "prefect.resource.name": f"monitor of {environment}", "runbook.environment": environment},
+               payload={"cycle": number, "at": now.isoformat()})
 
 
 def _run_name() -> str:
@@ -337,6 +418,8 @@ async def monitor(params: MonitorParams = MonitorParams()) -> MonitorResult:
             if number < params.cycles:
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
         states = await mstore.states()
+    if (back := await resolve_guard(GUARD, "the monitor completes its cycles again", actor="monitor")) is not None:
+        get_run_logger().warning("the monitor runs again: resolved %s (the watchdog's page)", back)
     errors = [e for r in reports for e in r.errors]
     if errors:
         raise RunbookError(f"monitor: {len(errors)} action(s) failed: " + "; ".join(errors)[:1000])

@@ -48,6 +48,7 @@ window).
     measurements.py  measure(): probe results → measurements, each symptom attributed to one cause
     baselines.py     traffic and feature-usage baselines (`monitor_rates`) and what joins them
     rules.py         rules against measurements (findings), attribution, consecutive breaches and gaps
+    gaps.py          blind monitoring: a source gapped for N cycles → a P2 monitoring_gap incident, its words
     uptime.py        availability per cycle and uptime over the window
     table.py         the cycle's table (the `monitor-cycle` artifact)
     store.py         MonitorStore: breach states, availability samples and rates between runs

@@ -1,8 +1,9 @@
 """The monitor's state between runs, in small tables on the incident store's engine (SQLite file by default,
 Postgres in production, so several workers share it): `monitor_breaches` (the breach state per rule and target),
-`monitor_samples` (availability per cycle, for uptime; older samples are pruned) and `monitor_rates` (a measured
+`monitor_samples` (availability per cycle, for uptime; older samples are pruned), `monitor_rates` (a measured
 value per cycle, such as the request rate and the route shares the baselines are learned from; pruned after the
-policy's baseline window).
+policy's baseline window) and `monitor_heartbeats` (when each environment's monitor last completed a cycle: the
+watchdog's evidence).
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ rates_t = Table(
     Column("metric", String(300), nullable=False, index=True),  # FEATURE_SHARE + a route name
     Column("at", UTCDateTime, nullable=False, index=True),
     Column("value", Float, nullable=False),
+)
+
+# The dead man's switch's evidence: when each environment's monitor last completed a cycle (one row each).
+heartbeats_t = Table(
+    "monitor_heartbeats",
+    monitor_metadata,
+    Column("environment", String(100), primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 
@@ -147,6 +156,19 @@ class MonitorStore:
         for metric, value in await self._values(rates_t.c.metric.startswith(prefix, autoescape=True), window, now):
             out.setdefault(metric[len(prefix):], []).append(value)
         return out
+
+    async def beat(self, environment: str, at: datetime | None = None) -> None:
+        """Record that the monitor of an environment completed a cycle now."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(heartbeats_t).where(heartbeats_t.c.environment == environment))
+            await conn.execute(insert(heartbeats_t).values(environment=environment, at=at or utcnow()))
+
+    async def last_beat(self, environment: str) -> datetime | None:
+        """Return when the monitor of an environment last completed a cycle (None: never)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(heartbeats_t.c.at).where(
+                heartbeats_t.c.environment == environment))).first()
+        return row[0] if row else None
 
     async def rates(self, metric: str, window: timedelta, now: datetime | None = None) -> list[float]:
         """Return a metric's values in the window, oldest first; prune values older than it."""

@@ -2,7 +2,7 @@
 bare-Prefect floor of each (an empty task / an empty flow the same way).
 
     .venv/bin/python -m bench.alert_latency [--alerts 20] [--served-alerts 10] [--query-seconds 2]
-    .venv/bin/python -m bench.alert_latency --imports     (cold start: each entrypoint's import in a new process)
+    .venv/bin/python -m bench.alert_latency --imports 3   (cold start: each entrypoint's import in a new process)
 
 One Prefect server on PostgreSQL (as `runbook up` runs it), the drill stack's stand-ins (PagerDuty, Statuspage,
 Slack on loopback), the incident store a SQLite file, prefect.yaml registered and only declare-incident served (the
@@ -237,10 +237,11 @@ def main() -> None:
     parser.add_argument("--alerts", type=int, default=20, help="alerts through the warm path (and floor runs)")
     parser.add_argument("--served-alerts", type=int, default=10, help="alerts through the served hop (slow)")
     parser.add_argument("--query-seconds", type=float, default=2.0, help="the runner's poll (runbook up: 2)")
-    parser.add_argument("--imports", action="store_true", help="only time each entrypoint's import (3 runs each)")
+    parser.add_argument("--imports", type=int, default=0, metavar="RUNS",
+                        help="only time each entrypoint's import, RUNS times each (median)")
     args = parser.parse_args()
     if args.imports:
-        _imports()
+        _imports(args.imports)
         return
     home = Path(tempfile.mkdtemp(prefix="runbook-bench-latency-"))
     try:

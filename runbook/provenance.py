@@ -105,7 +105,7 @@ def describe(provenance: dict[str, Any]) -> str:
     if provenance.get("deployment_id"):
         where = f"deployment {provenance.get('flow') or '?'} ({provenance['deployment_id']}"
         where += f", version {provenance['deployment_version']})" if provenance.get("deployment_version") else ")"
-    elif provenance.get("flow_run_id"):
+    elif provenance.get("flow_run_id") or provenance.get("flow"):
         where = f"flow {provenance.get('flow') or '?'} outside a deployment"
     else:
         where = "outside any Prefect run"

@@ -335,13 +335,15 @@ def _resolved_in_pagerduty(events: list[Any]) -> set[str]:
 
 
 @task(name="resolve_pages", retries=0, timeout_seconds=900, cache_policy=NO_CACHE)  # the client retries for minutes
-async def resolve_pages(incident: Incident) -> list[str]:
-    """Resolve every page sent for the incident (not one already resolved in PagerDuty: nothing is re-resolved)."""
-    async with open_store() as store:
-        events = await store.timeline(incident.id)
-    done = _resolved_in_pagerduty(events)
-    keys = sorted({str(e.details["dedup_key"]) for e in events
-                   if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key")} - done)
+async def resolve_pages(incident: Incident, keys: list[str] | None = None) -> list[str]:
+    """Resolve every page sent for the incident (not one already resolved in PagerDuty: nothing is re-resolved);
+    `keys`: exactly those pages (reconcile: PagerDuty shows them open although the incident is resolved)."""
+    if keys is None:
+        async with open_store() as store:
+            events = await store.timeline(incident.id)
+        done = _resolved_in_pagerduty(events)
+        keys = sorted({str(e.details["dedup_key"]) for e in events
+                       if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key")} - done)
     if not keys:
         return []
     async with open_client(PagerDutyClient) as pd:
@@ -423,3 +425,14 @@ def _parse_time(value: str | None) -> Any:
         return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
     except ValueError:
         return None
+
+
+@task(name="read_page_statuses", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def read_page_statuses(keys: list[str]) -> dict[str, str | None]:
+    """Return the status PagerDuty's REST API shows for each dedup key's newest incident (None: no incident)."""
+    out: dict[str, str | None] = {}
+    async with open_client(PagerDutyRestClient) as rest:
+        for key in keys:
+            found = await rest.incidents(key)
+            out[key] = found[-1].status if found else None
+    return out

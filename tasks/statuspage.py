@@ -74,3 +74,26 @@ async def post_status_update(incident_id: str, status: Status, body: str, *,
                  {"status": status.value, "statuspage_incident_id": sp_id, "components": components,
                   "impact": impact}, actor="statuspage")
     return {"sent": True, "statuspage_incident_id": sp_id, "components": components, "impact": impact}
+
+
+# -- reads and repairs for reconcile (flows/reconcile.py) ---------------------------------------------------------
+
+
+@task(name="read_status_page", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def read_status_page() -> dict[str, Any]:
+    """Return what Statuspage shows: its unresolved incidents and each component's status (logical name or id)."""
+    async with open_client(StatuspageClient) as sp:
+        unresolved = await sp.list_unresolved_incidents()
+        components = await sp.list_components()
+        names = {cid: name for name, cid in sp.components.items()}
+    return {"unresolved": unresolved, "components": {names.get(c.id, c.id): c.status for c in components},
+            "names": names}
+
+
+@task(name="restore_component", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)
+async def restore_component(component: str, incident_id: str | None, why: str) -> None:
+    """Set a status-page component back to operational; recorded on the incident's timeline when one is named."""
+    async with open_client(StatuspageClient) as sp:
+        await sp.set_component_status(component, "operational")
+    await record(incident_id, EventKind.STATUS_PAGE, f"Status page: component {component} operational — {why}",
+                 {"component": component, "component_status": "operational"}, actor="statuspage")

@@ -31,6 +31,7 @@ from runbook.models import (
     TimelineEvent,
     utcnow,
 )
+from runbook.provenance import describe
 from runbook.report.formatting import fmt_duration, fmt_time
 from runbook.report.timeline_svg import KeyMoment, TimelinePicture, render_timeline_svg
 from runbook.store import IncidentStore
@@ -90,6 +91,43 @@ class ApprovalTiming(BaseModel):
     via: str = "api"
 
 
+class ActedVersion(BaseModel):
+    """One version of the code and deployment that wrote events on the incident's timeline."""
+
+    code_version: str | None = None
+    commit: str | None = None
+    deployment_id: str | None = None
+    deployment_version: str | None = None
+    flows: list[str] = Field(default_factory=list, description="The flows of the runs that wrote its events")
+    events: int = 0
+    first_at: datetime
+    last_at: datetime
+
+    def line(self) -> str:
+        """Return the version in one line: code, deployment, flows, how many events and when."""
+        prov = {"version": self.code_version, "commit": self.commit, "deployment_id": self.deployment_id,
+                "deployment_version": self.deployment_version, "flow": ", ".join(self.flows) or None}
+        what = describe({k: v for k, v in prov.items() if v}) if self.code_version else "not recorded (older store)"
+        return f"{what}: {self.events} event(s), {fmt_time(self.first_at)} to {fmt_time(self.last_at)}"
+
+
+def acted_versions(timeline: list[TimelineEvent]) -> list[ActedVersion]:
+    """Return the versions (code + deployment) that wrote the timeline's events, in the order they first acted."""
+    found: dict[tuple[Any, ...], ActedVersion] = {}
+    for ev in timeline:
+        prov = ev.provenance or {}
+        key = (prov.get("version"), prov.get("commit"), prov.get("deployment_id"), prov.get("deployment_version"))
+        seen = found.get(key)
+        if seen is None:
+            seen = found[key] = ActedVersion(code_version=key[0], commit=key[1], deployment_id=key[2],
+                                             deployment_version=key[3], first_at=ev.at, last_at=ev.at)
+        seen.events += 1
+        seen.first_at, seen.last_at = min(seen.first_at, ev.at), max(seen.last_at, ev.at)
+        if prov.get("flow") and prov["flow"] not in seen.flows:
+            seen.flows.append(str(prov["flow"]))
+    return list(found.values())
+
+
 class IncidentReport(BaseModel):
     """Everything the report shows, computed from the record and its timeline."""
 
@@ -99,6 +137,7 @@ class IncidentReport(BaseModel):
     actions: list[TimelineEvent]
     approvals: list[ApprovalTiming]
     action_items: list[ActionItem] = Field(default_factory=list)
+    versions: list[ActedVersion] = Field(default_factory=list, description="The code and deployments that acted")
     mtta: timedelta | None = None
     mttr: timedelta | None = None
     generated_at: datetime = Field(default_factory=utcnow)
@@ -237,6 +276,7 @@ def build_report(incident: Incident, timeline: list[TimelineEvent], approvals: l
         actions=[e for e in events if e.kind not in OBSERVATION_KINDS],
         approvals=approval_timings(approvals or [], events),
         action_items=action_items or [],
+        versions=acted_versions(events),
         mtta=mtta(incident, events),
         mttr=mttr(incident, events),
         generated_at=now or utcnow(),
@@ -365,6 +405,9 @@ def render_markdown(report: IncidentReport, *, picture: str | None = None) -> st
     for item in report.action_items:
         box = "x" if item.done else " "
         lines.append(f"- [{box}] {item.title} (owner: {item.owner}, due {item.due.isoformat()})")
+    lines.append("")
+    lines += ["## Versions", "", "The code and Prefect deployments that wrote this incident's timeline:", ""]
+    lines += [f"- {v.line()}" for v in report.versions] or [NOT_RECORDED]
     lines.append("")
     lines.append(f"_Generated {fmt_time(report.generated_at)} from the incident record and its timeline._")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,8 @@ Per cell it records:
 - within bound: the drill returned before `--cell-timeout`;
 - paged: PagerDuty's stand-in accepted a trigger for the incident, or the page is still pending in the store
   (durable, retried by the response and the sweep): a page neither sent nor pending is LOST;
-- duplicates: accepted triggers beyond the first for the same dedup key;
+- duplicates: incidents beyond the first declared for the one fault (a trigger re-sent with the same dedup key is
+  the same alert in PagerDuty: nobody is paged twice);
 - clear state: resolved, or left open with the failing dependency named on the timeline and a page sent or pending;
 - what the drill found, did and said went wrong.
 Prints a Markdown table (for RELIABILITY.md) and, with `--json`, the cells. Exit code 1 when a cell is not clear,
@@ -56,6 +57,7 @@ class Cell:
     fault: str
     scenario: str
     when: str
+    started: float = 0.0
     within_bound: bool = False
     duration_s: float = 0.0
     incident_id: str | None = None
@@ -137,16 +139,19 @@ async def judge(stack: Any, cell: Cell) -> None:
     keys: dict[str, int] = {}
     for r in stack.pagerduty.requests:
         body = r.body if isinstance(r.body, dict) else {}
-        if body.get("event_action") == "trigger" and (r.status or 0) < 300 and str(
+        if body.get("event_action") == "trigger" and r.status is not None and 200 <= r.status < 300 and str(
                 body.get("dedup_key", "")).startswith(cell.incident_id):
             keys[body["dedup_key"]] = keys.get(body["dedup_key"], 0) + 1
+    # A trigger re-sent with the same dedup key is the same alert in PagerDuty (nobody is paged twice); a duplicate
+    # is a second incident for the one fault, each with pages of its own.
     cell.triggers = sum(keys.values())
-    cell.duplicates = sum(n - 1 for n in keys.values() if n > 1)
     from tasks.pagerduty import pending_pages
 
     cell.pending = len(await pending_pages(cell.incident_id))
     async with open_store() as store:
         timeline = await store.timeline(cell.incident_id)
+        declared = [i for i in await store.list() if i.created_at.timestamp() >= cell.started]
+    cell.duplicates = max(0, len(declared) - 1)
     words = {cell.dependency, cell.dependency.replace("_api", ""), cell.dependency.replace("_", " ")}
     failures = [e for e in timeline if e.kind in {EventKind.NOTE, EventKind.PAGED, EventKind.STATUS_PAGE,
                                                    EventKind.REMEDIATION_APPLIED, EventKind.VERIFICATION}
@@ -168,7 +173,7 @@ async def run_cell(stack: Any, state_root: Path, dependency: str, kind: str, whe
     cell = Cell(dependency=dependency, fault=kind, scenario=scenario, when=when)
     standin = next(s for s in stack.standins if s.name == dependency)
     fault = make_fault(kind, hang_s)
-    started = time.time()
+    started = cell.started = time.time()
     stop = asyncio.Event()
     result: DrillResult | None = None
     watcher = asyncio.create_task(fault_on_declaration(standin, fault, started, stop)) if when == "declared" \

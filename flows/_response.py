@@ -206,10 +206,9 @@ async def resolve(incident_id: str, verification: Verification) -> Incident:
     incident = await read_incident(incident_id)
     if incident.status is Status.RESOLVED:
         return incident
-    await communicate(incident, Status.RESOLVED, "Issue resolved, normal operations restored.")
     await transition_status(incident_id, Status.RESOLVED,
                             summary=f"Resolved after verification ({verification.summary()})")
-    return await close_out(incident_id)
+    return await close_out(incident_id)  # it announces "resolved" (status page, #incidents) once
 
 
 async def close_out(incident_id: str, message: str = "Issue resolved, normal operations restored.") -> Incident:

@@ -180,3 +180,28 @@ async def test_pagerduty_down_does_not_hold_up_the_p0_response(drill_env: DrillS
 async def _paged(incident_id: str) -> bool | None:
     async with open_store() as store:
         return any(e.kind == "paged" for e in await store.timeline(incident_id)) or None
+
+
+async def test_a_resolution_is_announced_once(drill_env: DrillStack, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """P0 bad deploy, rollback approved and verified: #incidents hears "resolved" once and the status page is
+    resolved once (the resolution announced, then close-out announced it again: two posts in every drill)."""
+    write_policy(tmp_path, monkeypatch, FAST)
+    drill_env.inject("bad-deploy")
+    async with open_store() as store:  # the monitor's: a passed verification resolves it without a person
+        inc, _ = await store.declare(Incident(title="Site completely down", severity=Severity.P0,
+                                              scenario="performance", fingerprint="monitor:application_down:app",
+                                              source="monitor"))
+    run = asyncio.create_task(respond_p0(RespondParams(incident_id=inc.id)))
+    await resume(await wait_for_pause(["escalate-incident"]), {"by": "ana"})
+    approval = await wait_for_pause(["code-rollback"])
+    schema, _ = await pause_form(approval)
+    await resume(approval, {"decision": "approve", "approver": "ben", "reason": "roll back",
+                            "plan_hash": schema["properties"]["plan_hash"]["default"]})
+    outcome = await asyncio.wait_for(run, timeout=120)
+    assert outcome.resolved and outcome.status is Status.RESOLVED
+    texts = [str(r.body) for r in drill_env.slack.requests]
+    assert sum(f"({inc.id}) — resolved:" in t for t in texts) == 1, [t for t in texts if "resolved" in t]
+    resolved = [r for r in drill_env.statuspage.requests if r.method in {"POST", "PATCH"} and isinstance(r.body, dict)
+                and r.body.get("incident", {}).get("status") == "resolved" and (r.status or 0) < 300]
+    assert len(resolved) == 1

@@ -47,6 +47,12 @@ WORKER_QUERY_SECONDS = 1.0
 # flow-run processes run in sessions of their own and would outlive a group kill of the worker).
 MARKER = "RUNBOOK_TOPOLOGY_ID"
 BUSY = ("PENDING", "RUNNING", "CANCELLING")
+# Every flow run a worker starts sends a heartbeat event this often (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; 30 s is
+# Prefect's minimum, its default 180 s). The server's automation CRASH_AUTOMATION sets Crashed a run silent for
+# CRASHED_AFTER_SECONDS (three beats missed): a worker that died on any machine is known dead within about 90 s.
+HEARTBEAT_SECONDS = 30
+CRASHED_AFTER_SECONDS = 3.0 * HEARTBEAT_SECONDS
+CRASH_AUTOMATION = "runbook-crashed-flow-runs"
 
 
 @contextlib.contextmanager
@@ -105,11 +111,42 @@ async def apply_all(deployments: Sequence[Any], *, at_once: int = 6) -> dict[str
     return ids
 
 
+async def ensure_crash_detection(within_seconds: float = CRASHED_AFTER_SECONDS) -> None:
+    """Create (or update) Prefect's documented automation for zombie flow runs on the current server: a flow run
+    that sent a heartbeat and then no flow-run event at all (no heartbeat, no state change) for `within_seconds` is
+    set Crashed. Its process died without telling anyone (its worker killed, its machine gone): Prefect then says
+    Crashed, and the remediation lock it held is taken over by the next run at once (store.holder_run_ended), on
+    any machine, instead of after the lock's TTL. A suspended run sent its Suspended event: never a zombie."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+
+    automation = Automation(
+        name=CRASH_AUTOMATION, description="runbook: flow runs whose heartbeats stopped are Crashed",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.*"},
+            match={"prefect.resource.id": ["prefect.flow-run.*"]}, for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=within_seconds)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+            f"no heartbeat for {within_seconds:g} s: its process died with its worker or machine"))])
+    try:
+        existing = await Automation.aread(name=CRASH_AUTOMATION)
+    except ValueError:
+        await automation.acreate()
+        return
+    automation.id = existing.id
+    await automation.aupdate()
+
+
 async def deploy_to_pool(file: str | Path = DEFAULT_FILE, pool: str = POOL, *,
-                         names: Sequence[str] | None = None, schedules: bool = True) -> dict[str, Any]:
+                         names: Sequence[str] | None = None, schedules: bool = True,
+                         crashed_after: float = CRASHED_AFTER_SECONDS) -> dict[str, Any]:
     """Deploy prefect.yaml's deployments to the process pool through the API (what `prefect deploy --all` does,
-    about four times faster); return name → deployment id."""
+    about four times faster), with the crash detection of runs whose heartbeats stop; return name → deployment id."""
     await ensure_work_pool(pool)
+    await ensure_crash_detection(crashed_after)
     # Built in a worker thread: Prefect's sync/async dispatch returns coroutines inside a running loop.
     deployments = await asyncio.to_thread(load_deployments, file, names=names, schedules=schedules)
     for deployment in deployments:
@@ -191,7 +228,8 @@ class Topology:
         """Return a worker's environment: this process's settings, the store, the server, the poll interval."""
         env = prefect_env(self.state_dir / "prefect", self.api_url,
                           PREFECT_WORKER_QUERY_SECONDS=f"{self.query_seconds:g}",
-                          PREFECT_WORKER_PREFETCH_SECONDS="2")
+                          PREFECT_WORKER_PREFETCH_SECONDS="2",
+                          PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS))
         env.update(self.env)
         env.update(RUNBOOK_STORE_URL=self.store_url, RUNBOOK_STATE_DIR=str(self.state_dir), PWD=str(PROJECT_DIR))
         env[MARKER] = self.marker

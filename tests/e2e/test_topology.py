@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.drill import run_one
+from deployments.drill import DRILL_POLICY, run_one
 from deployments.local_server import LocalPrefectServer
 from deployments.workers import Topology, shared_store
 from runbook.drill import DrillStack
@@ -42,6 +42,15 @@ def store_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The drill's policy for the workers (its faster stability checks; the circuit breaker's hourly count lifted:
+    this module's remediations in a row are each a fresh incident on a reset stack, not a loop)."""
+    path = tmp_path_factory.mktemp("topology-policy") / "policy.yaml"
+    path.write_text(DRILL_POLICY)
+    return {"RUNBOOK_POLICY_FILE": str(path)}
+
+
 @pytest.fixture
 def on_server(server: LocalPrefectServer) -> Iterator[str]:
     """Point this test's Prefect client at the topology's server."""
@@ -50,12 +59,12 @@ def on_server(server: LocalPrefectServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def topology(server: LocalPrefectServer, store_url: str, drill_stack: DrillStack,
+def topology(server: LocalPrefectServer, store_url: str, drill_stack: DrillStack, policy: dict[str, str],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """Two workers (each also on a queue of its own name, so a test can send a run to one of them) on the drill
     stack's targets, sharing the store."""
     state = tmp_path_factory.mktemp("topology-state")
-    env = {**drill_stack.env, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "production"}
+    env = {**drill_stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "production"}
     with Topology(server.api_url, workers=2, state_dir=state, env=env, deploy=False, own_queues=True,
                   prefix="topo-worker") as topo:
         yield topo
@@ -100,12 +109,12 @@ def _final(run: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def staging(server: LocalPrefectServer, store_url: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[DrillStack, Topology]]:
+def staging(server: LocalPrefectServer, store_url: str, policy: dict[str, str],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DrillStack, Topology]]:
     """A second environment, staging: a drill stack of its own and a worker with its settings (its targets,
     RUNBOOK_ENVIRONMENT=staging) that polls only staging's queue, topo-staging-1; the store is the shared one."""
     with DrillStack() as stack:
-        env = {**stack.env, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "staging"}
+        env = {**stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "staging"}
         with Topology(server.api_url, workers=1, state_dir=tmp_path_factory.mktemp("staging-state"), env=env,
                       deploy=False, own_queues=True, default_queue=False, prefix="topo-staging") as topo:
             yield stack, topo
@@ -216,10 +225,13 @@ def _flow_run_process(run_id: Any) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("reaper", [True, False], ids=["reaped-on-its-machine", "no-reaper-heartbeats-stop"])
 async def test_a_worker_killed_mid_rollback_leaves_the_right_end_state(
-        on_server: str, topology: Topology, store_url: str, bad_deploy: DrillStack) -> None:
+        on_server: str, topology: Topology, store_url: str, bad_deploy: DrillStack, reaper: bool) -> None:
     """A worker SIGKILLed (with its run's process) while its approved rollback waits on Vercel: Prefect has the run
-    Crashed, the next remediation takes the lock over at once (not after the 2 h TTL) and does not roll back twice."""
+    Crashed — at once by `runbook up --workers`'s reaper on that machine, or, with no reaper there (a machine that
+    died), by the server's automation once the run's heartbeats stop (deployments/workers.py, within a minute here);
+    the next remediation takes the lock over at once (not after the 2 h TTL) and does not roll back twice."""
     incident_id = await _incident(store_url, "Checkout 500 (killed worker)")
     vercel = bad_deploy.vercel
     run = await _wait((await _rollback(incident_id, "topo-worker-1")).id, _paused)
@@ -239,10 +251,15 @@ async def test_a_worker_killed_mid_rollback_leaves_the_right_end_state(
     deadline = time.monotonic() + 30
     while _flow_run_process(run.id) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    said = await asyncio.to_thread(topology.reap)  # what `runbook up --workers` does every second
-    assert said and "1 run(s)" in said[0], said
-    crashed = await _wait(run.id, _final)
+    if reaper:
+        said = await asyncio.to_thread(topology.reap)  # what `runbook up --workers` does every second
+        assert said and "1 run(s)" in said[0], said
+    crashed = await _wait(run.id, _final, timeout=240)
     assert crashed.state.is_crashed(), crashed.state
+    if not reaper:
+        assert "no heartbeat for" in (crashed.state.message or ""), crashed.state
+        said = await asyncio.to_thread(topology.reap)  # the worker restarted; its run was already Crashed
+        assert said and "0 run(s)" in said[0], said
     again = await _approve_until_final((await _rollback(incident_id, "topo-worker-2")).id)
     assert again.state.is_completed(), again.state
     async with open_store(store_url) as store:

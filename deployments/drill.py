@@ -557,7 +557,8 @@ async def run_drills(scenarios: list[str], approve: str, state_root: Path, worke
     with DrillStack() as stack, contextlib.ExitStack() as topology:
         store_url = None
         if workers:
-            from deployments.workers import POOL, deploy_to_pool, redacted, shared_store
+            from deployments.workers import POOL, deploy_to_pool, shared_store
+            from runbook.settings import redacted_url as redacted
 
             progress(f"deploying the deployments of prefect.yaml to the process pool {POOL}…")
             await deploy_to_pool(Path(__file__).resolve().parent.parent / "prefect.yaml")

@@ -34,8 +34,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.local_server import drain_api_workers
 from deployments.run_logging import logging_config
-from deployments.workers import redacted
 from runbook.settings import get_settings
+from runbook.settings import redacted_url as redacted
 
 # The served Runner's poll: one `POST /deployments/get_scheduled_flow_runs` (every deployment at once) per poll, so
 # 0.5 request/s at 2 s; it is what respond-<severity> (assessment, diagnosis) waits for after the page (BENCHMARKS.md).

@@ -39,7 +39,6 @@ from typing import IO, Any
 from deployments.local_server import embedded_postgres, prefect_command, prefect_env
 from deployments.serve import DEFAULT_FILE, PROJECT_DIR, load_deployments
 from runbook.errors import RunbookError
-from runbook.settings import redacted_url as redacted  # the store URL as up and drill print it: password masked
 
 POOL = "runbook-pool"
 WORKER_QUERY_SECONDS = 1.0

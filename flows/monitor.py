@@ -30,7 +30,8 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
-from flows._guard import page_oncall, resolve_guard, resolve_open
+from flows._guard import page_oncall
+from flows._guard_close import resolve_guard, resolve_open
 from flows._response import announce_status
 from flows.declare_incident import DeclareParams, declare_incident
 from flows.watchdog import GUARD, HEARTBEAT_EVENT, heartbeat_resource

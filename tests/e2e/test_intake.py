@@ -306,7 +306,8 @@ async def test_a_replayed_signed_alert_starts_nothing_even_after_resolution(
         later = json.loads(body)
         later["data"]["event"]["event_id"] = "a second occurrence"
         fresh = json.dumps(later).encode()
-        taken = await http.post("/alerts", content=fresh, headers={**signed, "Sentry-Hook-Signature": sign(fresh, SECRET)})
+        taken = await http.post("/alerts", content=fresh,
+                                headers={**signed, "Sentry-Hook-Signature": sign(fresh, SECRET)})
         assert taken.status_code == 202, taken.text
         started.append(taken.json()["incident_flow_run_id"])
     await delete_runs(started)

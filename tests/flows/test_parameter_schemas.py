@@ -69,7 +69,7 @@ def test_the_deployments_have_anchored_parameters_to_check() -> None:
 
 @pytest.mark.parametrize(("path", "schema"), PARAMETERS, ids=[p for p, _ in PARAMETERS])
 def test_prefect_refuses_a_trailing_newline_where_the_model_does(path: str, schema: dict[str, Any]) -> None:
-    """The valid example passes Prefect's check; the same with a trailing newline (or CRLF) is refused before the run."""
+    """The valid example passes Prefect's check; with a trailing newline (or CRLF) it is refused before the run."""
     example = EXAMPLES.get(schema["pattern"])
     assert example is not None, f"{path}: add a valid example of {schema['pattern']!r} to EXAMPLES"
     wrapper = {"type": "object", "properties": {"value": schema}}

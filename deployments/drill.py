@@ -314,16 +314,7 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
                  "cycle(s); responding (page, status page, diagnosis, remediation, verification)…")
         answered: list[dict[str, Any]] = []
         stop = asyncio.Event()
-        if approve == "slack":
-            from runbook.drill.approver import slack_approver
-
-            approver = slack_approver(stack.slack, SLACK_APPROVER_ID, stop, answered, {incident.id})
-        else:
-            approver = (auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto"
-                        else asyncio.sleep(0))
-        if approve == "ui":
-            print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
-                  file=sys.stderr, flush=True)
+        approver = _approver(stack, approve, incident.id, stop, answered)
         recovery = _vendor_recovery(stack, scenario)
         async with slack_intake(stack, approve == "slack"), background(approver), background(recovery):
             outcome = await respond_inline(incident)
@@ -343,6 +334,20 @@ async def run_one(stack: Any, scenario: str, approve: str, state_root: Path,
             del os.environ[key]
         os.environ.update(saved)
     return result
+
+
+def _approver(stack: Any, approve: str, incident_id: str, stop: asyncio.Event, answered: list[dict[str, Any]]) -> Any:
+    """Return the coroutine that answers the drill's pauses: the drill approver (auto), the drill's Slack user
+    clicking the buttons (slack), or nobody (ui: a person, told so here)."""
+    if approve == "slack":
+        from runbook.drill.approver import slack_approver
+
+        return slack_approver(stack.slack, SLACK_APPROVER_ID, stop, answered, {incident_id})
+    if approve == "ui":
+        print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident_id}",
+              file=sys.stderr, flush=True)
+        return asyncio.sleep(0)
+    return auto_approver({incident_id}, stop, answered, stack.pagerduty)
 
 
 async def _deployment_run(name: str, params: dict[str, Any], *, wait: bool = True, timeout: float = 900) -> Any:
@@ -414,12 +419,11 @@ async def _run_on_workers(stack: Any, scenario: str, approve: str, inject_params
              "cycle(s) on a worker; responding on the workers…")
     answered: list[dict[str, Any]] = []
     stop = asyncio.Event()
-    approver = auto_approver({incident.id}, stop, answered, stack.pagerduty) if approve == "auto" \
-        else asyncio.sleep(0)
-    if approve == "ui":
-        print(f"waiting for you in the Prefect UI: acknowledge and approve the runs of {incident.id}",
-              file=sys.stderr, flush=True)
-    async with background(approver), background(_vendor_recovery(stack, scenario)):
+    approver = _approver(stack, approve, incident.id, stop, answered)
+    # --approve slack: the clicks go to the intake served here, which resumes the suspended run on the server;
+    # a worker picks the resumed run up (the workers have the Slack app's settings: they post the buttons).
+    async with slack_intake(stack, approve == "slack"), background(approver), \
+            background(_vendor_recovery(stack, scenario)):
         respond = await _run_by_name(f"{declare_target(incident.severity.value)} {incident.id}")
         respond = await _wait_final(respond.id)
         stop.set()
@@ -680,9 +684,6 @@ def cmd_drill(args: argparse.Namespace) -> int:
         progress(f"details and tracebacks: {log_file}")
     if args.workers < 0:
         print(f"runbook drill: --workers must be 0 or more (got {args.workers})", file=sys.stderr)
-        return 2
-    if args.workers and args.approve == "slack":
-        print("runbook drill: --approve slack is not supported with --workers yet (use auto or ui)", file=sys.stderr)
         return 2
     with prefect_server():
         results = asyncio.run(run_drills(scenarios, args.approve, state_root, args.workers))

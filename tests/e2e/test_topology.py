@@ -84,6 +84,21 @@ async def test_drill_on_two_workers_runs_every_flow_run_in_a_worker(
     assert result.workers == 2 and result.approvals and result.approvals[0]["decision"] == "approve"
 
 
+
+async def test_drill_on_two_workers_approved_in_slack(
+        on_server: str, store_url: str, drill_stack: DrillStack, tmp_path: Path) -> None:
+    """`runbook drill bad-deploy --workers 2 --approve slack --json`: the drill's Slack user clicks Approve on the
+    message a worker posted; the intake verifies the click and resumes the suspended rollback on the pool server,
+    whose resumed run a worker executes: the approval is the Slack user's, and every run ran in a worker."""
+    result = await run_one(drill_stack, "bad-deploy", "slack", tmp_path / "drills", workers=2, store_url=store_url)
+    assert result.ok and result.resolved, result.error
+    assert [(a["decision"], a["approver"], a["via"], a["identity"]) for a in result.approvals] == [
+        ("approve", "drill-approver", "slack", "U0DRILLAPPROVER")], result.approvals
+    rollbacks = [r for r in result.flow_runs if r["flow"] == "code-rollback"]
+    assert rollbacks and all(r["state"] == "Completed" for r in rollbacks), result.flow_runs
+    assert all(r["worker"] in {"runbook-worker-1", "runbook-worker-2"} for r in result.flow_runs), result.flow_runs
+    assert result.workers == 2
+
 async def _incident(store_url: str, title: str) -> str:
     async with open_store(store_url) as store:
         incident, _ = await store.declare(Incident(title=title, severity=Severity.P0, drill=True))

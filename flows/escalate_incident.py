@@ -12,6 +12,11 @@ every poll, so a step fires because its time has come, not because the machine w
 A person's set-severity re-plans the running escalation: from the change on it follows the new severity's steps
 and response time (a P0 lowered to P2 pages no lead or CTO; a P2 raised to P0 pages the P0 chain), and a contact
 already paged is not paged again.
+
+The steps taken are counted from the timeline, not held in memory only: a re-run (its process died with its worker,
+the Prefect server lost it; the follow-up sweep starts it again, `rerun_escalation`) pages no contact already paged
+and posts no reminder or missed SLA twice. Each run records its flow run on the timeline (ESCALATION_RUN) so that the
+sweep can ask Prefect whether it is still alive.
 """
 
 
@@ -30,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from runbook import clock
 from runbook.escalation import Step, pending_steps, plan_of, step_key, wait_limit
-from runbook.models import EventKind, Incident, IncidentId, Severity
+from runbook.models import EventKind, Incident, IncidentId, Severity, TimelineEvent
 from runbook.policy import Policy, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
@@ -47,6 +52,9 @@ from tasks.slack import post_ack_request, post_slack_message
 
 RESOLVED_FIRST = "resolved before anyone acknowledged"
 GAVE_UP = "nobody acknowledged within the escalation window"
+ESCALATION_RUN = "escalation_run"  # details key: the flow run of an escalation of this incident (started or re-run)
+STEP = "escalation_step"  # details key of a reminder / missed-SLA event: the step it took (step_key)
+DEPLOYMENT = "escalate-incident/escalate-incident"
 
 
 class Acknowledge(RunInput):
@@ -107,7 +115,8 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
     """
     policy = get_policy()
     poll = policy.response.ack_poll_seconds
-    done: set[tuple[str, ...]] = set()
+    async with open_store() as store:
+        done = steps_taken(await store.timeline(incident.id))
     current = incident
     while True:
         pending = pending_steps(current, policy, done)
@@ -149,12 +158,26 @@ async def _take(step: Step, incident: Incident, policy: Policy, outcome: Escalat
     elif step.action == "remind":
         await post_slack_message("#incidents", f"Reminder: {incident.severity} {incident.title} ({incident.id}) "
                                  f"is not acknowledged; respond by {policy.response_due(incident):%H:%M} UTC",
-                                 incident_id=incident.id, kind=EventKind.REMINDER)
+                                 incident_id=incident.id, kind=EventKind.REMINDER,
+                                 details={STEP: list(step_key(step, incident))})
     elif step.action == "sla":
         outcome.sla_missed = True
         await record(incident.id, EventKind.SLA_MISSED,
                      f"Response time of {policy.response_time(incident.severity)} passed without acknowledgement",
-                     {"response_due": policy.response_due(incident).isoformat(), "severity": incident.severity.value})
+                     {"response_due": policy.response_due(incident).isoformat(), "severity": incident.severity.value,
+                      STEP: list(step_key(step, incident))})
+
+
+def steps_taken(events: list[TimelineEvent]) -> set[tuple[str, ...]]:
+    """Return the step_key of every escalation step the timeline says was taken: a contact paged (sent, not merely
+    pending: page_contact sends a pending one again), a reminder posted, a missed SLA recorded."""
+    done: set[tuple[str, ...]] = set()
+    for e in events:
+        if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("role"):
+            done.add(("page", str(e.details["role"])))
+        elif e.kind in {EventKind.REMINDER, EventKind.SLA_MISSED} and e.details.get(STEP):
+            done.add(tuple(str(part) for part in e.details[STEP]))
+    return done
 
 
 async def _record_replan(incident: Incident, policy: Policy, done: set[tuple[str, ...]]) -> None:
@@ -231,6 +254,75 @@ async def _pending_pages(incident: Incident) -> None:
         get_run_logger().warning("could not send the pending pages: %s", exc)
 
 
+async def dead_escalation(incident: Incident) -> str | None:
+    """Return why the incident's escalation has no live run, or None when it needs nothing from the sweep.
+
+    Read from the runs the timeline names (ESCALATION_RUN), asked through Prefect's API as the remediation lock's
+    takeover asks (`holder_run_ended`: the run, or the run whose process executes it, is over): the newest is
+    Crashed, Cancelled or Failed, missing in Prefect, or not final while its process's run is over (a subflow of a
+    crashed response). None: acknowledged or closed, never escalated by a run, a run still alive, the newest one
+    Completed (the escalation finished: acknowledged, resolved first or given up), or Prefect unreachable.
+    A dead run left not final (paused, its process gone) is set Crashed, so nobody takes it for a live one.
+    """
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    from runbook.store import holder_run_ended
+
+    if incident.acknowledged_at is not None or not incident.status.is_open:
+        return None
+    async with open_store() as store:
+        events = await store.timeline(incident.id, kind=EventKind.NOTE)
+    run_ids = list(dict.fromkeys(str(e.details[ESCALATION_RUN]) for e in events if e.details.get(ESCALATION_RUN)))
+    if not run_ids:
+        return None
+    why = None
+    try:
+        async with get_client() as client:
+            for run_id in reversed(run_ids):  # the newest first
+                try:
+                    run = await client.read_flow_run(UUID(run_id))
+                except ObjectNotFound:
+                    why = why or f"its run {run_id} is missing in Prefect"
+                    continue
+                if run.state is not None and run.state.is_completed():
+                    if why is None:
+                        return None  # the newest run finished the escalation
+                    continue
+                if not await holder_run_ended(f"run {run_id}"):
+                    return None  # still alive (or not known to be over)
+                if run.state is not None and not run.state.is_final():
+                    await client.set_flow_run_state(run.id, Crashed(
+                        message="its process's run is over; the follow-up sweep re-runs the escalation"), force=True)
+                why = why or f"its run {run.name} ({run_id}) is {run.state_name if run.state else 'gone'}"
+    except Exception as exc:  # Prefect unreachable: not known to be dead, the next sweep looks again
+        get_run_logger().warning("could not read the escalation runs of %s from Prefect: %s", incident.id, exc)
+        return None
+    return why
+
+
+async def rerun_escalation(incident: Incident, why: str) -> str | None:
+    """Start the escalation again as a deployment run (a worker executes it; it counts its steps from the
+    timeline: nobody paged twice); record it on the timeline; return the new run's id (None: no deployment)."""
+    from prefect.deployments.flow_runs import arun_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run = await arun_deployment(DEPLOYMENT, timeout=0, as_subflow=False,
+                                    parameters={"params": {"incident_id": incident.id}},
+                                    flow_run_name=f"escalate {incident.id}",
+                                    tags=["incident", incident.severity.value.lower()])
+    except ObjectNotFound:
+        get_run_logger().warning("deployment %s not found: the escalation of %s is not re-run", DEPLOYMENT,
+                                 incident.id)
+        return None
+    await record(incident.id, EventKind.NOTE, f"Escalation re-run ({why}): run {run.id}",
+                 {ESCALATION_RUN: str(run.id), "escalation_rerun": True, "why": why})
+    return str(run.id)
+
+
 def _run_name() -> str:
     return f"escalate {run_parameter('incident_id', '')}"
 
@@ -245,6 +337,9 @@ async def escalate_incident(params: EscalateParams) -> EscalationOutcome:
     policy = get_policy()
     stop, resumed = asyncio.Event(), asyncio.Event()
     run_id = flow_run_id()
+    if run_id:
+        await record(incident.id, EventKind.NOTE, f"Escalation running until acknowledged (run {run_id})",
+                     {ESCALATION_RUN: run_id})
     pager = asyncio.create_task(_clock(incident, run_id, stop, resumed, outcome))
     description = (f"## Acknowledge {incident.severity} {incident.id}\n\n**{incident.title}**\n\n"
                    f"Response due by {get_policy().response_due(incident):%Y-%m-%d %H:%M} UTC. Acknowledging stops the "

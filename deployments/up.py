@@ -1,8 +1,12 @@
 """`runbook up`: a local Prefect server, the drill stack and every deployment served, until Ctrl-C.
 
 `runbook up`:
-  1. a Prefect server: the one PREFECT_API_URL names, else `prefect server start` on a free 127.0.0.1 port with
-     PREFECT_HOME=<state dir>/prefect (embedded SQLite there; the UI's history survives restarts);
+  1. a Prefect server: the one PREFECT_API_URL names (with your PREFECT_API_AUTH_STRING, if any), else
+     `prefect server start` on a free 127.0.0.1 port with PREFECT_HOME=<state dir>/prefect (an embedded PostgreSQL
+     there; the UI's history survives restarts) and API authentication: its credential (PREFECT_SERVER_API_AUTH_STRING,
+     "runbook:<random>") is generated once into <state dir>/api-auth (mode 0600, reused at the next start) and given
+     to everything started here that talks to the server (PREFECT_API_AUTH_STRING); the UI asks for it on its login
+     page; it is never printed, only where it is kept;
   2. the drill stack (`--no-drill` to skip): its RUNBOOK_* variables go into this process's environment, which the
      served flow runs inherit — except the state dir: incidents, reports and backups stay in RUNBOOK_STATE_DIR
      (default .runbook), the one store every `runbook` command reads, kept across restarts;
@@ -30,11 +34,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from deployments.local_server import drain_api_workers
+from deployments.local_server import api_auth_string, drain_api_workers
 from deployments.run_logging import logging_config
-from runbook.settings import get_settings
+from runbook.settings import API_AUTH_FILE, get_settings
 from runbook.settings import redacted_url as redacted
 
 # The served Runner's poll: one `POST /deployments/get_scheduled_flow_runs` (every deployment at once) per poll, so
@@ -127,10 +131,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack, interrupt_signals():
         try:
             api_url = configured_api_url()
+            auth_file: Path | None = None
             if api_url:
                 from prefect.settings import PREFECT_UI_URL
 
                 ui_url = PREFECT_UI_URL.value() or api_url.removesuffix("/api")
+                client: dict[Any, Any] = {PREFECT_API_URL: api_url}  # and the PREFECT_API_AUTH_STRING configured
                 print(f"Prefect server: {api_url} (from PREFECT_API_URL)", flush=True)
             else:
                 from deployments.local_server import prefect_on_postgres
@@ -140,14 +146,21 @@ def cmd_up(args: argparse.Namespace) -> int:
                       flush=True)
                 # Postgres, kept in the state dir: the UI's history survives restarts, and concurrent runs do not
                 # meet SQLite's "database is locked".
+                # With API authentication: without it anyone reaching the port reads the Secret blocks and
+                # approves paused remediations. The credential stays in the state dir, never on the terminal.
+                auth_file = state_dir / API_AUTH_FILE
                 server = stack.enter_context(prefect_on_postgres(home, keep=True, port=args.port or None,
-                                                                 log_file=state_dir / "prefect-server.log"))
-                api_url, ui_url = server.api_url, server.url
-                print(f"Prefect server ready in {server.startup_seconds:.0f} s", flush=True)
+                                                                 log_file=state_dir / "prefect-server.log",
+                                                                 auth_string=api_auth_string(auth_file)))
+                api_url, ui_url, client = server.api_url, server.url, server.client_settings()
+                print(f"Prefect server ready in {server.startup_seconds:.0f} s on {server.host}, with API "
+                      f"authentication (the key is in {auth_file})", flush=True)
             env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    # the served runs' processes share this terminal: a run cancelled at Ctrl-C says so in one
                    # line, without the TerminationSignal traceback (deployments/run_logging.py)
                    "PREFECT_LOGGING_SETTINGS_PATH": str(logging_config(state_dir / "prefect" / "run-logging.yml"))}
+            if client.get(PREFECT_API_AUTH_STRING):  # the served runs, the warm path's task worker, the workers
+                env["PREFECT_API_AUTH_STRING"] = client[PREFECT_API_AUTH_STRING]
             if not args.no_drill:
                 from runbook.drill import DrillStack
 
@@ -160,7 +173,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"drill stack ready (app {drill.env.get('RUNBOOK_APP_URL')})", flush=True)
             stack.enter_context(patched_environ(env))
             if args.workers:
-                return _up_with_workers(args, stack, state_dir, api_url, ui_url, [d.name for d in deployments])
+                with temporary_settings(updates=client):
+                    return _up_with_workers(args, stack, state_dir, api_url, ui_url, [d.name for d in deployments],
+                                            auth_file)
             print(f"incident store: {redacted(store_url_of(state_dir))}; reports in {state_dir / 'reports'}",
                   flush=True)
             _start_warm(stack, {**os.environ, "RUNBOOK_STATE_DIR": str(state_dir)}, state_dir, args.intake_port)
@@ -171,15 +186,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 130
         print(f"registering {len(deployments)} deployments ...", flush=True)
         try:
-            asyncio.run(_serve(api_url, ui_url, args.file, args.limit,
+            asyncio.run(_serve(client, ui_url, args.file, args.limit,
                                SERVED_QUERY_SECONDS if args.query_seconds is None else args.query_seconds,
-                               [d.name for d in deployments]))
+                               [d.name for d in deployments], auth_file))
         except KeyboardInterrupt:
             pass
         print("stopping ...", flush=True)
         # A second Ctrl-C / SIGTERM must not cut the cleanup short (the server would outlive us).
         with signals_ignored():
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            with temporary_settings(updates=client):
                 drain_api_workers()  # the last log lines reach the server before it stops (no "Error logging…")
             stack.close()
     print("stopped", flush=True)
@@ -187,16 +202,19 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, state_dir: Path, api_url: str,
-                     ui_url: str, names: list[str]) -> int:
+                     ui_url: str, names: list[str], auth_file: Path | None = None) -> int:
     """The deployed topology: runbook-pool, prefect.yaml deployed to it, N workers, the shared store; until Ctrl-C.
 
-    Called inside cmd_up's ExitStack (server, drill stack) and its interrupt_signals(); it stops the workers and
-    their runs before that stack stops the drill stack and the server.
+    Called inside cmd_up's ExitStack (server, drill stack) and its interrupt_signals(), with this process's Prefect
+    client pointed at the server (its credential included); it stops the workers and their runs before that stack
+    stops the drill stack and the server.
     """
     from deployments.workers import WORKER_QUERY_SECONDS, Topology
 
     query = WORKER_QUERY_SECONDS if args.query_seconds is None else args.query_seconds
-    topology = Topology(api_url, workers=args.workers, state_dir=state_dir, file=args.file, query_seconds=query)
+    auth = PREFECT_API_AUTH_STRING.value()
+    topology = Topology(api_url, workers=args.workers, state_dir=state_dir, file=args.file, query_seconds=query,
+                        env={"PREFECT_API_AUTH_STRING": auth} if auth else {})
     try:
         print(f"deploying {len(names)} deployments to the process pool {topology.pool}, starting "
               f"{args.workers} worker(s) (PREFECT_WORKER_QUERY_SECONDS={query:g}) ...", flush=True)
@@ -204,7 +222,7 @@ def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, stat
         print(f"incident store: {redacted(topology.store_url)} (shared by the workers); reports in "
               f"{state_dir / 'reports'}", flush=True)
         _start_warm(stack, topology.warm_env(), state_dir, args.intake_port)
-        print(workers_banner(ui_url, names, topology), flush=True)
+        print(workers_banner(ui_url, names, topology, auth_file), flush=True)
         while True:  # until Ctrl-C / SIGTERM (KeyboardInterrupt); a worker that died is restarted
             time.sleep(1)
             for line in topology.reap():
@@ -219,8 +237,7 @@ def _up_with_workers(args: argparse.Namespace, stack: contextlib.ExitStack, stat
         for name, state in topology.stop():
             print(f"  {name}: {state}", flush=True)
         print("stopping ...", flush=True)
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            drain_api_workers()
+        drain_api_workers()
         stack.close()
     print("stopped", flush=True)
     return 0
@@ -236,9 +253,9 @@ def _start_warm(stack: contextlib.ExitStack, env: dict[str, str], state_dir: Pat
           + (f"; alert intake on http://127.0.0.1:{intake_port}/alerts" if intake_port else ""), flush=True)
 
 
-def workers_banner(ui_url: str, names: list[str], topology: Any) -> str:
+def workers_banner(ui_url: str, names: list[str], topology: Any, auth_file: Path | None = None) -> str:
     """Return what `runbook up --workers N` prints once its workers are polling."""
-    return ready_banner(ui_url, names).replace(
+    return ready_banner(ui_url, names, auth_file).replace(
         f"ready: {len(names)} deployments served, every one ready",
         f"ready: {len(names)} deployments deployed to {topology.pool}, {topology.workers} worker(s) polling "
         f"({', '.join(topology.worker_names)})")
@@ -271,10 +288,14 @@ async def _states(runs: list[Any]) -> list[tuple[str, str]]:
     return found
 
 
-def ready_banner(ui_url: str, names: list[str]) -> str:
-    """Return what `runbook up` prints once every deployment is ready: the UI and its direct links."""
+def ready_banner(ui_url: str, names: list[str], auth_file: Path | None = None) -> str:
+    """Return what `runbook up` prints once every deployment is ready: the UI, its direct links and, for a server
+    with API authentication, where its key is kept (never the key)."""
+    login = (f"  log in with the key in {auth_file}  (its whole line; it is never printed)\n"
+             f"  other terminals:      PREFECT_API_URL={ui_url}/api  (`runbook` commands of this state dir read the "
+             "key there; the prefect CLI needs PREFECT_API_AUTH_STRING set to it)\n") if auth_file else ""
     return (f"\nready: {len(names)} deployments served, every one ready\n"
-            f"Prefect UI:   {ui_url}\n"
+            f"Prefect UI:   {ui_url}\n{login}"
             f"  deployments:          {ui_url}/deployments\n"
             f"  waiting for you:      {ui_url}/runs?tab=flow-runs&state=Paused  (paused runs: approvals, "
             "acknowledgements, confirmations)\n"
@@ -305,11 +326,11 @@ async def wait_until_ready(names: list[str], timeout: float = 300.0) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _serve(api_url: str, ui_url: str, file: str | Path, limit: int | None, query_seconds: float,
-                 names: list[str]) -> None:
-    """Serve until Ctrl-C / SIGTERM; stopping cancels the runs in flight (Cancelled, not Crashed) before returning."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+async def _serve(client: dict[Any, Any], ui_url: str, file: str | Path, limit: int | None, query_seconds: float,
+                 names: list[str], auth_file: Path | None = None) -> None:
+    """Serve until Ctrl-C / SIGTERM; stopping cancels the runs in flight (Cancelled, not Crashed) before returning.
 
+    `client`: the Prefect settings of a client of the server (its URL, its credential when it has one)."""
     from deployments.serve import build_runner
 
     loop = asyncio.get_running_loop()
@@ -317,7 +338,7 @@ async def _serve(api_url: str, ui_url: str, file: str | Path, limit: int | None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     # Prefect read its settings at import; point this process's client at the server explicitly.
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with temporary_settings(updates=client):
         runner = await build_runner(file, limit=limit, query_seconds=query_seconds)
         serving = asyncio.create_task(runner.start())
         for sig in (signal.SIGINT, signal.SIGTERM):  # runner.start() installs its own SIGTERM handler: ours wins
@@ -326,7 +347,7 @@ async def _serve(api_url: str, ui_url: str, file: str | Path, limit: int | None,
         ready = asyncio.create_task(wait_until_ready(names))
         await asyncio.wait({ready, stop, serving}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and not ready.cancelled() and ready.exception() is None and not stopping.is_set():
-            print(ready_banner(ui_url, names), flush=True)
+            print(ready_banner(ui_url, names, auth_file), flush=True)
             await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
         elif ready.done() and not ready.cancelled() and ready.exception() is not None:
             print(f"runbook up: {ready.exception()}; stopping", file=sys.stderr, flush=True)

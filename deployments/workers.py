@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from deployments.local_server import embedded_postgres, prefect_command, prefect_env
+from deployments.local_server import api_headers, embedded_postgres, prefect_command, prefect_env
 from deployments.serve import DEFAULT_FILE, PROJECT_DIR, load_deployments
 from runbook.errors import RunbookError
 
@@ -263,14 +263,15 @@ class Topology:
 
         deadline = time.monotonic() + self.ready_timeout
         wanted = set(self.worker_names)
+        headers = api_headers(self.worker_env(self.prefix).get("PREFECT_API_AUTH_STRING"))  # the workers' credential
         while True:
             for worker in self.running:
                 if worker.process.poll() is not None:
                     raise RunbookError(f"worker {worker.name} exited with {worker.process.returncode}:\n"
                                        f"{self.log_tail(worker.name)}")
             with contextlib.suppress(httpx.HTTPError):
-                found = httpx.post(f"{self.api_url}/work_pools/{self.pool}/workers/filter", json={},
-                                   timeout=10).json()
+                found = httpx.post(f"{self.api_url}/work_pools/{self.pool}/workers/filter", json={}, timeout=10,
+                                   headers=headers).json()
                 if wanted <= {w["name"] for w in found if w.get("status") == "ONLINE" or "status" not in w}:
                     return
             if time.monotonic() > deadline:

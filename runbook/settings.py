@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from runbook.errors import ConfigError
 
 ENV_PREFIX = "RUNBOOK_"
+# In the state dir: the API credential ("user:password", mode 0600) of the Prefect server `runbook up` runs.
+API_AUTH_FILE = "api-auth"
 
 DEFAULT_STATUS_PAGES = {
     "supabase": "https://status.supabase.com",
@@ -147,6 +149,11 @@ class Settings(BaseSettings):
         if self.store_url:
             return self.store_url
         return f"sqlite+aiosqlite:///{(self.state_dir / 'incidents.db').resolve()}"
+
+    @property
+    def api_auth_file(self) -> Path:
+        """The file holding the API credential of `runbook up`'s Prefect server (never printed, only its path)."""
+        return self.state_dir / API_AUTH_FILE
 
     @property
     def reports_dir(self) -> Path:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from runbook.cli import freeze, incidents, intake, lifecycle, preflight, remediate, report
 from runbook.drill import cli as drill_cli
@@ -66,6 +69,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings = load_settings()
     load_policy(settings.policy_file)  # an invalid policy file is a configuration error too
     described = settings.describe()
+    described["prefect_api_auth"] = describe_api_auth(settings.api_auth_file)
     if args.json:
         print(json.dumps(described, indent=2, default=str))
     else:
@@ -75,6 +79,48 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_api_auth(auth_file: Path) -> str:
+    """Return how the Prefect API credential stands, safe to print: set (fingerprint) and from where, or unset."""
+    from runbook.settings import fingerprint
+
+    given = os.environ.get("PREFECT_API_AUTH_STRING")
+    kept = _read_auth_file(auth_file)
+    if given:
+        where = str(auth_file) if given == kept else "PREFECT_API_AUTH_STRING"
+        return f"set ({fingerprint(given)}, {where})"
+    if kept:
+        return f"unset (PREFECT_API_URL unset or not loopback; `runbook up` keeps one in {auth_file})"
+    return "unset"
+
+
+def _read_auth_file(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def use_local_api_auth() -> None:
+    """Give this process's Prefect client the credential `runbook up` keeps in the state dir, when PREFECT_API_URL
+    names a server on this machine and no PREFECT_API_AUTH_STRING is set: `runbook resolve` and the other commands
+    that start runs reach the server `runbook up` runs with API authentication. Call it before Prefect is imported
+    (it reads its settings once)."""
+    from runbook.settings import load_settings
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url or os.environ.get("PREFECT_API_AUTH_STRING") or urlsplit(url).hostname not in LOOPBACK:
+        return
+    try:
+        auth_file = load_settings().api_auth_file
+    except ConfigError:  # the command itself reports it
+        return
+    if kept := _read_auth_file(auth_file):
+        os.environ["PREFECT_API_AUTH_STRING"] = kept
+
+
 def run_async(coro_fn: Callable[..., Any], *args: Any) -> Any:
     """Run an async command body."""
     return asyncio.run(coro_fn(*args))
@@ -82,6 +128,7 @@ def run_async(coro_fn: Callable[..., Any], *args: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `runbook` console script."""
+    use_local_api_auth()  # before build_parser(): `up` and `drill` import Prefect, which reads its settings once
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

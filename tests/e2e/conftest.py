@@ -13,7 +13,7 @@ from uuid import UUID
 
 import pytest
 
-from deployments.local_server import LocalPrefectServer, prefect_on_postgres
+from deployments.local_server import LocalPrefectServer, new_api_auth_string, prefect_on_postgres
 from deployments.serve import PROJECT_DIR
 from tests.e2e.deploy_support import register_all
 
@@ -53,22 +53,24 @@ async def registered_deployments(prefect_harness: None) -> dict[str, UUID]:
 @pytest.fixture(scope="session")
 def pool_server() -> Iterator[LocalPrefectServer]:
     """A Prefect server as `runbook up` starts it (embedded PostgreSQL, a free port, the UI pointed at its own
-    API), without the scheduler (the monitor's every-minute runs would queue up for the tests' workers), with
-    runbook-pool created and prefect.yaml deployed to it through the API as `runbook up --workers` deploys it, and
-    its crash detection answering within CRASHED_AFTER_SECONDS (every worker here beats every 30 s).
+    API, API authentication: its clients pass `srv.auth_string`, in `srv.env()`, `srv.client_settings()` or
+    `srv.api_headers`), without the scheduler (the monitor's every-minute runs would queue up for the tests'
+    workers), with runbook-pool created and prefect.yaml deployed to it through the API as `runbook up --workers`
+    deploys it, and its crash detection answering within CRASHED_AFTER_SECONDS (every worker here beats every 30 s).
 
     `prefect deploy --all` itself, what users run, is proven once by test_prefect_deploy_all_registers_every_deployment
     on this same server.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from deployments.workers import deploy_to_pool
 
     # Not under pytest's 0700 temporary root: as root, the wheel runs postgres as its own user, which must reach it.
     home = Path(tempfile.mkdtemp(prefix="runbook-pool-server-"))
     try:
-        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as srv:
-            with temporary_settings(updates={PREFECT_API_URL: srv.api_url}):
+        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"},
+                                 auth_string=new_api_auth_string()) as srv:
+            with temporary_settings(updates=srv.client_settings()):
                 asyncio.run(deploy_to_pool(crashed_after=CRASHED_AFTER_SECONDS))
             yield srv
     finally:
@@ -77,7 +79,8 @@ def pool_server() -> Iterator[LocalPrefectServer]:
 
 @pytest.fixture(scope="session")
 def deployed(pool_server: LocalPrefectServer) -> tuple[LocalPrefectServer, dict[str, str]]:
-    """The pool server and an environment for Prefect CLI subprocesses talking to it (workers poll every second)."""
+    """The pool server and an environment for Prefect CLI subprocesses talking to it (its API credential in
+    PREFECT_API_AUTH_STRING; workers poll every second)."""
     env = pool_server.env(PWD=str(PROJECT_DIR), RUNBOOK_STATE_DIR=str(pool_server.home / "state"),
                           PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="2",
                           PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")  # as the Topology's workers: see above

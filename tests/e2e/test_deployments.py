@@ -25,7 +25,7 @@ from prefect import Flow
 from prefect.deployments.flow_runs import arun_deployment
 from pydantic import BaseModel
 
-from deployments.local_server import LocalPrefectServer, prefect_command
+from deployments.local_server import LocalPrefectServer, api_headers, prefect_command
 from deployments.serve import PROJECT_DIR, DeploymentSpec, build_schedule, load_flow, read_specs
 from runbook.errors import ConfigError
 from runbook.store import open_store
@@ -152,7 +152,9 @@ async def test_triggered_declare_run_executes(registered_deployments: dict[str, 
 def api(server: LocalPrefectServer, path: str, body: dict[str, Any] | None = None) -> Any:
     """POST (or GET without a body) to the local server's API and return the JSON."""
     url = f"{server.api_url}{path}"
-    response = httpx.post(url, json=body, timeout=10) if body is not None else httpx.get(url, timeout=10)
+    headers = server.api_headers  # the server has API authentication, as `runbook up`'s
+    response = (httpx.post(url, json=body, timeout=10, headers=headers) if body is not None
+                else httpx.get(url, timeout=10, headers=headers))
     response.raise_for_status()
     return response.json()
 
@@ -168,7 +170,8 @@ def test_the_printed_ui_talks_to_its_own_server(deployed: tuple[LocalPrefectServ
     page = httpx.get(f"{server.url}/", timeout=10, follow_redirects=True, headers={"accept": "text/html"})
     assert page.status_code == 200 and "<html" in page.text.lower()
     # what the UI lists is what this server holds
-    names = {d["name"] for d in httpx.post(f"{settings['api_url']}/deployments/filter", json={}, timeout=10).json()}
+    names = {d["name"] for d in httpx.post(f"{settings['api_url']}/deployments/filter", json={}, timeout=10,
+                                           headers=server.api_headers).json()}
     assert names == set(BY_NAME)
 
 
@@ -244,19 +247,20 @@ def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     try:
         output = read_until_ready(proc)
         ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
+        key = up_key(state)
         assert ui and f"ready: {len(BY_NAME)} deployments served" in output, output
         assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state=Paused" in output
-        found = api_post(ui[1], "/deployments/filter", {"limit": 200})
+        found = api_post(ui[1], key, "/deployments/filter", {"limit": 200})
         assert {d["name"] for d in found} == set(BY_NAME) and {d["status"] for d in found} == {"READY"}
         monitor = next(d for d in found if d["name"] == "monitor")
-        run = api_post(ui[1], f"/deployments/{monitor['id']}/create_flow_run",
+        run = api_post(ui[1], key, f"/deployments/{monitor['id']}/create_flow_run",
                        {"parameters": {"params": {"respond": "none", "cycles": 200, "interval_seconds": 1}}})
         deadline = time.monotonic() + 120
-        while (now := api_get(ui[1], f"/flow_runs/{run['id']}"))["state_type"] != "RUNNING":  # mid-flight
+        while (now := api_get(ui[1], key, f"/flow_runs/{run['id']}"))["state_type"] != "RUNNING":  # mid-flight
             assert time.monotonic() < deadline, "the monitor run did not start"
             time.sleep(0.3)
         time.sleep(1)  # the run names itself when it starts (flow_run_name)
-        name = api_get(ui[1], f"/flow_runs/{run['id']}")["name"] or now["name"]
+        name = api_get(ui[1], key, f"/flow_runs/{run['id']}")["name"] or now["name"]
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:
@@ -296,10 +300,15 @@ def read_until_ready(proc: subprocess.Popen[str]) -> str:
     return "".join(lines)
 
 
-def wait_final(ui: str, run_id: str, timeout: float = 180) -> dict[str, Any]:
+def up_key(state: Path) -> str:
+    """Return the API credential `runbook up` keeps in its state dir (its server has API authentication)."""
+    return (state / "api-auth").read_text().strip()
+
+
+def wait_final(ui: str, key: str, run_id: str, timeout: float = 180) -> dict[str, Any]:
     """Wait until a flow run reaches a final state; return it."""
     deadline = time.monotonic() + timeout
-    while (now := api_get(ui, f"/flow_runs/{run_id}"))["state_type"] not in FINAL:
+    while (now := api_get(ui, key, f"/flow_runs/{run_id}"))["state_type"] not in FINAL:
         assert time.monotonic() < deadline, now["state_type"]
         time.sleep(0.3)
     return now
@@ -317,22 +326,23 @@ def test_runbook_up_with_workers_runs_deployments_on_them_and_ctrl_c_leaves_noth
     try:
         output = read_until_ready(proc)
         ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
+        key = up_key(state)
         store = re.search(r"incident store: (postgresql://\S+host=(\S+)) \(shared by the workers\)", output)
         assert ui and store and "2 worker(s) polling (runbook-worker-1, runbook-worker-2)" in output, output
         assert "PREFECT_WORKER_QUERY_SECONDS=1" in output
-        found = {d["name"]: d for d in api_post(ui[1], "/deployments/filter", {"limit": 200})}
+        found = {d["name"]: d for d in api_post(ui[1], key, "/deployments/filter", {"limit": 200})}
         assert set(found) == set(BY_NAME) and {d["work_pool_name"] for d in found.values()} == {"runbook-pool"}
         title = f"Checkout returns 500 ({uuid.uuid4().hex[:6]})"
-        declare = api_post(ui[1], f"/deployments/{found['declare-incident']['id']}/create_flow_run",
+        declare = api_post(ui[1], key, f"/deployments/{found['declare-incident']['id']}/create_flow_run",
                            {"parameters": {"params": {"title": title, "respond": "none"}}})
-        done = wait_final(ui[1], declare["id"])
+        done = wait_final(ui[1], key, declare["id"])
         assert done["state_type"] == "COMPLETED", done["state"]
         assert done["labels"]["prefect.worker.name"] in {"runbook-worker-1", "runbook-worker-2"}
         assert title in asyncio.run(_titles(store[1]))  # the worker wrote into the shared PostgreSQL store
-        monitor = api_post(ui[1], f"/deployments/{found['monitor']['id']}/create_flow_run",
+        monitor = api_post(ui[1], key, f"/deployments/{found['monitor']['id']}/create_flow_run",
                            {"parameters": {"params": {"respond": "none", "cycles": 200, "interval_seconds": 1}}})
         deadline = time.monotonic() + 120
-        while api_get(ui[1], f"/flow_runs/{monitor['id']}")["state_type"] != "RUNNING":  # mid-flight
+        while api_get(ui[1], key, f"/flow_runs/{monitor['id']}")["state_type"] != "RUNNING":  # mid-flight
             assert time.monotonic() < deadline, "the monitor run did not start"
             time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -351,15 +361,15 @@ def test_runbook_up_with_workers_runs_deployments_on_them_and_ctrl_c_leaves_noth
     assert not store_dir.exists()  # the store's database was ours: removed
 
 
-def api_post(ui: str, path: str, body: dict[str, Any]) -> Any:
-    """POST to the API behind a UI address and return the JSON."""
-    response = httpx.post(f"{ui}/api{path}", json=body, timeout=10)
+def api_post(ui: str, key: str, path: str, body: dict[str, Any]) -> Any:
+    """POST to the API behind a UI address with its credential and return the JSON."""
+    response = httpx.post(f"{ui}/api{path}", json=body, timeout=10, headers=api_headers(key))
     response.raise_for_status()
     return response.json()
 
 
-def api_get(ui: str, path: str) -> Any:
-    """GET from the API behind a UI address and return the JSON."""
-    response = httpx.get(f"{ui}/api{path}", timeout=10)
+def api_get(ui: str, key: str, path: str) -> Any:
+    """GET from the API behind a UI address with its credential and return the JSON."""
+    response = httpx.get(f"{ui}/api{path}", timeout=10, headers=api_headers(key))
     response.raise_for_status()
     return response.json()

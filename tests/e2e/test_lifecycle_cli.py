@@ -62,13 +62,13 @@ def test_runbook_resolve_starts_the_resolve_deployment_on_the_server(
     assert record.status is Status.RESOLVED  # the record changed at once, before any run
 
     run_id = started[1]
-    run = httpx.get(f"{server.api_url}/flow_runs/{run_id}", timeout=10).json()
+    run = httpx.get(f"{server.api_url}/flow_runs/{run_id}", timeout=10, headers=server.api_headers).json()
     assert run["parameters"]["params"] == {"incident_id": inc.id, "reason": "Stripe recovered", "by": "ana",
                                            "via": "cli"}
     worker = subprocess.run([*prefect_command(), "worker", "start", "--pool", "runbook-pool", "--run-once"],
                             env=env, cwd="/", capture_output=True, text=True, timeout=300)
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    run = httpx.get(f"{server.api_url}/flow_runs/{run_id}", timeout=10).json()
+    run = httpx.get(f"{server.api_url}/flow_runs/{run_id}", timeout=10, headers=server.api_headers).json()
     assert run["state_type"] == "COMPLETED", run["state"]
 
     _, timeline, follow_ups = asyncio.run(_record(inc.id))

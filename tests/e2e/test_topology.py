@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import temporary_settings
 
 from deployments.drill import DRILL_POLICY, run_one
 from deployments.local_server import LocalPrefectServer
@@ -54,7 +54,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def on_server(server: LocalPrefectServer) -> Iterator[str]:
     """Point this test's Prefect client at the topology's server."""
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    with temporary_settings(updates=server.client_settings()):  # its URL and its API credential
         yield server.api_url
 
 
@@ -64,7 +64,8 @@ def topology(server: LocalPrefectServer, store_url: str, drill_stack: DrillStack
     """Two workers (each also on a queue of its own name, so a test can send a run to one of them) on the drill
     stack's targets, sharing the store."""
     state = tmp_path_factory.mktemp("topology-state")
-    env = {**drill_stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "production"}
+    env = {**drill_stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "production",
+           "PREFECT_API_AUTH_STRING": server.auth_string or ""}
     with Topology(server.api_url, workers=2, state_dir=state, env=env, deploy=False, own_queues=True,
                   prefix="topo-worker") as topo:
         yield topo
@@ -129,7 +130,8 @@ def staging(server: LocalPrefectServer, store_url: str, policy: dict[str, str],
     """A second environment, staging: a drill stack of its own and a worker with its settings (its targets,
     RUNBOOK_ENVIRONMENT=staging) that polls only staging's queue, topo-staging-1; the store is the shared one."""
     with DrillStack() as stack:
-        env = {**stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "staging"}
+        env = {**stack.env, **policy, "RUNBOOK_STORE_URL": store_url, "RUNBOOK_ENVIRONMENT": "staging",
+               "PREFECT_API_AUTH_STRING": server.auth_string or ""}
         with Topology(server.api_url, workers=1, state_dir=tmp_path_factory.mktemp("staging-state"), env=env,
                       deploy=False, own_queues=True, default_queue=False, prefix="topo-staging") as topo:
             yield stack, topo

@@ -1,9 +1,11 @@
 """The UI that `runbook up` prints works in a real browser: headless Chromium (Debian's, installed by `make install`)
-loads the printed pages of a server started as `runbook up` starts it, and they show that server's deployments;
-a person's Custom run form (dropdowns set) creates the run it shows."""
+loads the printed pages of a server started as `runbook up` starts it (API authentication included: the person
+logs in on the UI's login page with the key from the file the banner names), and they show that server's
+deployments; a person's Custom run form (dropdowns set) creates the run it shows."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -66,8 +68,39 @@ class PageWatch:
 
 def printed_links(server: LocalPrefectServer) -> dict[str, str]:
     """Return the links `runbook up` prints for this server's UI, by label."""
-    banner = ready_banner(server.url, NAMES)
+    banner = ready_banner(server.url, NAMES, KEY_FILE)
     return {m[1]: m[2] for m in re.finditer(r"^ +([a-z ()]+): +(http://\S+)", banner, re.MULTILINE)}
+
+
+KEY_FILE = Path("/state/api-auth")  # where the banner says the key is (`runbook up` keeps it in its state dir)
+WRONG_KEY = "runbook:not-the-key"
+
+
+@pytest.fixture(scope="module")
+def logged_in(deployed: tuple[LocalPrefectServer, dict[str, str]], browser: Any) -> Any:
+    """The browser, logged in to the pool server's UI as a person does: the printed deployments link shows the login
+    page, a wrong key is refused there, the key (the banner's file holds it) lets the UI in (both UIs: one login)."""
+    server, _ = deployed
+    banner = ready_banner(server.url, NAMES, KEY_FILE)
+    assert server.auth_string and server.auth_string not in banner and f"log in with the key in {KEY_FILE}" in banner
+    assert httpx.get(f"{server.url}/ui-settings", timeout=10).json()["auth"] == "BASIC"
+    page = browser.new_page()
+    page.goto(printed_links(server)["deployments"], wait_until="domcontentloaded")
+    page.wait_for_url(re.compile(r"/login\?redirect=/deployments"), timeout=30_000)  # nothing shown without the key
+    key_field = page.get_by_placeholder("admin:pass")
+    key_field.fill(WRONG_KEY)
+    wrong = "Basic " + base64.b64encode(WRONG_KEY.encode()).decode()
+    with page.expect_response(lambda r: r.request.headers.get("authorization") == wrong, timeout=30_000) as tried:
+        page.get_by_role("button", name="Login", exact=True).click()
+    assert tried.value.status == 401
+    page.wait_for_function("localStorage.getItem('prefect-password') === null", timeout=30_000)  # forgotten
+    assert "/login" in page.url
+    key_field.fill(server.auth_string)
+    page.get_by_role("button", name="Login", exact=True).click()
+    page.wait_for_url(lambda url: "/login" not in url, timeout=30_000)
+    page.get_by_role("link", name=NAMES[0], exact=True).first.wait_for(timeout=60_000)
+    page.close()
+    return browser
 
 
 def paused_only(body: dict[str, Any]) -> bool:
@@ -79,11 +112,11 @@ def paused_only(body: dict[str, Any]) -> bool:
 
 
 def test_the_printed_ui_lists_the_servers_deployments_in_a_browser(
-        deployed: tuple[LocalPrefectServer, dict[str, str]], browser: Any, tmp_path: Path) -> None:
+        deployed: tuple[LocalPrefectServer, dict[str, str]], logged_in: Any, tmp_path: Path) -> None:
     """The printed deployments page, loaded in Chromium, shows this server's deployments, and no API error."""
     server, _ = deployed
     assert httpx.get(f"{server.url}/ui-settings", timeout=10).json()["api_url"] == server.api_url
-    page = browser.new_page()
+    page = logged_in.new_page()
     watch = PageWatch(page)
     page.goto(printed_links(server)["deployments"], wait_until="domcontentloaded")
     # the UI fetched the list from the API it was given, and drew it: the first page (10 a page, by name) and
@@ -103,11 +136,11 @@ def test_the_printed_ui_lists_the_servers_deployments_in_a_browser(
 
 
 def test_the_printed_paused_runs_link_loads_filtered_to_paused(
-        deployed: tuple[LocalPrefectServer, dict[str, str]], browser: Any, tmp_path: Path) -> None:
+        deployed: tuple[LocalPrefectServer, dict[str, str]], logged_in: Any, tmp_path: Path) -> None:
     """The printed "waiting for you" link opens the flow runs page with the Paused filter applied, without error."""
     server, _ = deployed
     link = printed_links(server)["waiting for you"]
-    page = browser.new_page()
+    page = logged_in.new_page()
     watch = PageWatch(page)
     page.goto(link, wait_until="domcontentloaded")
     page.wait_for_load_state("networkidle")
@@ -129,15 +162,16 @@ UNKNOWN_ERROR = "Unknown error while creating flow run"
 
 
 def test_a_custom_run_with_a_dropdown_set_is_created_from_the_form(
-        deployed: tuple[LocalPrefectServer, dict[str, str]], browser: Any, tmp_path: Path) -> None:
+        deployed: tuple[LocalPrefectServer, dict[str, str]], logged_in: Any, tmp_path: Path) -> None:
     """The default (v2) UI's Custom run form of declare-incident, with a title and a severity picked in its dropdown,
     creates the run with those parameters (201, no "Unknown error" toast); the toast people saw is what the form
     shows when the server answers 503 (SQLite's "database is locked"), which this Postgres-backed server does not."""
     server, _ = deployed
-    deployment = next(d for d in httpx.post(f"{server.api_url}/deployments/filter", json={}, timeout=10).json()
+    deployment = next(d for d in httpx.post(f"{server.api_url}/deployments/filter", json={}, timeout=10,
+                                            headers=server.api_headers).json()
                       if d["name"] == "declare-incident")
     title = "Checkout returns 500 (submitted from the browser)"
-    page = browser.new_page()
+    page = logged_in.new_page()
     watch = PageWatch(page)
     created: list[Any] = []
     page.on("response", lambda r: created.append(r) if r.url.endswith("/create_flow_run") else None)
@@ -168,7 +202,7 @@ def test_a_custom_run_with_a_dropdown_set_is_created_from_the_form(
         page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment['id']}(\?|$)"), timeout=30_000)
         page.screenshot(path=str(tmp_path / "custom-run.png"), full_page=True)
         assert page.get_by_text(UNKNOWN_ERROR).count() == 0
-        run = httpx.get(f"{server.api_url}/flow_runs/{run_ids[0]}", timeout=10).json()
+        run = httpx.get(f"{server.api_url}/flow_runs/{run_ids[0]}", timeout=10, headers=server.api_headers).json()
         assert run["deployment_id"] == deployment["id"] and run["state_type"] == "SCHEDULED"
         assert run["parameters"]["params"]["severity"] == "P1" and run["parameters"]["params"]["title"] == title
         # the v2 UI also fetches from the web (fonts), which this closed network refuses: only those may fail
@@ -176,5 +210,5 @@ def test_a_custom_run_with_a_dropdown_set_is_created_from_the_form(
         assert [e for e in watch.errors if not elsewhere.match(e)] == [], watch.errors
     finally:
         for run_id in run_ids:  # nobody executes it here; the worker test of this server must not meet it
-            httpx.delete(f"{server.api_url}/flow_runs/{run_id}", timeout=10)
+            httpx.delete(f"{server.api_url}/flow_runs/{run_id}", timeout=10, headers=server.api_headers)
         page.close()

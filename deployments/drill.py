@@ -99,7 +99,7 @@ def prefect_server() -> Iterator[str]:
 
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from deployments.local_server import drain_api_workers, prefect_on_postgres
+    from deployments.local_server import drain_api_workers, new_api_auth_string, prefect_on_postgres
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if PREFECT_API_URL.value():
@@ -109,10 +109,11 @@ def prefect_server() -> Iterator[str]:
     progress("starting a temporary Prefect server on an embedded PostgreSQL (about 15 s)…")
     try:
         # No scheduler: the drill registers the deployments (schedules included) only to schedule follow-ups.
-        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}) as server:
+        # API authentication as `runbook up`'s (a key of its own, in memory only: the server lives for this drill).
+        with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"},
+                                 auth_string=new_api_auth_string()) as server:
             progress(f"Prefect server ready at {server.url} ({server.startup_seconds:.0f} s)")
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url,
-                                             PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            with temporary_settings(updates={**server.client_settings(), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 try:
                     yield server.api_url
                 finally:

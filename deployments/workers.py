@@ -206,14 +206,14 @@ class Topology:
         """Store, pool, deployments, workers; return once every worker has registered with the pool."""
         try:
             self.store_url = self._stack.enter_context(shared_store({**os.environ, **self.env}))
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+            from prefect.settings import temporary_settings
 
             if self.deploy:
-                with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                with temporary_settings(updates=self.client_settings()):
                     asyncio.run(deploy_to_pool(self.file, self.pool, schedules=self.schedules))
             self.state_dir.mkdir(parents=True, exist_ok=True)
             if self.own_queues:
-                with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                with temporary_settings(updates=self.client_settings()):
                     asyncio.run(ensure_work_queues(self.pool, self.worker_names))
             for name in self.worker_names:
                 self.running.append(self._spawn(name))
@@ -222,6 +222,14 @@ class Topology:
             self.stop()
             raise
         return self
+
+    def client_settings(self) -> dict[Any, Any]:
+        """Return the Prefect client settings of this process's calls to the server: its URL and the workers' API
+        credential (PREFECT_API_AUTH_STRING, when the server has one)."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        auth = self.worker_env(self.prefix).get("PREFECT_API_AUTH_STRING")
+        return {PREFECT_API_URL: self.api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
 
     def worker_env(self, name: str) -> dict[str, str]:
         """Return a worker's environment: this process's settings, the store, the server, the poll interval."""
@@ -298,7 +306,10 @@ class Topology:
             if worker.process.poll() is None:
                 continue
             worker.log.close()
-            crashed = asyncio.run(mark_orphans_crashed(self.api_url, worker.name))
+            from prefect.settings import temporary_settings
+
+            with temporary_settings(updates=self.client_settings()):
+                crashed = asyncio.run(mark_orphans_crashed(self.api_url, worker.name))
             said.append(f"worker {worker.name} exited ({worker.process.returncode}); "
                         f"{len(crashed)} run(s) it was executing marked Crashed; restarting it")
             self.running[i] = self._spawn(worker.name, worker.restarts + 1)
@@ -311,7 +322,9 @@ class Topology:
         the store's database when it is ours; return (run name, final state) of the cancelled runs."""
         cancelled: list[tuple[str, str]] = []
         if self.running:
-            with contextlib.suppress(Exception):
+            from prefect.settings import temporary_settings
+
+            with contextlib.suppress(Exception), temporary_settings(updates=self.client_settings()):
                 cancelled = asyncio.run(cancel_in_flight(self.api_url, self.worker_names, timeout=timeout))
         for worker in self.running:
             if worker.process.poll() is None:

@@ -294,3 +294,72 @@ async def _plan_hash(run: Any) -> str:
 
     schema, _ = await pause_form(run)
     return str((schema.get("properties") or {}).get("plan_hash", {}).get("default", ""))
+
+
+async def _runs_named(name: str) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async with get_client() as client:
+        return list(await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))))
+
+
+def _triggers(stack: DrillStack, incident_id: str) -> list[str]:
+    """Return the dedup keys of the PagerDuty triggers sent for an incident."""
+    return [str(r.body.get("dedup_key")) for r in stack.pagerduty.requests if isinstance(r.body, dict)
+            and r.body.get("event_action") == "trigger" and str(r.body.get("dedup_key", "")).startswith(incident_id)]
+
+
+async def test_a_prefect_server_restarted_mid_incident_loses_no_approval_and_no_escalation(
+        on_server: str, server: LocalPrefectServer, topology: Topology, store_url: str, bad_deploy: DrillStack,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Prefect server process restarts (same PostgreSQL database, same port) while a rollback is suspended for
+    approval and the escalation waits for an acknowledgement on a worker: the suspension survives and its resume
+    finishes the rollback on a worker (once); the escalation either resumed or, its run dead, is re-run by the
+    follow-up sweep, once; the acknowledgement then ends it; on-call was paged once."""
+    from flows.follow_up_sweep import FollowUpSweepParams, follow_up_sweep
+
+    incident_id = await _incident(store_url, "Checkout 500 (server restarted)")
+    rollback = await _wait((await _rollback(incident_id, "topo-worker-1")).id, _paused)
+    escalation = await arun_deployment("escalate-incident/escalate-incident", timeout=0,
+                                       work_queue_name="topo-worker-2", flow_run_name=f"escalate {incident_id}",
+                                       parameters={"params": {"incident_id": incident_id}})
+    await _wait(escalation.id, _paused)
+    deadline = time.monotonic() + 120
+    while not _triggers(bad_deploy, incident_id):
+        assert time.monotonic() < deadline, "on-call was never paged"
+        await asyncio.sleep(0.2)
+
+    await asyncio.to_thread(server.stop)
+    await asyncio.to_thread(server.start)  # the same port and database: `prefect server start` again
+    await asyncio.to_thread(topology.reap)  # a worker that gave up on the server while it was down is restarted
+
+    async with get_client() as client:
+        assert (await client.read_flow_run(rollback.id)).state.is_paused()  # the suspension survived
+    finished = await _approve_until_final(rollback.id)
+    assert finished.state.is_completed(), finished.state
+    assert finished.labels["prefect.worker.name"] in set(topology.worker_names), finished.labels
+    rollbacks = [r for r in bad_deploy.vercel.requests if r.method == "POST" and "rollback" in r.path]
+    assert len(rollbacks) == 1 and bad_deploy.healthy("bad-deploy"), rollbacks
+
+    for key, value in {**bad_deploy.env, "RUNBOOK_STORE_URL": store_url}.items():
+        monkeypatch.setenv(key, value)
+    async with get_client() as client:
+        alive = not _final(await client.read_flow_run(escalation.id))
+    swept = await follow_up_sweep(FollowUpSweepParams(lookback_days=1))
+    assert swept.escalations_rerun == ([] if alive else [incident_id]), (alive, swept)
+    assert (await follow_up_sweep(FollowUpSweepParams(lookback_days=1))).escalations_rerun == []
+    async with open_store(store_url) as store:
+        await store.acknowledge(incident_id, "ana", via="cli")  # `runbook ack`: the escalation sees it, ends
+
+    async def ended() -> bool:
+        return any(r.state.is_completed() for r in await _runs_named(f"escalate {incident_id}"))
+
+    deadline = time.monotonic() + 180
+    while not await ended():
+        runs = await _runs_named(f"escalate {incident_id}")
+        assert time.monotonic() < deadline, [(r.name, r.state_name) for r in runs]
+        await asyncio.sleep(0.3)
+    assert len(_triggers(bad_deploy, incident_id)) == 1, _triggers(bad_deploy, incident_id)  # on-call, once
+    async with open_store(store_url) as store:
+        assert len(await store.timeline(incident_id, kind=EventKind.PAGED)) == 1
+        assert await store.active_locks("remediation:") == []

@@ -8,7 +8,13 @@ doubling to 5 min, on the runbook clock); the response goes on. `pending_pages` 
 `send_pending_pages` (the escalation's wait loop, every poll) tries each due page again while the incident is open
 and unacknowledged, and `resend_pending_pages` (a re-run or a sweep) sends them now. A page whose sender crashed is
 due once it has had no news for longer than the page task's limit. The dedup_key keeps it single in PagerDuty, and
-a page already recorded sent is not recorded twice.
+a page already recorded sent is not recorded twice. While a page is not delivered, #incidents is told so (once per
+page, on its first failed try) and again when it lands.
+
+A pending page is for an open, unacknowledged incident only: once the incident is resolved (or acknowledged) it is
+not sent any more, by any sender (the retry loop of the page itself stops at its next retry), and the timeline says
+why ("Page to on-call not sent: the incident was resolved before PagerDuty accepted it"). A trigger PagerDuty
+accepted in the moment the incident was resolved is resolved in PagerDuty at once.
 
 What people do in PagerDuty comes back two ways: V3 webhooks (the intake's POST /pagerduty/webhooks) and, with a
 REST API token, `pager_acknowledgement`, which the escalation's wait loop calls to read the status of every page
@@ -38,6 +44,7 @@ from runbook.settings import get_settings
 from runbook.store import open_store
 from tasks.common import open_client
 from tasks.incident import read_incident, record
+from tasks.slack import post_slack_message
 
 PD_SEVERITY = {Severity.P0: "critical", Severity.P1: "error", Severity.P2: "warning", Severity.P3: "info"}
 
@@ -145,10 +152,33 @@ def _now() -> str:
     return clock.now().isoformat()
 
 
+class PageWithdrawn(Exception):
+    """The incident was resolved or acknowledged while its page was pending: the page must not be sent."""
+
+
+def _why_not_send(incident: Incident) -> str | None:
+    """Return why a pending page of the incident must no longer be sent (resolved, acknowledged), or None."""
+    if not incident.status.is_open:
+        return "the incident was resolved before PagerDuty accepted it"
+    if incident.acknowledged_at is not None:
+        return f"acknowledged by {incident.acknowledged_by}"
+    return None
+
+
+async def _withdrawn(incident_id: str) -> str | None:
+    async with open_store() as store:
+        return _why_not_send(await store.get(incident_id))
+
+
 def _retry_note(incident_id: str, key: str, who: str) -> RetryHook:
-    """Return the client's on_retry hook: the timeline says the page is still pending (first retry, then every 5th)."""
+    """Return the client's on_retry hook: the timeline says the page is still pending (first retry, then every 5th);
+    before each wait the incident is read again, and a resolved or acknowledged one stops the retries
+    (`PageWithdrawn`): nothing is sent for it any more."""
 
     async def on_retry(attempt: int, error: IntegrationError, delay: float) -> None:
+        why = await _withdrawn(incident_id)
+        if why is not None:
+            raise PageWithdrawn(why)
         if attempt == 1 or attempt % 5 == 0:
             await record(incident_id, EventKind.NOTE,
                          f"Page to {who} still pending: {error}; retrying in {delay:.0f}s (attempt {attempt})",
@@ -171,16 +201,24 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
                      raise_refused: bool = False) -> dict[str, Any]:
     """Send one pending page and record it sent; a failure is recorded (still pending, when to try next), not lost.
 
-    Returns {"sent": True, …}, or {"sent": False, "pending": True, "error": …, "retry_at": …} after a failure;
-    with `raise_refused`, PagerDuty refusing the event (not a throttle or an outage) is raised once recorded.
+    Returns {"sent": True, …}, or {"sent": False, "pending": True, "error": …, "retry_at": …} after a failure, or
+    {"sent": False, "closed": why} when the incident was resolved or acknowledged first (before the send or during
+    its retries: the page is closed on the timeline, not sent); with `raise_refused`, PagerDuty refusing the event
+    (not a throttle or an outage) is raised once recorded.
     """
     key, who = str(page["dedup_key"]), str(page["who"])
     first, reason = bool(page.get("first")), str(page.get("reason") or "")
+    why = await _withdrawn(incident_id)
     try:
+        if why is not None:
+            raise PageWithdrawn(why)
         async with PagerDutyClient.from_settings(get_settings(), policy=policy) as pd:
             result = await pd.trigger(key, page["summary"], severity=page["severity"],
                                       custom_details=page.get("custom_details") or {},
                                       on_retry=_retry_note(incident_id, key, who))
+    except PageWithdrawn as stop:
+        await _close_page(incident_id, key, who, str(stop))
+        return {"sent": False, "dedup_key": key, "closed": str(stop)}
     except IntegrationError as exc:
         failures = int(page.get("failures") or 0) + 1
         wait = _next_try_in(exc, failures)
@@ -189,6 +227,10 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
                      f"Page to {who} NOT delivered, still pending: {exc}; next try in {wait:.0f}s",
                      {"dedup_key": key, "page_failed": True, "status": exc.status, "failures": failures,
                       "retry_at": retry_at.isoformat(), "clock_at": _now()}, actor="pagerduty")
+        if failures == 1:
+            await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} NOT delivered: {exc}. It stays "
+                                  "pending and is tried again until PagerDuty takes it or someone acknowledges; "
+                                  f"reach {who} directly meanwhile.", delivered=False)
         if raise_refused and not isinstance(exc, TransientError):
             raise
         return {"sent": False, "pending": True, "dedup_key": key, "error": str(exc), "retry_at": retry_at}
@@ -201,7 +243,47 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
         {"dedup_key": key, "role": page.get("role"), "name": page.get("name"), "status": result.status},
         actor="pagerduty",
     )
+    if int(page.get("failures") or 0) > 0:
+        await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} delivered now, after "
+                              f"{page['failures']} failed tries.", delivered=True)
+    await _resolve_if_resolved(incident_id, key, who)
     return {"sent": True, "dedup_key": key, "status": result.status}
+
+
+# Telling #incidents that a page is not delivered must not hold the page's own retries (Slack down as well).
+TELL_TIMEOUT_S = 30.0
+
+
+async def _tell_incidents(incident_id: str, key: str, text: str, *, delivered: bool) -> None:
+    """Say in #incidents that a page is not delivered (still pending) or was delivered after all; never raise."""
+    try:
+        await asyncio.wait_for(post_slack_message.fn(
+            get_policy().communication.incidents_channel, text, incident_id=incident_id,
+            details={"page": key, "page_delivered": delivered}, actor="pagerduty"), timeout=TELL_TIMEOUT_S)
+    except Exception as exc:  # Slack down or slow: the timeline already says the page is pending
+        _log_warning(f"could not tell #incidents about the page: {type(exc).__name__}: {exc}")
+
+
+async def _resolve_if_resolved(incident_id: str, key: str, who: str) -> None:
+    """Resolve in PagerDuty at once a trigger it accepted while the incident was being resolved (the resolution's
+    own resolve_pages may have run before this page was recorded sent)."""
+    async with open_store() as store:
+        current = await store.get(incident_id)
+    if current.status.is_open:
+        return
+    try:
+        async with PagerDutyClient.from_settings(get_settings(), policy=RESEND_POLICY) as pd:
+            await pd.resolve(key)
+    except IntegrationError as exc:
+        _log_warning(f"the page to {who} landed after the resolution and could not be resolved: {exc}")
+        return
+    await record(incident_id, EventKind.NOTE, f"Page to {who} landed after the incident was resolved: resolved in "
+                 "PagerDuty at once", {"dedup_keys": [key], "ours": True, "late_page": True}, actor="pagerduty")
+
+
+async def _close_page(incident_id: str, key: str, who: str, why: str) -> None:
+    await record(incident_id, EventKind.NOTE, f"Page to {who} not sent: {why}",
+                 {"dedup_key": key, "page_closed": True}, actor="pagerduty")
 
 
 @task(name="page_contact", retries=0, timeout_seconds=IN_FLIGHT_S, cache_policy=NO_CACHE)
@@ -279,8 +361,7 @@ async def _dead_senders(pages: list[dict[str, Any]]) -> set[str]:
 
 async def _close_pending(incident: Incident, pages: list[dict[str, Any]], why: str) -> None:
     for page in pages:
-        await record(incident.id, EventKind.NOTE, f"Pending page to {page['who']} not sent: {why}",
-                     {"dedup_key": page["dedup_key"], "page_closed": True}, actor="pagerduty")
+        await _close_page(incident.id, str(page["dedup_key"]), str(page["who"]), why)
 
 
 async def send_pending_pages(incident: Incident, *, policy: RetryPolicy = RESEND_POLICY,
@@ -289,18 +370,17 @@ async def send_pending_pages(incident: Incident, *, policy: RetryPolicy = RESEND
 
     Not a task: the escalation's wait loop calls it at every poll, so a page whose retries gave up is tried again
     (one try each time it is due: 15 s doubling to 5 min, or PagerDuty's Retry-After) for as long as the incident
-    is open and unacknowledged; once it is closed or acknowledged its pending pages are closed with a note.
+    is open and unacknowledged; once it is resolved or acknowledged its pending pages are closed with a note saying
+    why, and never sent (the follow-up sweep closes those of a resolved incident whose escalation is over).
     `check_senders`: a page still in flight whose sender's flow run is over in Prefect is due now (a sweep).
     """
     pages = await pending_pages(incident.id)
     if not pages:
         return []
     current = await read_incident(incident.id)
-    if not current.status.is_open:
-        await _close_pending(current, pages, f"the incident is {current.status.value}")
-        return []
-    if current.acknowledged_at is not None:
-        await _close_pending(current, pages, f"acknowledged by {current.acknowledged_by}")
+    why = _why_not_send(current)
+    if why is not None:  # resolved or acknowledged meanwhile: nobody is paged for it any more
+        await _close_pending(current, pages, why)
         return []
     dead = await _dead_senders(pages) if check_senders else set()
     sent = []

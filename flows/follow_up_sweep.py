@@ -111,6 +111,8 @@ async def follow_up_sweep(params: FollowUpSweepParams = FollowUpSweepParams()) -
         if await find_overdue_review(incident, now):
             await escalate_missed_review(incident, policy.post_incident.review_input_deadline_hours, policy)
             out.escalated_reviews.append(incident.id)
+        if await pending_pages(incident.id):  # resolved first: its pending pages are closed with the reason, not sent
+            await resend_pending_pages(incident)
     for incident in await list_open_incidents(now - timedelta(days=params.lookback_days)):
         if await pending_pages(incident.id):
             out.pages_sent.extend(await resend_pending_pages(incident))

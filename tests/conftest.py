@@ -22,6 +22,18 @@ for _key in [k for k in os.environ if k.startswith("RUNBOOK_")]:
     del os.environ[_key]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Distribute with xdist's loadgroup whenever the suite runs on several workers (`-n 2`): the tests marked
+    @pytest.mark.xdist_group(<name>) run on one worker, so a session fixture they share (tests/e2e: the pool server)
+    starts once, not once per worker; the other tests are spread one by one. Set here, before xdist starts its
+    workers (they get the option), not as `--dist loadgroup` in addopts: with that, `pytest -p no:xdist` (or a
+    machine without xdist) refused to start."""
+    if hasattr(config, "workerinput"):  # an xdist worker (it parsed the arguments itself): name tests by group
+        config.option.loadgroup = True
+    elif getattr(config.option, "dist", "no") == "load":  # the controller; what -n N means with no --dist
+        config.option.dist = "loadgroup"
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """Run a real Prefect server on its own embedded PostgreSQL for the session (~15 s to start, once).

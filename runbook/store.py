@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +46,11 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, Ope
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): first opens are not serialized by a file lock, only re-checked
+    fcntl = None  # type: ignore[assignment]
+
 from runbook import provenance
 from runbook.errors import ConfigError, IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
 from runbook.models import (
@@ -66,6 +72,8 @@ from runbook.settings import redacted_url
 
 # 1: the first schema; 2: timeline_events.provenance (what wrote each event), added to a version-1 store at init.
 SCHEMA_VERSION = 2
+INIT_ATTEMPTS = 10  # passes of init() when the schema is being created by others at the same time
+_INIT_LOCK_KEY = 0x52554E424F4F4B  # Postgres advisory lock of the schema creation ("RUNBOOK")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -268,32 +276,63 @@ class IncidentStore:
         return "sqlite" if self._sqlite else "postgresql"
 
     async def init(self) -> None:
-        """Create the schema if missing and check its version."""
-        for attempt in range(3):
+        """Create the schema if missing and check its version; safe when several processes open a fresh store.
+
+        First opens are serialized: a file lock next to a SQLite file (across processes and the tasks of one
+        process), a transaction-scoped advisory lock on Postgres. A table created meanwhile by someone not taking
+        the lock (`table … already exists`) is checked again, not an error.
+        """
+        async with self._first_open_lock():
+            for attempt in range(INIT_ATTEMPTS):
+                try:
+                    async with self.engine.begin() as conn:
+                        if not self._sqlite:
+                            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK_KEY})
+                        await conn.run_sync(metadata.create_all, checkfirst=True)
+                        row = (await conn.execute(
+                            select(meta_t.c.value).where(meta_t.c.key == "schema_version"))).first()
+                        if row is None:
+                            await conn.execute(insert(meta_t).values(key="schema_version",
+                                                                     value=str(SCHEMA_VERSION)))
+                        elif int(row[0]) < SCHEMA_VERSION:
+                            await self._migrate(conn, int(row[0]))
+                        elif int(row[0]) > SCHEMA_VERSION:
+                            raise StoreError(f"store schema version {row[0]} is newer than this runbook "
+                                             f"({SCHEMA_VERSION}); upgrade")
+                    return
+                except IntegrityError:
+                    # Another process recorded the schema version at the same moment; the next pass sees it.
+                    if attempt == INIT_ATTEMPTS - 1:
+                        raise
+                except StoreError:
+                    raise
+                except Exception as exc:  # a table or the version created meanwhile (SQLite: "already exists",
+                    # Postgres: ProgrammingError/IntegrityError on a racing CREATE), or the file busy: check again
+                    if attempt == INIT_ATTEMPTS - 1:
+                        raise StoreError(f"the incident store at {redacted_url(self.url)} cannot be used: "
+                                         f"{_cause(exc, self.url)}") from exc
+                    if not _already_exists(exc):
+                        await asyncio.sleep(0.2)
+
+    @asynccontextmanager
+    async def _first_open_lock(self) -> AsyncIterator[None]:
+        """Hold an exclusive lock on `<file>.init-lock` beside a SQLite store file while its schema is created."""
+        database = make_url(self.url).database if self._sqlite else None
+        if not database or database == ":memory:" or fcntl is None:
+            yield
+            return
+        lock_path = Path(f"{database}.init-lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # flock conflicts between open files, also two of one process; waited in a thread so that another
+            # task of this event loop that holds it can finish meanwhile.
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
             try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all)
-                    row = (await conn.execute(select(meta_t.c.value).where(meta_t.c.key == "schema_version"))).first()
-                    if row is None:
-                        await conn.execute(insert(meta_t).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                    elif int(row[0]) < SCHEMA_VERSION:
-                        await self._migrate(conn, int(row[0]))
-                    elif int(row[0]) > SCHEMA_VERSION:
-                        raise StoreError(
-                            f"store schema version {row[0]} is newer than this runbook ({SCHEMA_VERSION}); upgrade"
-                        )
-                return
-            except IntegrityError:
-                # Another process created the schema at the same moment; the second pass sees it.
-                if attempt == 2:
-                    raise
-            except Exception as exc:  # a racing CREATE on Postgres raises ProgrammingError; retry once more
-                if isinstance(exc, StoreError):
-                    raise
-                if attempt == 2:
-                    raise StoreError(f"the incident store at {redacted_url(self.url)} cannot be used: "
-                                     f"{_cause(exc, self.url)}") from exc
-                await asyncio.sleep(0.2)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     async def _migrate(self, conn: AsyncConnection, version: int) -> None:
         """Bring an older store up to SCHEMA_VERSION in place; what it holds stays readable."""
@@ -1075,6 +1114,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _already_exists(exc: BaseException) -> bool:
+    """Return True for a CREATE that lost a race: the table or index exists now (SQLite's and Postgres' words)."""
+    return "already exists" in str(getattr(exc, "orig", None) or exc)
 
 
 def _cause(exc: BaseException, url: str) -> str:

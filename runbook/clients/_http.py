@@ -6,8 +6,8 @@ attempt translates transport errors and HTTP statuses into the runbook's `Integr
 the retry loop repeats what is worth repeating.
 
 Retried: transport errors, timeouts, 429 and Statuspage's 420 (honouring `Retry-After`, seconds or HTTP date;
-without it the documented window reset: `ratelimit-reset`, Sentry's and Vercel's epoch resets; with neither, an
-exponential backoff that never drops to zero), 5xx.
+without it the documented window reset: `ratelimit-reset`, Sentry's and Vercel's epoch resets, Supabase's
+`X-RateLimit-Reset` seconds; with neither, an exponential backoff that never drops to zero), 5xx.
 How long a rate limit is waited out depends on the use, as an on-call engineer would decide it: a read (a monitor
 cycle's) gives up at once when the reset is more than `max_retry_after` away, with `RateLimited` saying "rate limited
 until <time>" (the monitor records a gap, the next cycle reads again); an action (rollback, promote, redeploy), run
@@ -68,6 +68,12 @@ RATE_LIMIT_STATUSES = frozenset({420, 429})
 #   vercel: X-RateLimit-Reset, "the time at which the current rate limit window resets in UTC epoch seconds" (the
 #           REST API's Rate Limits section; runbook/drill/vercel.py models it)
 EPOCH_RESET_HEADERS: dict[str, str] = {"vercel": "x-ratelimit-reset"}
+# vendor → the header that gives the seconds until its rate-limit window resets (when a 429 has no Retry-After):
+#   supabase api: X-RateLimit-Reset, "the number of seconds remaining until your rate limit resets" (the Management
+#                 API's rate limits, supabase/supabase apps/docs/content/_partials/api_rate_limits.mdx; no
+#                 Retry-After is documented; runbook/drill/supabase_api.py models it)
+# (PagerDuty's REST API sends the standard-draft `ratelimit-reset` in seconds, read for every vendor.)
+SECONDS_RESET_HEADERS: dict[str, str] = {"supabase api": "x-ratelimit-reset"}
 MAX_MESSAGE = 300
 
 
@@ -227,12 +233,15 @@ def error_for_status(
     message = (redact or (lambda s: s))(vendor_message(response))[:MAX_MESSAGE]
     if status in RATE_LIMIT_STATUSES:
         # Retry-After, else the RateLimit headers' reset (seconds; PagerDuty's REST API sends `ratelimit-reset`),
-        # else the vendor's reset in UTC epoch seconds (EPOCH_RESET_HEADERS: Sentry's, Vercel's)
+        # else the vendor's reset in UTC epoch seconds (EPOCH_RESET_HEADERS: Sentry's, Vercel's) or in seconds
+        # (SECONDS_RESET_HEADERS: Supabase's Management API)
         wait = parse_retry_after(response.headers.get("retry-after") or response.headers.get("ratelimit-reset"))
         if wait is None:
             wait = epoch_wait(response.headers.get("x-sentry-rate-limit-reset"))
         if wait is None and (header := EPOCH_RESET_HEADERS.get(vendor)) is not None:
             wait = epoch_wait(response.headers.get(header))
+        if wait is None and (header := SECONDS_RESET_HEADERS.get(vendor)) is not None:
+            wait = parse_retry_after(response.headers.get(header))
         return rate_limited(vendor, operation, wait, status, message)
     if status in (401, 403):
         return AuthError(vendor, operation, message or "not authorised", status)

@@ -27,6 +27,7 @@ class Fault:
     seconds: float = 0.0
     status: int = 503
     retry_after: float | None = None
+    undocumented_retry_after: bool = False
     used: int = field(default=0, compare=False)
 
     @classmethod
@@ -36,12 +37,19 @@ class Fault:
 
     @classmethod
     def rate_limit(
-        cls, retry_after: float = 1, *, times: int | None = 1, path: str | None = None, status: int = 429
+        cls, retry_after: float = 1, *, times: int | None = 1, path: str | None = None, status: int = 429,
+        undocumented_retry_after: bool = False,
     ) -> Fault:
         """Answer 429 (or `status`, e.g. 420) as the vendor throttles: by default its error shape with
-        `Retry-After: <seconds>`; a vendor that documents none answers its own rate-limit response instead (Vercel
-        and Sentry: their reset header `retry_after` seconds from now; Stripe, Statuspage: no wait at all)."""
-        return cls("rate_limit", times=times, path=path, status=status, retry_after=retry_after)
+        `Retry-After: <seconds>`; a vendor that documents none answers its own rate-limit response instead (Vercel,
+        Supabase's Management API, PagerDuty's REST API: their reset header `retry_after` seconds from now; Sentry:
+        its epoch reset; Stripe, Statuspage, PagerDuty's Events API: no wait at all).
+
+        `undocumented_retry_after=True` adds `Retry-After: <retry_after>` where the vendor documents none (what a
+        proxy in front of it, or a change of the vendor's, could send): for tests of the client honouring it; the
+        contract tests fail on such an answer, since the vendor's document does not promise it."""
+        return cls("rate_limit", times=times, path=path, status=status, retry_after=retry_after,
+                   undocumented_retry_after=undocumented_retry_after)
 
     @classmethod
     def error(cls, status: int = 503, *, times: int | None = 1, path: str | None = None) -> Fault:

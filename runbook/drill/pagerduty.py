@@ -5,7 +5,9 @@
                             Retry-After, the event not ingested (PagerDuty/developer-docs
                             docs/events-API-v2/05-Rate-Limits.md); `events_clock` lets a test drive that window
     GET  /incidents         REST API v2 (`Authorization: Token token=…`, `Accept: application/vnd.pagerduty+json;
-                            version=2`): `?incident_key=` and `statuses[]=`; 429 + `ratelimit-*` past the limit
+                            version=2`): `?incident_key=` and `statuses[]=`; past the limit 429 `{"error": {"message":
+                            "Rate Limit Exceeded", "code": 2020}}` with `ratelimit-limit/-remaining/-reset` (seconds),
+                            the headers on every answer (PagerDuty/developer-docs docs/REST-API/04-Rate-Limits.md)
     press_acknowledge / press_resolve / press_reassign   what a person does in the PagerDuty app (a call here)
     subscribe(url, secret)  a V3 webhook subscription: every incident change is delivered, signed
                             (`X-PagerDuty-Signature: v1=<hex>`, `X-Webhook-Id`), from a background thread, in order,
@@ -16,6 +18,8 @@ after a resolve the same dedup_key opens a new alert and incident. Each alert ha
 dedup_key). An acknowledgement sent through the Events API is made by the integration: its webhook's `agent` and
 the REST acknowledger are the service (`service_reference`), never a user. Shapes: PagerDuty/api-schema
 reference/REST/openapiv3.json and PagerDuty/developer-docs docs/webhooks (tests/contracts/specs/pagerduty-rest.json).
+Injected faults answer as each API does: an Events API 429 like its own limit (no Retry-After), a REST 429 with its
+`ratelimit-*` headers (`ratelimit-reset` = the fault's `retry_after`), errors in the Events or the REST shape.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import math
 import queue
 import threading
 import time
@@ -35,13 +40,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from runbook.drill.standin import StandIn, iso, json_response, rand_id
+from runbook.drill.faults import Fault
+from runbook.drill.standin import REQUEST_PATH, StandIn, iso, json_response, opt_in_retry_after, rand_id
 
 SEVERITIES = ("critical", "error", "warning", "info")
 ACTIONS = ("trigger", "acknowledge", "resolve")
 REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
 WEB = "https://permit-school.pagerduty.com"
 API = "https://api.pagerduty.com"
+# The Events API's answer past its limit: "429 - Request Limit Exceeded", the event not ingested
+# (PagerDuty/developer-docs docs/events-API-v2/05-Rate-Limits.md); the body is the document's Error object.
+EVENTS_THROTTLED = {"status": "throttle event", "message": "Request Limit Exceeded",
+                    "errors": ["Request Limit Exceeded"]}
+# The REST API's answer past its limit (docs/REST-API/04-Rate-Limits.md, "Reaching the limit").
+REST_THROTTLED = {"error": {"message": "Rate Limit Exceeded", "code": 2020}}
 # The drill's on-call in PagerDuty (a user of the account): who presses Acknowledge in the app.
 ONCALL_USER = {"id": "PDRILL1", "name": "Dana Drill", "email": "dana.drill@permit.school"}
 
@@ -269,8 +281,21 @@ class PagerDutyStandIn(StandIn):
 
     # -- HTTP -------------------------------------------------------------------------------------------------
     def error_body(self, status: int, message: str) -> Any:
-        """Return PagerDuty's Events API error `{"status", "message", "errors"}`."""
-        return {"status": "error" if status >= 500 else "throttled", "message": message, "errors": [message]}
+        """Return PagerDuty's error: the Events API's `{"status", "message", "errors"}`, the REST API's
+        `{"error": {"message", "code"}}` (2001, its generic code, for what the drill injects)."""
+        if _is_rest(REQUEST_PATH.get()):
+            return {"error": {"message": message, "code": 2001}}
+        return {"status": "error" if status >= 500 else "invalid event", "message": message, "errors": [message]}
+
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit answers as PagerDuty's own: the Events API's 429 without any header, the REST
+        API's with its `ratelimit-*` headers, reset in `retry_after` seconds (a Retry-After only if opted in)."""
+        if not _is_rest(REQUEST_PATH.get()):
+            return json_response(dict(EVENTS_THROTTLED), fault.status, opt_in_retry_after(fault) or None)
+        reset = max(1, math.ceil(fault.retry_after if fault.retry_after is not None else 1))
+        headers = {"ratelimit-limit": str(self.rest_limit), "ratelimit-remaining": "0", "ratelimit-reset": str(reset),
+                   **opt_in_retry_after(fault)}
+        return json_response(copy.deepcopy(REST_THROTTLED), fault.status, headers)
 
     def routes(self) -> list[BaseRoute]:
         """Return the Events API and REST routes."""
@@ -297,7 +322,7 @@ class PagerDutyStandIn(StandIn):
         limit_headers = {"ratelimit-limit": str(self.rest_limit),
                          "ratelimit-remaining": str(max(0, self.rest_limit - used)), "ratelimit-reset": str(reset)}
         if used > self.rest_limit:
-            return self._rest_error(429, "Rate Limit Exceeded", 2020, limit_headers), limit_headers
+            return json_response(copy.deepcopy(REST_THROTTLED), 429, limit_headers), limit_headers
         return None, limit_headers
 
     async def _get_user(self, request: Request) -> Response:
@@ -394,8 +419,7 @@ class PagerDutyStandIn(StandIn):
         if problems := self._problems(event):
             return self._invalid(*problems)
         if self._throttled(str(event["routing_key"])):
-            return json_response({"status": "throttle event", "message": "Request Limit Exceeded",
-                                  "errors": ["Request Limit Exceeded"]}, 429)
+            return json_response(dict(EVENTS_THROTTLED), 429)
         action = event["event_action"]
         dedup_key = str(event.get("dedup_key") or uuid.uuid4().hex)
         now = time.time()
@@ -446,3 +470,8 @@ def acknowledge_as_oncall(standin: PagerDutyStandIn, dedup_key: str, user_id: st
         return standin.press_acknowledge(dedup_key, user_id)
     except LookupError:  # resolved or acknowledged meanwhile
         return None
+
+
+def _is_rest(path: str) -> bool:
+    """Say whether a path is the REST API's (not the Events API's `/v2/enqueue`)."""
+    return not path.startswith("/v2/")

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runbook.drill.faults import Fault
-from runbook.drill.standin import StandIn, bearer, iso, json_response
+from runbook.drill.standin import StandIn, bearer, iso, json_response, opt_in_retry_after
 
 _PERIOD = re.compile(r"^(\d+)([smhdw])$")
 _TERM = re.compile(r'\s*([A-Za-z0-9_.\-]+):("(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s"\[\]]+)\s*')
@@ -178,7 +178,8 @@ class SentryStandIn(StandIn):
     def rate_limited(self, fault: Fault) -> Response:
         """An injected rate limit is Sentry's own 429: no Retry-After, the window reset `retry_after` s from now."""
         reset = math.ceil(self.rate_clock() + (fault.retry_after if fault.retry_after is not None else 1))
-        return self._throttled(fault.status, self._limit_headers(self.rate_limit, reset, 0))
+        return self._throttled(fault.status, {**self._limit_headers(self.rate_limit, reset, 0),
+                                              **opt_in_retry_after(fault)})
 
     def _throttled(self, status: int, headers: dict[str, str]) -> Response:
         return json_response({"detail": f"You are attempting to use this endpoint too frequently. Limit is "

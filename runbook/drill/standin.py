@@ -4,7 +4,9 @@ A stand-in is an ASGI app served by uvicorn on its own 127.0.0.1 port (see host.
 (`.requests`), then the first matching fault (`.inject(Fault…)`) is applied before the vendor routes run.
 Vendor error bodies come from `error_body()`, overridden per vendor, so faults answer in the vendor's shape; an
 injected rate limit answers `rate_limited(fault)`, by default that body with `Retry-After`, overridden by a vendor
-whose documented throttling answer differs (Vercel, Sentry, Stripe, Statuspage send no Retry-After).
+whose documented throttling answer differs (Vercel, Sentry, Stripe, Statuspage, PagerDuty, Supabase's Management
+API send no Retry-After; `opt_in_retry_after(fault)` adds one when a test asks for it). `REQUEST_PATH` holds the
+path of the request being answered, for a vendor whose APIs answer in different shapes (PagerDuty's Events and REST).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import string
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
@@ -34,6 +37,8 @@ Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 
 _ALNUM = string.ascii_letters + string.digits
+# The path of the request a stand-in is answering (set per request: each runs in its own task).
+REQUEST_PATH: ContextVar[str] = ContextVar("standin_request_path", default="")
 _LOWER = string.ascii_lowercase + string.digits
 
 
@@ -53,6 +58,13 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def opt_in_retry_after(fault: Fault) -> dict[str, str]:
+    """Return `{"Retry-After": …}` when a test asked an injected rate limit for one its vendor does not document."""
+    if not fault.undocumented_retry_after:
+        return {}
+    return {"Retry-After": f"{fault.retry_after if fault.retry_after is not None else 1:g}"}
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -271,6 +283,7 @@ class StandIn:
                 record.status = message["status"]
             await send(message)
 
+        REQUEST_PATH.set(scope["path"])
         fault = self._take_fault(scope["path"])
         if fault is not None:
             record.fault = fault.kind

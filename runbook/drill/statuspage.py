@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runbook.drill.faults import Fault
-from runbook.drill.standin import StandIn, iso, json_response, rand_id
+from runbook.drill.standin import StandIn, iso, json_response, opt_in_retry_after, rand_id
 
 # The enums of the Statuspage document (tests/contracts/specs/statuspage.json): realtime and scheduled statuses.
 INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved", "scheduled", "in_progress", "verifying",
@@ -83,8 +83,8 @@ class StatuspageStandIn(StandIn):
         return {"message": message}
 
     def rate_limited(self, fault: Fault) -> Response:
-        """An injected rate limit answers like the real one: the ErrorEntity, no Retry-After."""
-        return json_response(dict(RATE_LIMITED), fault.status)
+        """An injected rate limit answers like the real one: the ErrorEntity, no Retry-After (unless opted in)."""
+        return json_response(dict(RATE_LIMITED), fault.status, opt_in_retry_after(fault) or None)
 
     def _guard(self, request: Request) -> Response | None:
         auth = request.headers.get("authorization", "")

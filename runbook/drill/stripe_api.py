@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runbook.drill.faults import Fault
-from runbook.drill.standin import StandIn, bearer, json_response, rand_id, read_params
+from runbook.drill.standin import StandIn, bearer, json_response, opt_in_retry_after, rand_id, read_params
 
 APP_EVENTS = [
     "checkout.session.completed",
@@ -252,7 +252,7 @@ class StripeStandIn(StandIn):
 
     def rate_limited(self, fault: Fault) -> Response:
         """An injected rate limit is Stripe's own 429: the `rate_limit` error object, no Retry-After or header."""
-        return json_response({"error": dict(RATE_LIMITED)}, fault.status)
+        return json_response({"error": dict(RATE_LIMITED)}, fault.status, opt_in_retry_after(fault) or None)
 
     def _err(self, status: int, message: str, **extra: Any) -> Response:
         kind = "api_error" if status >= 500 else "invalid_request_error"

@@ -4,13 +4,20 @@ REST: `GET|HEAD /rest/v1/<table>?select=…` (apikey required), `Prefer: count=e
 (`*/total` for HEAD or no rows), `limit`, `offset`, `order=col.desc`, filters `col=eq.v` (neq, gt, gte, lt, lte,
 like, ilike, is, in). `select=count` answers `[{"count": N}]` like PostgREST's aggregate. Enough for
 `create_client(url, key).table("profiles").select("*", count="exact", head=True).execute().count`.
-Management API: `GET /v1/projects/{ref}/health?services=db&services=auth…` → `[{name, healthy, status}]`.
+Management API: `GET /v1/projects/{ref}/health?services=db&services=auth…` → `[{name, healthy, status}]`, rate
+limited as documented (supabase/supabase apps/docs/content/_partials/api_rate_limits.mdx): 120 requests a minute
+per user, per project, per endpoint, a fixed window ("for the remainder of the minute"); every answer carries
+`X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the window resets); past the
+limit `429 {"message": …}`, no Retry-After. An injected rate limit answers the same, its reset `retry_after` s away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -19,8 +26,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runbook.drill.database import Database
+from runbook.drill.faults import Fault
 from runbook.drill.keys import SupabaseProject
-from runbook.drill.standin import StandIn, bearer, json_response
+from runbook.drill.standin import StandIn, bearer, json_response, opt_in_retry_after
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "like": "like", "ilike": "ilike"}
@@ -208,15 +216,35 @@ class SupabaseManagementStandIn(StandIn):
     # The `services` enum of the Management API document (tests/contracts/specs/supabase.json).
     SERVICES = ("auth", "db", "db_postgres_user", "pooler", "realtime", "rest", "storage", "pg_bouncer")
 
+    RATE_LIMIT = 120  # requests per window, per token, project and endpoint
+    RATE_WINDOW = 60.0
+
     def __init__(self, *, db: Database, project: SupabaseProject) -> None:
         self.db = db
         self.project = project
         self.overrides: dict[str, tuple[str, str | None]] = {}
+        self.rate_limit, self.rate_window = self.RATE_LIMIT, self.RATE_WINDOW
+        self.rate_clock: Callable[[], float] = time.time
+        self._windows: dict[tuple[str, str], tuple[int, int]] = {}
         super().__init__()
 
     def reset_state(self) -> None:
-        """Forget service overrides."""
+        """Forget service overrides and rate-limit windows (the documented limit again, on the wall clock)."""
         self.overrides = {}
+        self.rate_limit, self.rate_window, self.rate_clock, self._windows = (
+            self.RATE_LIMIT, self.RATE_WINDOW, time.time, {})
+
+    def rate_limited(self, fault: Fault) -> Response:
+        """An injected rate limit is the Management API's own 429: `{"message"}`, the X-RateLimit-* headers with
+        the reset `retry_after` seconds away, no Retry-After (unless opted in)."""
+        reset = max(1, math.ceil(fault.retry_after if fault.retry_after is not None else 1))
+        headers = {**self._limit_headers(0, reset), **opt_in_retry_after(fault)}
+        return json_response({"message": "Too many requests"}, fault.status, headers)
+
+    def _limit_headers(self, remaining: int, reset: int) -> dict[str, str]:
+        """Return the documented X-RateLimit-Limit/-Remaining/-Reset (seconds until the window resets)."""
+        return {"X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": str(max(0, remaining)),
+                "X-RateLimit-Reset": str(reset)}
 
     def set_service(self, name: str, status: str, error: str | None = None) -> None:
         """Force a service's reported status (COMING_UP | ACTIVE_HEALTHY | UNHEALTHY) until reset."""
@@ -252,6 +280,16 @@ class SupabaseManagementStandIn(StandIn):
         return item
 
     async def _health(self, request: Request) -> Response:
+        used, number = self.count_in_window(request, f"health:{request.path_params['ref']}")
+        reset = max(1, math.ceil((number + 1) * self.rate_window - self.rate_clock()))
+        headers = self._limit_headers(self.rate_limit - used, reset)
+        response = await self._answer_health(request, used)
+        response.headers.update(headers)
+        return response
+
+    async def _answer_health(self, request: Request, used: int) -> Response:
+        if used > self.rate_limit:
+            return json_response({"message": "Too many requests"}, 429)
         if bearer(request) != self.project.access_token:
             return json_response({"message": "Unauthorized"}, 401)
         if request.path_params["ref"] != self.project.ref:

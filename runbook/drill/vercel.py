@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from runbook.drill.faults import Fault
-from runbook.drill.standin import StandIn, bearer, json_response, now_ms, rand_id
+from runbook.drill.standin import StandIn, bearer, json_response, now_ms, opt_in_retry_after, rand_id
 
 ENV_TYPES = ("plain", "encrypted", "sensitive", "secret", "system")
 TARGETS = ("production", "preview", "development")
@@ -352,7 +352,9 @@ class VercelStandIn(StandIn):
     def rate_limited(self, fault: Fault) -> Response:
         """An injected rate limit is Vercel's own 429: no Retry-After, the window reset `retry_after` s from now."""
         reset = math.ceil(self.rate_clock() + (fault.retry_after if fault.retry_after is not None else 1))
-        return self._throttled(fault.status, 0, reset)
+        response = self._throttled(fault.status, 0, reset)
+        response.headers.update(opt_in_retry_after(fault))
+        return response
 
     def _throttled(self, status: int, remaining: int, reset: int) -> Response:
         response = self._err(status, "too_many_requests", "Rate limit exceeded")

@@ -4,7 +4,8 @@
     ... drive the client against the drill stack ...
     assert check_all("vercel", recorder.exchanges) == []
 
-`Spec.check` validates one exchange: the operation (method + path) is documented; the auth scheme is one the
+`Spec.check` validates one exchange: its rate-limit headers are the vendor's documented ones (`rate_limits.py`: none
+undocumented, the promised ones present); the operation (method + path) is documented; the auth scheme is one the
 operation's security allows; every query parameter is documented and its value fits its schema, required ones are
 present; the request body fits the request schema and sends no undeclared field; the status is documented; the
 response body fits the documented schema for that status and carries no undeclared field; every response field the
@@ -35,6 +36,7 @@ from tests.contracts.allowlist import ALLOWED as _ALLOWED
 from tests.contracts.allowlist import READINGS as _READINGS
 from tests.contracts.allowlist import Allowed
 from tests.contracts.allowlist_slack import SLACK_ALLOWED, SLACK_READINGS
+from tests.contracts.rate_limits import rate_limit_problems
 
 # Slack's entries and readings live beside its own tests (allowlist_slack.py).
 ALLOWED: list[Allowed] = [*_ALLOWED, *SLACK_ALLOWED]
@@ -174,7 +176,7 @@ class Spec:
         while isinstance(node, dict) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
             target: Any = self.doc
             for part in node["$ref"][2:].split("/"):
-                target = target[part]
+                target = target[part.replace("~1", "/").replace("~0", "~")]  # JSON Pointer escapes
             node = target
         return node
 
@@ -303,16 +305,17 @@ class Spec:
         """Return every way an exchange departs from the document (empty: it conforms)."""
         label = ex.label()
         relative = ex.path[len(self.base_path):] if ex.path.startswith(self.base_path) else ex.path
+        limits = rate_limit_problems(self.vendor, ex.status, ex.response_headers, label)
         matched = self.match(ex.method, ex.path)
         if matched is None:
             entry = next((e for e in ALLOWED if e.vendor == self.vendor and e.kind == "operation"
                           and e.method == ex.method and _template_regex(e.path).fullmatch(relative)), None)
             if entry is None:
-                return [f"{label}: not a documented operation and not allow-listed"]
+                return [f"{label}: not a documented operation and not allow-listed", *limits]
             self.used.add(entry)
-            return self._check_allowed_operation(ex, entry, label)
+            return limits + self._check_allowed_operation(ex, entry, label)
         op, path_params = matched
-        problems = self._check_path(op, path_params, label)
+        problems = limits + self._check_path(op, path_params, label)
         problems += self._check_auth(ex, op, label)
         problems += self._check_query(ex, op, label)
         problems += self._check_body(ex, op, label)

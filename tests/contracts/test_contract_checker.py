@@ -13,6 +13,7 @@ import pytest
 from tests.contracts import extract
 from tests.contracts.allowlist import ALLOWED, READINGS, Allowed
 from tests.contracts.contract import READS, Exchange, Spec, check_all
+from tests.contracts.rate_limits import rate_limit_problems
 
 VENDORS = sorted(extract.SOURCES)
 
@@ -68,6 +69,36 @@ def test_departures_are_found(vendor: str, exchange: Exchange, expected: str) ->
     """Each kind of departure from the document is reported, naming what departs."""
     problems = check_all(vendor, [exchange])
     assert any(expected in p for p in problems), problems
+
+
+HEALTH = "http://h/v1/projects/abcdefghijklmnopqrst/health?services=db"
+SUPABASE_LIMITS = {"x-ratelimit-limit": "120", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "5"}
+
+
+@pytest.mark.parametrize(("vendor", "status", "headers", "expected"), [
+    ("statuspage", 429, {"retry-after": "1"}, "'retry-after' is not one statuspage documents"),
+    ("pagerduty-events", 429, {"retry-after": "120"}, "'retry-after' is not one pagerduty-events documents"),
+    ("stripe", 429, {"retry-after": "1"}, "'retry-after' is not one stripe documents"),
+    ("vercel", 429, {"retry-after": "1", "x-ratelimit-reset": "1"}, "'retry-after' is not one vercel documents"),
+    ("vercel", 429, {}, "no 'x-ratelimit-reset' header"),
+    ("sentry", 429, {"x-ratelimit-reset": "1"}, "'x-ratelimit-reset' is not one sentry documents"),
+    ("pagerduty-rest", 429, {"ratelimit-limit": "960", "ratelimit-remaining": "0"}, "no 'ratelimit-reset' header"),
+    ("supabase", 200, {}, "no 'x-ratelimit-remaining' header"),
+    ("supabase", 429, {**SUPABASE_LIMITS, "retry-after": "5"}, "'retry-after' is not one supabase documents"),
+    ("slack", 429, {}, "no 'retry-after' header"),
+])
+def test_rate_limit_headers_are_the_documented_ones(vendor: str, status: int, headers: dict[str, str],
+                                                     expected: str) -> None:
+    """A rate-limit header the vendor does not document, or a documented one missing, is a departure."""
+    assert any(expected in p for p in rate_limit_problems(vendor, status, headers, "x")), expected
+
+
+def test_the_supabase_health_answer_needs_its_rate_limit_headers() -> None:
+    """Spec.check applies the header rule: the same health answer conforms with X-RateLimit-* and not without."""
+    ok = _ex("GET", HEALTH, 200, [{"name": "db", "healthy": True, "status": "ACTIVE_HEALTHY"}])
+    assert any("x-ratelimit-limit" in p for p in check_all("supabase", [ok]))
+    ok.response_headers = {**SUPABASE_LIMITS, "x-ratelimit-remaining": "119"}
+    assert check_all("supabase", [ok]) == []
 
 
 def test_an_allow_listed_operation_is_checked_by_its_entry() -> None:

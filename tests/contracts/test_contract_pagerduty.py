@@ -10,7 +10,8 @@ from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient
 from runbook.drill import DrillStack
 from runbook.drill.faults import Fault
 from runbook.errors import RequestRejected, TransientError
-from tests.contracts.contract import Recorder, assert_conforms
+from tests.contracts.contract import Recorder, assert_conforms, check_all
+from tests.contracts.rate_limits import RATE_LIMIT_HEADER
 
 VENDOR = "pagerduty-events"
 
@@ -71,17 +72,34 @@ async def test_a_page_is_retried_for_minutes_with_growing_backoff(drill: DrillSt
     assert len(drill.pagerduty.requests) == len(sleeps.delays) + 1 and retries == list(range(1, len(sleeps.delays) + 1))
 
 
-async def test_throttling_with_retry_after_is_waited_out(drill: DrillStack, recorder: Recorder) -> None:
-    """429 with Retry-After (two minutes, twice) is waited as asked, then the page lands: nothing is dropped."""
+async def test_an_injected_429_is_pagerdutys_own_and_is_backed_off(drill: DrillStack, recorder: Recorder) -> None:
+    """An injected 429 answers as the Events API's own limit (no Retry-After or any rate-limit header: PagerDuty
+    documents none), so the page backs off by itself, each wait at least half of a doubling cap, then lands."""
     drill.pagerduty.inject(Fault.rate_limit(retry_after=120, times=2))
     sleeps = Sleeps()
     async with PagerDutyClient.from_settings(drill.settings(), sleep=sleeps) as pd:
         recorder.watch(pd.http)
         result = await pd.trigger("inc-contract-429", "Throttled twice")
-    assert sleeps.delays == [120, 120] and result.status == "success"
-    assert [e.status for e in recorder.exchanges] == [429, 429, 202]
+    assert result.status == "success" and [e.status for e in recorder.exchanges] == [429, 429, 202]
+    assert not any(RATE_LIMIT_HEADER.search(h) for e in recorder.exchanges for h in e.response_headers)
+    caps = [min(PAGE_POLICY.max_delay, PAGE_POLICY.base_delay * 2 ** n) for n in range(2)]
+    assert len(sleeps.delays) == 2 and all(cap / 2 <= d <= cap for d, cap in zip(sleeps.delays, caps, strict=True))
     assert drill.pagerduty.alert("inc-contract-429") is not None
     assert_conforms(VENDOR, recorder.exchanges)
+
+
+async def test_a_retry_after_pagerduty_does_not_promise_is_still_honoured(drill: DrillStack,
+                                                                          recorder: Recorder) -> None:
+    """Should a 429 carry Retry-After anyway (a proxy's; opted in on the stand-in), the page waits as asked and
+    lands; the contract check names that header as one PagerDuty does not document."""
+    drill.pagerduty.inject(Fault.rate_limit(retry_after=120, times=2, undocumented_retry_after=True))
+    sleeps = Sleeps()
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=sleeps) as pd:
+        recorder.watch(pd.http)
+        result = await pd.trigger("inc-contract-retry-after", "Throttled twice, told how long")
+    assert sleeps.delays == [120, 120] and result.status == "success"
+    problems = check_all(VENDOR, recorder.exchanges)
+    assert len(problems) == 2 and all("'retry-after' is not one pagerduty-events documents" in p for p in problems)
 
 
 async def test_past_the_per_key_limit_a_page_backs_off_until_the_minute_rolls(drill: DrillStack,

@@ -81,3 +81,45 @@ async def test_throttled_health_is_rate_limited(drill: DrillStack, fast: RetryPo
     async with SupabaseManagement.from_settings(drill.settings(), policy=fast.with_(max_attempts=2)) as api:
         with pytest.raises(RateLimited):
             await api.project_health(("db",))
+
+
+async def test_past_the_documented_limit_health_waits_for_x_ratelimit_reset(drill: DrillStack,
+                                                                            recorder: Recorder) -> None:
+    """The Management API's own limit (a fixed minute per token, project and endpoint; X-RateLimit-* on every
+    answer, no Retry-After): the third call of a 2-a-minute window is 429, waited until X-RateLimit-Reset (5 s, the
+    window's end on the stand-in's clock), then answered in the next window."""
+    now = [1015.0]  # 5 s before the window [960, 1020) ends
+    drill.supabase_api.rate_limit, drill.supabase_api.rate_clock = 2, lambda: now[0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    async with SupabaseManagement.from_settings(drill.settings(), sleep=sleep) as api:
+        recorder.watch(api.http)
+        for _ in range(3):
+            assert (await api.project_health(("db",))).healthy
+    assert [e.status for e in recorder.exchanges] == [200, 200, 429, 200] and waits == [5.0]
+    headers = [e.response_headers for e in recorder.exchanges]
+    assert [h["x-ratelimit-remaining"] for h in headers] == ["1", "0", "0", "1"]
+    assert all("retry-after" not in h for h in headers) and headers[2]["x-ratelimit-reset"] == "5"
+    assert_conforms(VENDOR, recorder.exchanges)
+
+
+async def test_a_reset_far_away_gives_up_the_read_at_once(drill: DrillStack, recorder: Recorder) -> None:
+    """A 429 whose X-RateLimit-Reset is 45 s away (past a read's 30 s bound): no wait, RateLimited as a read, with
+    the Management API's message; a monitor records the gap and reads again next cycle."""
+    drill.supabase_api.inject(Fault.rate_limit(retry_after=45, times=None))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async with SupabaseManagement.from_settings(drill.settings(), sleep=sleep) as api:
+        recorder.watch(api.http)
+        with pytest.raises(RateLimited) as caught:
+            await api.project_health(("db",))
+    assert waits == [] and len(recorder.exchanges) == 1 and caught.value.use == "read"
+    assert caught.value.retry_after == 45 and "Too many requests" in str(caught.value)
+    assert_conforms(VENDOR, recorder.exchanges)

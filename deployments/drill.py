@@ -29,7 +29,8 @@ DEFAULT_SCENARIO = "database-migration"
 DRILL_POLICY = """\
 # The drill's policy: the runbook's numbers, with the monitor and the stability checks sped up.
 monitoring: {interval_seconds: 1, breach_cycles: 2, probe_timeout_s: 10}
-response: {ack_poll_seconds: 0.5, stable_checks: 2, stable_interval_seconds: 1}
+# Each drill is a fresh incident: a drill's fault is not the last drill's come back (no reopen on regression).
+response: {ack_poll_seconds: 0.5, stable_checks: 2, stable_interval_seconds: 1, reopen_window_minutes: 0}
 # Drills in a row share one store: each is a fresh incident on a reset stack, not a loop (the breaker's count).
 guardrails: {max_remediations_per_hour: 1000}
 """

@@ -19,7 +19,7 @@ from pydantic import Field
 from flows.verification import Verification, VerifyParams, verify_service
 from runbook.errors import IntegrationError
 from runbook.escalation import escalation_schedule
-from runbook.models import Diagnosis, EventKind, Incident, Severity, Status, utcnow
+from runbook.models import Diagnosis, EventKind, Incident, Severity, Status, TimelineEvent, utcnow
 from runbook.policy import get_policy
 from runbook.store import open_store
 from tasks.health import check_app_health
@@ -144,6 +144,101 @@ async def first_response(incident: Incident) -> dict[str, Any]:
             page = {"sent": False, "pending": True, "error": str(exc)}
     await communicate(incident, Status.INVESTIGATING, FIRST_WORDS[incident.severity])
     return page
+
+
+REOPEN_WORDS = "The problem returned"
+
+
+async def _reopen_event(incident_id: str) -> TimelineEvent | None:
+    async with open_store() as store:
+        reopens = await store.timeline(incident_id, kind=EventKind.REOPENED)
+    return reopens[-1] if reopens else None
+
+
+async def reopen_response(incident: Incident, reopened: TimelineEvent | None = None) -> dict[str, Any]:
+    """A resolved incident's fault returned and the store reopened it: page on-call again (the same dedup key,
+    triggered anew in PagerDuty), say "the problem returned" on the status page and in #incidents, and withdraw
+    the follow-up runs scheduled from the resolution (the final resolution schedules them again); each once per
+    reopen, whoever runs it again. Return the page's result."""
+    reopened = reopened or await _reopen_event(incident.id)
+    alert = (reopened.details.get("alert") if reopened else None) or {}
+    why = str(alert.get("summary") or incident.title)
+    ago = reopened.details.get("minutes_after_resolution") if reopened else None
+    policy = get_policy()
+    page: dict[str, Any] = {}
+    first = escalation_schedule(incident, policy)[0]
+    async with open_store() as store:
+        paged_before = any(e.details.get("dedup_key") == incident.dedup_key
+                           for e in await store.timeline(incident.id, kind=EventKind.PAGED))
+    contact = policy.chain()[0] if policy.chain() else None
+    if contact is not None and (first.action == "page" or paged_before):
+        try:
+            page = await page_contact(incident, contact, reason=f"{REOPEN_WORDS.lower()}: {why}", quick=True)
+        except Exception as exc:  # refused: on the timeline and pending; the announcement still goes out
+            get_run_logger().warning("reopen page to %s not delivered, still pending: %s", contact.role, exc)
+            page = {"sent": False, "pending": True, "error": str(exc)}
+    when = f" {ago:.0f} min after it was resolved" if isinstance(ago, int | float) else ""
+    message = f"{REOPEN_WORDS}{when}: {why}. We are investigating again."
+    comms = policy.communication
+    if incident.severity in comms.status_page_for:
+        try:  # once per status since the reopen (post_status_update counts from it)
+            await post_status_update(incident.id, Status.INVESTIGATING, message)
+        except IntegrationError as exc:  # a status page outage must not stop the response
+            await record(incident.id, EventKind.STATUS_PAGE, f"Status page update FAILED: {exc}",
+                         {"status": Status.INVESTIGATING.value, "sent": False, "error": str(exc)})
+    reopen_id = reopened.id if reopened else None
+    async with open_store() as store:
+        told = any(e.details.get("reopen") == reopen_id and e.details.get("sent")
+                   for e in await store.timeline(incident.id, kind=EventKind.SLACK))
+    if not told:
+        await post_slack_message(comms.incidents_channel,
+                                 f"[{incident.severity}] {incident.title} ({incident.id}) — REOPENED, "
+                                 f"investigating: {message}", incident_id=incident.id,
+                                 details={"reopen": reopen_id})
+    if reopened is not None:
+        await withdraw_follow_up_runs(incident, reopened)
+    return page
+
+
+async def withdraw_follow_up_runs(incident: Incident, reopened: TimelineEvent) -> list[str]:
+    """Delete the scheduled review and follow-up runs of the resolution a reopen undid (the store withdrew their
+    rows); a run that started already is left alone. Return the deleted run ids; each once (the timeline)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    runs = [str(w["flow_run_id"]) for w in reopened.details.get("withdrawn_follow_ups") or [] if w.get("flow_run_id")]
+    async with open_store() as store:
+        done = {str(r) for e in await store.timeline(incident.id, kind=EventKind.NOTE)
+                for r in e.details.get("withdrawn_runs") or []}
+    deleted: list[str] = []
+    left: list[str] = []
+    try:
+        async with get_client() as client:
+            for run_id in (r for r in runs if r not in done):
+                try:
+                    run = await client.read_flow_run(UUID(run_id))
+                except ObjectNotFound:
+                    deleted.append(run_id)  # gone already
+                    continue
+                if run.state is not None and run.state.is_scheduled():
+                    await client.delete_flow_run(run.id)
+                    deleted.append(run_id)
+                else:
+                    left.append(f"{run.name} ({run.state.name if run.state else 'no state'})")
+    except Exception as exc:  # Prefect unreachable: the runs stay scheduled; said on the timeline and the log
+        get_run_logger().warning("could not withdraw the follow-up runs of %s: %s", incident.id, exc)
+        await record(incident.id, EventKind.NOTE, f"Follow-up runs of the undone resolution NOT withdrawn: {exc}",
+                     {"withdraw_failed": runs})
+        return deleted
+    if deleted or left:
+        await record(incident.id, EventKind.NOTE,
+                     f"Withdrew {len(deleted)} follow-up run(s) scheduled from the resolution the reopen undid; "
+                     "they are scheduled again from the final resolution"
+                     + (f" (already started, left alone: {', '.join(left)})" if left else ""),
+                     {"withdrawn_runs": deleted, "left": left})
+    return deleted
 
 
 async def run_diagnosis(incident: Incident) -> Diagnosis | None:

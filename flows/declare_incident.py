@@ -1,7 +1,9 @@
 """Declare an incident: validate, classify through the policy, dedupe by fingerprint, record, emit, respond.
 
 Called by the monitor, the alert intake, a person in the Prefect UI, or other automation. A duplicate alert is
-attached to the open incident with its fingerprint (nothing lost, nothing opened twice). A raw alert that fails
+attached to the open incident with its fingerprint (nothing lost, nothing opened twice); the fingerprint's incident
+resolved less than `response.reopen_window_minutes` ago is reopened instead of a new one (paged again, "the problem
+returned" on the status page and in #incidents, its procedure run once more). A raw alert that fails
 validation is kept in the store with the reason, and the run fails with that reason before anything else happens.
 """
 
@@ -18,7 +20,7 @@ from runbook.models import Alert, Impact, ImpactLevel, Incident, Severity
 from runbook.policy import get_policy
 from runbook.settings import get_settings
 from tasks.common import flow_run_id, run_parameter
-from tasks.incident import declare_record, store_invalid_alert
+from tasks.incident import admit_record, store_invalid_alert
 
 ScenarioHint = Literal["database", "authentication", "payment", "performance", "configuration"]
 # Closed sets with an explicit "not given" choice, not `X | None`: the Prefect UI renders a union as type tabs
@@ -90,6 +92,8 @@ class Declared(BaseModel):
 
     incident_id: str
     created: bool
+    reopened: bool = Field(False, description="The fingerprint's incident resolved within the reopen window was "
+                           "reopened (not a new incident)")
     severity: Severity
     reason: str
     response_run_id: str | None = None
@@ -182,22 +186,30 @@ async def declare_incident(params: DeclareParams) -> Declared:
             await store_invalid_alert(params.raw_alert, str(exc))
             raise
     incident, reason = build_incident(params, alert)
-    recorded, created = await declare_record(incident, alert, params.declared_by)
+    admitted = await admit_record(incident, alert, params.declared_by)
+    recorded, outcome = admitted.incident, admitted.outcome
+    created, reopened = outcome == "created", outcome == "reopened"
     emit_event(
-        event="runbook.incident.declared" if created else "runbook.incident.duplicate-alert",
+        event={"created": "runbook.incident.declared", "reopened": "runbook.incident.reopened"}.get(
+            outcome, "runbook.incident.duplicate-alert"),
         resource={"prefect.resource.id": f"runbook.incident.{recorded.id}",
                   "prefect.resource.name": recorded.title},
         payload={"severity": recorded.severity.value, "fingerprint": recorded.fingerprint, "reason": reason,
                  "flow_run_id": flow_run_id()},
     )
     response_run = None
-    if created and params.respond != "none":
-        from flows._response import first_response  # here: the form's and the schema's imports stay light
+    if (created or reopened) and params.respond != "none":
+        from flows._response import first_response, reopen_response  # here: the form's imports stay light
 
-        await first_response(recorded)  # the page, the status page and #incidents first, in this (warm) run
+        if created:
+            await first_response(recorded)  # the page, the status page and #incidents first, in this (warm) run
+        else:  # the fault returned: page again, "the problem returned", the severity's procedure once more
+            await reopen_response(recorded, admitted.event)
         response_run = await start_response(recorded, params.respond)
-    return Declared(incident_id=recorded.id, created=created, severity=recorded.severity, reason=reason,
-                    response_run_id=response_run)
+    if reopened:
+        get_run_logger().warning("%s reopened: %s", recorded.id, admitted.event.summary if admitted.event else "")
+    return Declared(incident_id=recorded.id, created=created, reopened=reopened, severity=recorded.severity,
+                    reason=reason, response_run_id=response_run)
 
 
 def _task_name() -> str:

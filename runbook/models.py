@@ -269,6 +269,17 @@ class EventKind(StrEnum):
     MERGED = "merged"                          # a duplicate merged in (details.merged_from) / away (merged_into)
     CONFIRMATION_REQUESTED = "confirmation_requested"  # verification passed; a person must confirm resolution
     DRIFT_REPAIRED = "drift_repaired"          # reconcile repaired a tool that disagreed with the record
+    REOPENED = "reopened"                      # the resolved incident's fault returned (details.alert); reopened
+
+
+def last_reopen(events: list[TimelineEvent]) -> datetime | None:
+    """Return when the incident was last reopened (a status change from resolved back to open), if ever.
+
+    Steps done once per incident (the page, each status page post, the resolve of the pages) count from then.
+    """
+    reopens = [e.at for e in events if e.kind == EventKind.STATUS_CHANGED and e.details.get("from") == "resolved"
+               and e.details.get("to") != "resolved"]
+    return max(reopens) if reopens else None
 
 
 class TimelineEvent(BaseModel):

@@ -251,6 +251,9 @@ class Escalation(_Table):
     reminder_fraction: float = Field(0.5, gt=0, lt=1, description="P2/P3: remind at this fraction of the SLA")
     stable_checks: int = Field(3, ge=1, description="Consecutive healthy checks before 'stable'")
     stable_interval_seconds: float = Field(30, gt=0)
+    reopen_window_minutes: float = Field(
+        60, ge=0, description="The same fingerprint breaching again within this long after its incident was "
+        "resolved reopens that incident (paged again, 'the problem returned') instead of a new one; 0: never")
 
 
 class Review(_Table):

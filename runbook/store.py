@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -51,7 +51,7 @@ try:
 except ImportError:  # not POSIX (Windows): first opens are not serialized by a file lock, only re-checked
     fcntl = None  # type: ignore[assignment]
 
-from runbook import provenance
+from runbook import clock, provenance
 from runbook.errors import ConfigError, IncidentNotFound, InputError, InvalidTransition, RemediationLocked, StoreError
 from runbook.models import (
     ALLOWED_TRANSITIONS,
@@ -227,6 +227,15 @@ freezes_t = Table(
 )
 
 
+class Admitted(NamedTuple):
+    """What recording an alert's incident did: `created` it, `reopened` the one resolved within the reopen window
+    (`event`: its `reopened` timeline event), or attached it to the open one as a `duplicate`."""
+
+    incident: Incident
+    outcome: Literal["created", "reopened", "duplicate"]
+    event: TimelineEvent | None = None
+
+
 def _pk(result: Any) -> int:
     """Return the primary key an INSERT produced."""
     key = result.inserted_primary_key
@@ -398,7 +407,30 @@ class IncidentStore:
     async def declare(
         self, incident: Incident, alert: Alert | None = None, *, actor: str = "runbook", flow_run_id: str | None = None
     ) -> tuple[Incident, bool]:
-        """Create the incident, or attach to the open one with the same fingerprint; return (incident, created)."""
+        """Create the incident, or attach to the open one with the same fingerprint (or reopen the one resolved
+        within the policy's reopen window, see `admit`); return (incident, created)."""
+        admitted = await self.admit(incident, alert, actor=actor, flow_run_id=flow_run_id)
+        return admitted.incident, admitted.outcome == "created"
+
+    async def admit(
+        self, incident: Incident, alert: Alert | None = None, *, actor: str = "runbook", flow_run_id: str | None = None,
+        reopen_within: timedelta | None = None,
+    ) -> Admitted:
+        """Record an alert's incident: reopen, attach or create; return what happened (`Admitted`).
+
+        Its fingerprint's incident resolved less than `reopen_within` ago (default: the policy's
+        `response.reopen_window_minutes`, on the runbook clock) is reopened: back to investigating, with a
+        status change from resolved and a `reopened` event carrying the alert; its follow-ups not yet done are
+        withdrawn (they are scheduled again from the final resolution). The reopen is a compare-and-set on the
+        resolved row that takes the unique open fingerprint, so of two alerts at once exactly one reopens and
+        the other attaches to it as a duplicate. An open incident with the fingerprint gets the alert attached;
+        otherwise the incident is created.
+        """
+        if incident.fingerprint:
+            reopened = await self._reopen_recent(incident, alert, actor=actor, flow_run_id=flow_run_id,
+                                                 within=reopen_within)
+            if reopened is not None:
+                return reopened
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(incidents_t).values(id=incident.id, **self._row(incident)))
@@ -417,7 +449,7 @@ class IncidentStore:
                 )
                 if alert is not None:
                     await self._alert(conn, alert, valid=True, error=None, incident_id=incident.id)
-            return incident, True
+            return Admitted(incident, "created")
         except IntegrityError:
             if not incident.fingerprint:
                 raise
@@ -443,7 +475,73 @@ class IncidentStore:
             )
             if alert is not None:
                 await self._alert(conn, alert, valid=True, error=None, incident_id=existing.id)
-            return existing, False
+            return Admitted(existing, "duplicate")
+
+    async def _reopen_recent(self, incident: Incident, alert: Alert | None, *, actor: str, flow_run_id: str | None,
+                             within: timedelta | None) -> Admitted | None:
+        """Reopen the fingerprint's incident resolved within the window; None when there is none or another
+        caller reopened it first (the caller then attaches to it)."""
+        if within is None:
+            within = timedelta(minutes=get_policy().response.reopen_window_minutes)
+        if within <= timedelta(0):
+            return None
+        fingerprint = incident.fingerprint
+        now = clock.now()
+        c = incidents_t.c
+        async with self.engine.connect() as conn:
+            if (await conn.execute(select(c.id).where(c.open_fingerprint == fingerprint))).first() is not None:
+                return None  # open: the alert attaches to it
+            rows = (await conn.execute(
+                select(c.id, c.resolved_at, c.data)
+                .where(and_(c.fingerprint == fingerprint, c.status == Status.RESOLVED.value,
+                            c.resolved_at.is_not(None), c.resolved_at >= now - within))
+                .order_by(c.resolved_at.desc()).limit(5))).all()
+        candidate = next((r for r in rows if not (r[2] or {}).get("merged_into")), None)
+        if candidate is None:
+            return None
+        incident_id, resolved_at = candidate[0], candidate[1]
+        at = utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                # Compare-and-set: only a row still resolved is taken; the unique open fingerprint
+                # refuses it while another incident of the fingerprint is open.
+                taken = await conn.execute(
+                    update(incidents_t)
+                    .where(and_(c.id == incident_id, c.status == Status.RESOLVED.value))
+                    .values(status=Status.INVESTIGATING.value, open_fingerprint=fingerprint, resolved_at=None))
+                if taken.rowcount != 1:
+                    return None
+                current = await self._get(conn, incident_id)
+                reopened = current.model_copy(update={"status": Status.INVESTIGATING, "resolved_at": None})
+                await self._save(conn, reopened)
+                withdrawn = [dict(r) for r in (await conn.execute(
+                    select(follow_ups_t.c.kind, follow_ups_t.c.due, follow_ups_t.c.flow_run_id)
+                    .where(and_(follow_ups_t.c.incident_id == incident_id, follow_ups_t.c.done.is_(False)))
+                )).mappings().all()]
+                await conn.execute(delete(follow_ups_t).where(
+                    and_(follow_ups_t.c.incident_id == incident_id, follow_ups_t.c.done.is_(False))))
+                ago = max(0.0, (now - resolved_at).total_seconds() / 60)
+                what = alert.summary if alert else incident.title
+                alert_json = alert.model_dump(mode="json") if alert else None
+                await self._event(conn, incident_id, TimelineEvent(
+                    at=at, kind="status_changed", actor=actor,
+                    summary=f"Status resolved → investigating: the problem returned ({what})",
+                    details={"from": Status.RESOLVED.value, "to": Status.INVESTIGATING.value, "reopened": True},
+                    flow_run_id=flow_run_id))
+                event_ = await self._event(conn, incident_id, TimelineEvent(
+                    at=at, kind="reopened", actor=actor,
+                    summary=f"Reopened: the problem returned {ago:.0f} min after it was resolved — {what}",
+                    details={"alert": alert_json, "fingerprint": fingerprint, "resolved_at": resolved_at.isoformat(),
+                             "minutes_after_resolution": round(ago, 2),
+                             "window_minutes": within.total_seconds() / 60,
+                             "withdrawn_follow_ups": [{"kind": w["kind"], "due": w["due"].isoformat(),
+                                                       "flow_run_id": w["flow_run_id"]} for w in withdrawn]},
+                    flow_run_id=flow_run_id))
+                if alert is not None:
+                    await self._alert(conn, alert, valid=True, error=None, incident_id=incident_id)
+        except IntegrityError:
+            return None  # another incident of the fingerprint opened meanwhile: attach to it
+        return Admitted(reopened, "reopened", event_)
 
     async def get(self, incident_id: str) -> Incident:
         """Return one incident."""
@@ -1149,4 +1247,4 @@ def today() -> date:
     return utcnow().date()
 
 
-__all__ = ["IncidentStore", "open_store", "SCHEMA_VERSION", "OperationalError"]
+__all__ = ["Admitted", "IncidentStore", "open_store", "SCHEMA_VERSION", "OperationalError"]

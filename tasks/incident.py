@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from runbook.models import Alert, Incident, Status, TimelineEvent
-from runbook.store import open_store
+from runbook.store import Admitted, open_store
 from tasks.common import flow_run_id
 
 
@@ -87,6 +87,14 @@ async def declare_record(incident: Incident, alert: Alert | None, actor: str) ->
     """Create the incident record, or attach the alert to the open incident with its fingerprint."""
     async with open_store() as store:
         return await store.declare(incident, alert, actor=actor, flow_run_id=flow_run_id())
+
+
+@task(name="admit_incident_record", retries=0, cache_policy=NO_CACHE)
+async def admit_record(incident: Incident, alert: Alert | None, actor: str) -> Admitted:
+    """Record an alert's incident: create it, attach the alert to the open one with its fingerprint, or reopen the
+    one resolved within the reopen window (`IncidentStore.admit`)."""
+    async with open_store() as store:
+        return await store.admit(incident, alert, actor=actor, flow_run_id=flow_run_id())
 
 
 @task(name="store_invalid_alert", retries=0, cache_policy=NO_CACHE)

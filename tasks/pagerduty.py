@@ -38,7 +38,7 @@ from runbook.clients._http import RetryHook, RetryPolicy
 from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient, PagerDutyRestClient, with_email
 from runbook.errors import IntegrationError, RateLimited, TransientError
 from runbook.escalation import page_roles, record_pager_change
-from runbook.models import EventKind, Incident, Severity
+from runbook.models import EventKind, Incident, Severity, last_reopen
 from runbook.policy import Contact, get_policy
 from runbook.settings import get_settings
 from runbook.store import open_store
@@ -59,8 +59,9 @@ def dedup_key(incident: Incident, contact: Contact | None = None) -> str:
 async def _already_paged(incident_id: str, key: str) -> bool:
     async with open_store() as store:
         events = await store.timeline(incident_id)
+    since = last_reopen(events)  # a reopened incident pages again: the same dedup key triggered anew
     return any(e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key") == key
-               for e in events)
+               and (since is None or e.at >= since) for e in events)
 
 
 # A pending page whose sender has said nothing for longer than page_contact's task limit was lost with its sender
@@ -421,6 +422,8 @@ async def resolve_pages(incident: Incident, keys: list[str] | None = None) -> li
     if keys is None:
         async with open_store() as store:
             events = await store.timeline(incident.id)
+        since = last_reopen(events)  # reopened: the pages since then (those before were resolved then)
+        events = [e for e in events if since is None or e.at >= since]
         done = _resolved_in_pagerduty(events)
         keys = sorted({str(e.details["dedup_key"]) for e in events
                        if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("dedup_key")} - done)

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from runbook.clients.statuspage import StatuspageClient
-from runbook.models import EventKind, Incident, Severity, Status
+from runbook.models import EventKind, Incident, Severity, Status, last_reopen
 from runbook.store import open_store
 from tasks.common import open_client
 from tasks.incident import record
@@ -31,9 +31,7 @@ def affected_components(incident: Incident, configured: list[str]) -> list[str]:
 
 def _reopened_at(events: list[Any]) -> datetime | None:
     """Return when the incident was last reopened (moved from resolved back to an open status), if ever."""
-    reopens = [e.at for e in events if e.kind == EventKind.STATUS_CHANGED and e.details.get("from") == "resolved"
-               and e.details.get("to") != "resolved"]
-    return max(reopens) if reopens else None
+    return last_reopen(events)
 
 
 @task(name="post_status_update", retries=0, timeout_seconds=120, cache_policy=NO_CACHE)

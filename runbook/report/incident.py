@@ -8,7 +8,8 @@ says `_Not recorded yet_` instead of disappearing, so a draft shows what the rev
     response initiated      = first paged / acknowledged / status_page / slack event
     root cause identified   = first diagnosis with details.found, else first status change to identified
     resolution implemented  = first remediation_applied
-    service restored        = first verification with details.passed after the resolution, else resolved
+    service restored        = first verification with details.passed after the resolution (and after the last
+                              reopen), else the last resolution
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from runbook.models import (
     EventKind,
     Incident,
     TimelineEvent,
+    last_reopen,
     utcnow,
 )
 from runbook.provenance import describe
@@ -138,6 +140,8 @@ class IncidentReport(BaseModel):
     approvals: list[ApprovalTiming]
     action_items: list[ActionItem] = Field(default_factory=list)
     versions: list[ActedVersion] = Field(default_factory=list, description="The code and deployments that acted")
+    reopens: list[TimelineEvent] = Field(default_factory=list,
+                                         description="Each time the problem returned after a resolution (reopened)")
     mtta: timedelta | None = None
     mttr: timedelta | None = None
     generated_at: datetime = Field(default_factory=utcnow)
@@ -203,8 +207,9 @@ def key_times(incident: Incident, timeline: list[TimelineEvent]) -> list[KeyTime
         events, EventKind.STATUS_CHANGED, where=lambda e: e.details.get("to") == "identified"
     )
     fix = _first(events, EventKind.REMEDIATION_APPLIED)
-    restored = _first(events, EventKind.VERIFICATION, after=fix.at if fix else None,
-                      where=lambda e: e.details.get("passed") is True)
+    # Restored is the verification that held: after the fix and after the last reopen (the problem returned).
+    after = max((t for t in (fix.at if fix else None, last_reopen(events)) if t is not None), default=None)
+    restored = _first(events, EventKind.VERIFICATION, after=after, where=lambda e: e.details.get("passed") is True)
     out = [
         _key("detected", declared, detected_at) if declared else
         KeyTime(key="detected", label=dict(KEY_TIMES)["detected"], at=incident.created_at),
@@ -277,6 +282,7 @@ def build_report(incident: Incident, timeline: list[TimelineEvent], approvals: l
         approvals=approval_timings(approvals or [], events),
         action_items=action_items or [],
         versions=acted_versions(events),
+        reopens=[e for e in events if e.kind == EventKind.REOPENED],
         mtta=mtta(incident, events),
         mttr=mttr(incident, events),
         generated_at=now or utcnow(),
@@ -351,6 +357,8 @@ def render_markdown(report: IncidentReport, *, picture: str | None = None) -> st
     if inc.scenario:
         lines.append(f"- Scenario: {inc.scenario}")
     lines.append(f"- Duration: {fmt_duration(report.mttr) if report.mttr else 'ongoing'}")
+    if report.reopens:
+        lines.append(f"- Reopened: {len(report.reopens)} time(s), the problem returned after a resolution")
     lines.append("")
 
     lines += ["## Timeline", ""]
@@ -365,7 +373,13 @@ def render_markdown(report: IncidentReport, *, picture: str | None = None) -> st
     lines.append(f"- MTTA (declared → acknowledged): {fmt_duration(report.mtta)}")
     if ack_line := acknowledged_by(report.timeline):
         lines.append(f"- Acknowledged by {ack_line}")
-    lines.append(f"- MTTR (declared → resolved): {fmt_duration(report.mttr)}")
+    final = " (to the final resolution)" if report.reopens else ""
+    lines.append(f"- MTTR (declared → resolved{final}): {fmt_duration(report.mttr)}")
+    for ev in report.reopens:
+        after = ev.details.get("minutes_after_resolution")
+        gap = f", {fmt_duration(timedelta(minutes=float(after)))} after it was resolved" \
+            if isinstance(after, int | float) else ""
+        lines.append(f"- Reopened {fmt_time(ev.at)}{gap}: {_one_line(ev.summary)}")
     for a in report.approvals:
         lines.append(f"- Time to approve ({a.action}, {a.decision} by {a.approver} via {a.via}): "
                      f"{fmt_duration(a.waited)}")

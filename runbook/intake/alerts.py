@@ -3,9 +3,12 @@
 Order on every POST: no credential offered at all → 401 before the body is read; the body read in chunks up to
 MAX_BODY_BYTES (413 past it, the rest never read); authenticate the raw body (401, nothing parsed; signatures.py) →
 parse strict JSON and validate (400 with the reason; the raw payload is kept in the incident store; nothing started)
-→ trim what would not fit Prefect's parameter limit (kept in full in the store) → start `declare-incident` through
-Prefect's API (`run_deployment(..., timeout=0)`) → 202 with the flow-run id and the fingerprint. Without credentials
-(--insecure-local, loopback only) a browser-like post (cross-site, an Origin elsewhere, not application/json) is 403.
+→ trim what would not fit Prefect's parameter limit (kept in full in the store) → keep the alert in the intake's
+outbox and hand it to Prefect (`declare-incident` through Prefect's API, or the warm path's background task) in the
+background (outbox.py) → 202 within about a second and a half: with what was started, or `queued` while Prefect is
+slow or down (the hand-off is retried until the alert is attached to its incident; nothing is lost). Without
+credentials (--insecure-local, loopback only) a browser-like post (cross-site, an Origin elsewhere, not
+application/json) is 403. Only the store being unreachable (the alert cannot be kept) answers 503, "retry".
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from runbook.intake.common import (
     Respond,
     Starter,
     accepted_before,
-    declare_by_deployment,
     fit_parameters,
     keep_raw,
     log,
@@ -32,6 +34,7 @@ from runbook.intake.common import (
     rejected,
     strict_json,
 )
+from runbook.intake.outbox import Outbox
 from runbook.intake.signatures import SeenOnce, authenticate, cross_site, offers_credentials
 from runbook.models import Alert
 from runbook.settings import Settings
@@ -153,10 +156,15 @@ def _unauthorized(request: Request) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"})
 
 
-def routes(settings: Settings, *, open_access: bool, respond: Respond, start: Starter | None = None) -> list[Route]:
+def routes(settings: Settings, *, open_access: bool, respond: Respond, start: Starter | None = None,
+           outbox: Outbox | None = None) -> list[Route]:
     """Return the alert route; `open_access` (no token or HMAC secret, --insecure-local) skips authentication;
-    `start` starts the response to an accepted alert (default: a declare-incident deployment run)."""
-    start = start or declare_by_deployment
+    `outbox` keeps each accepted alert and hands it to Prefect with `start` (default: a declare-incident
+    deployment run)."""
+    if outbox is None:
+        from runbook.intake.common import declare_by_deployment
+
+        outbox = Outbox(start or declare_by_deployment)
     deliveries = SeenOnce()  # signed bodies being or already taken by this process (concurrent replays)
 
     async def alerts(request: Request) -> JSONResponse:
@@ -187,21 +195,30 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond, start: St
             log.info("kept a malformed alert (id %s): %s", kept, exc)
             return rejected(400, str(exc), kept_alert_id=kept)
         digest = hashlib.sha256(body).hexdigest()
-        if how in SIGNED_BODY_ONLY and (not deliveries.claim(digest) or await accepted_before(alert)):
+        if how in SIGNED_BODY_ONLY and (not deliveries.claim(digest) or await outbox.seen(digest)
+                                        or await accepted_before(alert)):
             log.warning("replayed signed alert %s (auth %s): nothing started", alert.fingerprint, how)
             return JSONResponse({"status": "duplicate", "fingerprint": alert.fingerprint,
                                  "detail": "this exact signed delivery was accepted before (a replay, or a retry of "
                                            "one already taken); nothing started"}, status_code=200)
         try:
-            started = await start(alert, respond)
-        except Exception as exc:  # Prefect unreachable or the deployment missing: keep it, tell the sender to retry
+            kept, started, error = await outbox.accept(alert, respond,
+                                                       digest if how in SIGNED_BODY_ONLY else None)
+        except Exception as exc:  # the store unreachable: the alert cannot be kept; the sender must retry
             deliveries.release(digest)
-            reason = f"not started: {type(exc).__name__}: {exc}"
-            kept = await keep_raw(payload, reason)
-            log.error("accepted-but-not-started alert %s (kept as %s): %s", alert.fingerprint, kept, reason)
-            return rejected(503, reason, kept_alert_id=kept, fingerprint=alert.fingerprint)
-        log.info("alert %s (%s, auth %s) → %s", alert.fingerprint, alert.source, how,
-                 ", ".join(f"{k} {v}" for k, v in started.items()))
-        return JSONResponse({"status": "accepted", **started, "fingerprint": alert.fingerprint}, status_code=202)
+            reason = f"not kept: {type(exc).__name__}: {exc}"
+            log.error("could not keep alert %s: %s", alert.fingerprint, reason)
+            return rejected(503, reason, fingerprint=alert.fingerprint)
+        if started is not None:
+            log.info("alert %s (%s, auth %s) → %s", alert.fingerprint, alert.source, how,
+                     ", ".join(f"{k} {v}" for k, v in started.items()))
+            return JSONResponse({"status": "accepted", **started, "fingerprint": alert.fingerprint,
+                                 "intake_id": kept}, status_code=202)
+        log.info("alert %s (%s, auth %s) kept as intake #%d, handed to Prefect in the background%s", alert.fingerprint,
+                 alert.source, how, kept, f" (first try: {error})" if error else "")
+        return JSONResponse({"status": "accepted", "queued": True, "fingerprint": alert.fingerprint, "intake_id": kept,
+                             "detail": "kept; handed to Prefect in the background and retried until it is attached "
+                                       "to its incident" + (f" (first try: {error})" if error else "")},
+                            status_code=202)
 
     return [Route("/alerts", alerts, methods=["POST"])]

@@ -6,8 +6,9 @@ in `SENDERS`; its signature (and replay) checks go into signatures.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,7 +17,8 @@ from starlette.routing import BaseRoute, Route
 
 from runbook.errors import ConfigError
 from runbook.intake import alerts, pagerduty, slack
-from runbook.intake.common import Respond, Starter
+from runbook.intake.common import Respond, Starter, declare_by_deployment
+from runbook.intake.outbox import Outbox
 from runbook.intake.signatures import secret_bytes
 from runbook.settings import Settings, get_settings
 
@@ -32,7 +34,9 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
     """Return the intake app; without a token or HMAC secret it only starts with insecure_local (loopback only).
 
     `start` starts the response to an accepted alert (default: a declare-incident deployment run); `runbook up`
-    passes the warm one (a Prefect background task, deployments/warm_start.py)."""
+    passes the warm one (a Prefect background task, deployments/warm_start.py). Accepted alerts are kept in the
+    outbox (`app.state.outbox`) and handed to Prefect in the background: its retry loop runs from the app's
+    startup (and from the first alert when no lifespan runs) and stops at its shutdown."""
     settings = settings or get_settings()
     open_access = not (secret_bytes(settings.intake_token) or secret_bytes(settings.intake_hmac_secret))
     if open_access and not insecure_local:
@@ -42,9 +46,22 @@ def create_app(settings: Settings | None = None, *, insecure_local: bool = False
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    routes: list[BaseRoute] = [r for sender in SENDERS for r in sender(settings, open_access=open_access,
-                                                                        respond=respond, start=start)]
-    return Starlette(routes=[*routes, Route("/healthz", healthz, methods=["GET"])])
+    outbox = Outbox(start or declare_by_deployment)
+    routes: list[BaseRoute] = [r for sender in SENDERS for r in sender(
+        settings, open_access=open_access, respond=respond, start=start,
+        **({"outbox": outbox} if sender is alerts.routes else {}))]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        outbox.ensure_running()  # alerts kept before a restart are handed off now
+        try:
+            yield
+        finally:
+            await outbox.aclose()
+
+    app = Starlette(routes=[*routes, Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    app.state.outbox = outbox
+    return app
 
 
 def check_bind(host: str, settings: Settings, insecure_local: bool) -> None:

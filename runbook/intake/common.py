@@ -136,7 +136,8 @@ async def fit_parameters(alert: Alert) -> Alert:
 
 async def start_declare(alert: Alert, respond: Respond) -> str:
     """Start declare-incident for a validated alert (passed through `fit_parameters` first) through Prefect's API;
-    return the flow-run id."""
+    return the flow-run id. One run per alert: a retried hand-off of the same alert (same fingerprint and time
+    received) gets the run Prefect created the first time (its idempotency key)."""
     from prefect.deployments.flow_runs import arun_deployment
 
     run = await arun_deployment(
@@ -145,6 +146,7 @@ async def start_declare(alert: Alert, respond: Respond) -> str:
         timeout=0,
         flow_run_name=f"declare {alert.summary[:60]}",
         tags=["intake", alert.source],
+        idempotency_key=f"intake:{alert.fingerprint}:{alert.received_at.isoformat()}",
     )
     return str(run.id)
 

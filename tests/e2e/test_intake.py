@@ -20,6 +20,7 @@ from runbook.intake import MAX_BODY_BYTES, create_app, sign
 from runbook.intake.common import PARAMETERS_LIMIT_BYTES
 from runbook.store import open_store
 from tests.e2e.deploy_support import delete_runs, read_run, runs_of
+from tests.waiting import eventually
 
 TOKEN = "intake-token-0123456789abcdef"
 SECRET = "intake-hmac-secret-0123456789"
@@ -51,9 +52,10 @@ def intake_env(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def client(intake_env: Path, registered_deployments: dict[str, UUID]) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the intake app (ASGI); the declare runs it causes are deleted afterwards."""
     before = {r.id for r in await runs_of(registered_deployments["declare-incident"])}
-    transport = httpx.ASGITransport(app=create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as c:
+    app = create_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as c:
         yield c
+    await app.state.outbox.aclose()
     after = {r.id for r in await runs_of(registered_deployments["declare-incident"])}
     await delete_runs(list(after - before))
 
@@ -313,21 +315,40 @@ async def test_a_replayed_signed_alert_starts_nothing_even_after_resolution(
     await delete_runs(started)
 
 
-async def test_a_signed_alert_refused_for_prefect_is_taken_when_the_sender_retries(
+async def test_a_signed_alert_during_a_prefect_outage_is_kept_and_handed_off_when_prefect_is_back(
         intake_env: Path, registered_deployments: dict[str, UUID]) -> None:
-    """Prefect unreachable: the signed alert is kept and answered 503 (retry); the sender's retry of the same bytes
-    once Prefect answers is taken (202), not refused as a replay."""
+    """Prefect unreachable: the signed alert is answered 202 at once, kept in the outbox as queued with the reason;
+    the sender's retry of the same bytes is a duplicate (it is kept already); once Prefect answers, the outbox's retry
+    loop starts its declare-incident run, once."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     body = json.dumps(VERCEL).encode()
     signed = {"x-vercel-signature": sign(body, SECRET, "sha1"), "Content-Type": "application/json"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://intake") as http:
-        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
-            refused = await http.post("/alerts", content=body, headers=signed)
-        assert refused.status_code == 503, refused.text
-        retried = await http.post("/alerts", content=body, headers=signed)
-    assert retried.status_code == 202, retried.text
-    async with open_store() as store:
-        kept = await store.alerts(valid=False)
-    assert [k["raw"] for k in kept] == [VERCEL] and kept[0]["error"].startswith("not started: ")
-    await delete_runs([retried.json()["incident_flow_run_id"]])
+    before = await declare_runs(registered_deployments)
+    app = create_app()
+    outbox = app.state.outbox
+    outbox.ensure_running()  # as at the app's startup: the retry loop talks to the real server
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as http:
+            with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+                kept = await http.post("/alerts", content=body, headers=signed)
+            assert kept.status_code == 202 and kept.json()["queued"] is True, kept.text
+            again = await http.post("/alerts", content=body, headers=signed)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate", again.text
+
+        async def failed_once() -> bool:
+            return any(r["error"] and r["attempts"] >= 1 for r in await outbox.rows())
+
+        await eventually(failed_once, "the first hand-off to fail (Prefect unreachable)", timeout=60)
+
+        async def started() -> list[dict[str, Any]]:
+            return await outbox.rows("started")
+
+        [row] = await eventually(started, "the retry loop to hand the alert to Prefect", timeout=60)
+    finally:
+        await outbox.aclose()
+    new_runs = await declare_runs(registered_deployments) - before
+    assert [str(r) for r in new_runs] == [row["started"]["incident_flow_run_id"]]
+    run = await read_run(row["started"]["incident_flow_run_id"])
+    assert run.parameters["params"]["alert"]["raw"] == VERCEL
+    await delete_runs(list(new_runs))

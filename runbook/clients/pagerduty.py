@@ -5,7 +5,9 @@ says to retry 429, 5xx and network errors "after some time", and "if each of the
 sending is important, be sure to retry on a 429 response code, preferably with a back off". A page is the most
 important event we send, so events are retried under `PAGE_POLICY`: exponential backoff with jitter (Retry-After
 honoured up to 5 minutes) for up to 10 minutes, not the ~30 s of other calls. The dedup_key makes every retry safe.
-`on_retry` lets the caller say, while it waits, that the page is still pending.
+`on_retry` lets the caller say, while it waits, that the page is still pending. Each event is an action
+(`acting`, its timeout the policy's `max_total_wait`): a throttle is waited out while that time allows, else given
+up at once, saying so (the caller keeps the page pending).
 
 `PagerDutyRestClient` reads what people did in PagerDuty (the polling alternative to V3 webhooks): the incidents of
 a dedup key, `GET /incidents?incident_key=…` (reference/REST/openapiv3.json), with `Authorization: Token token=…`
@@ -28,6 +30,7 @@ from runbook.clients._http import (
     RetryHook,
     RetryPolicy,
     Sleeper,
+    acting,
     parse_json,
     require,
     secret_value,
@@ -94,9 +97,10 @@ class PagerDutyClient(BaseClient):
         if payload is not None:
             body["payload"] = payload
         # Idempotent thanks to dedup_key: 429/5xx/timeouts are retried; 400 never is.
-        response = await self.http.request(
-            "POST", self.events_url, operation=f"{action} event", idempotent=True, json=body, on_retry=on_retry
-        )
+        with acting(f"{action} event", self.http.policy.max_total_wait):
+            response = await self.http.request(
+                "POST", self.events_url, operation=f"{action} event", idempotent=True, json=body, on_retry=on_retry
+            )
         data = parse_json(VENDOR, f"{action} event", response) or {}
         return PagerDutyResult(
             status=str(data.get("status") or "success"),

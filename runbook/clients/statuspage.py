@@ -7,7 +7,10 @@ same token goes through one shared `Pacer` (one slot per `PACE` seconds), so a b
 update) is spaced instead of throttled. A 420/429 that still comes (another process using the key) is retried
 under `POLICY`: exponential backoff from 1-2 s, doubling, never under half its cap (equal jitter), for up to a
 minute (the rolling window's length); each wait pushes the shared pacer back by as much, so the key's other requests
-hold back too. A Retry-After, should Statuspage send one, is honoured. Errors are `{"message": …}`.
+hold back too. A Retry-After, should Statuspage send one, is honoured; the pacing never relies on one. Errors are
+`{"message": …}`. Writes (incident create/update, component status) are actions (`acting`, the policy's minute):
+a throttle is waited out within that minute, else given up at once saying the write's time ran out; the reads give
+up as reads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from runbook.clients._http import (
     Pacer,
     RetryPolicy,
     Sleeper,
+    acting,
     require,
     secret_value,
     settings_secrets,
@@ -143,13 +147,14 @@ class StatuspageClient(BaseClient):
             impact_override=impact_override,
             components=dict(components or {}),
         )
-        data = await self.http.json(
-            "POST",
-            f"/pages/{self.page_id}/incidents",
-            operation="create incident",
-            idempotent=False,
-            json=payload,
-        )
+        with acting("create incident", self.http.policy.max_total_wait):
+            data = await self.http.json(
+                "POST",
+                f"/pages/{self.page_id}/incidents",
+                operation="create incident",
+                idempotent=False,
+                json=payload,
+            )
         return _incident(data)
 
     async def update_incident(
@@ -170,24 +175,26 @@ class StatuspageClient(BaseClient):
             impact_override=impact_override,
             components=dict(components or {}),
         )
-        data = await self.http.json(
-            "PATCH",
-            f"/pages/{self.page_id}/incidents/{_safe(incident_id)}",
-            operation="update incident",
-            idempotent=True,
-            json=payload,
-        )
+        with acting("update incident", self.http.policy.max_total_wait):
+            data = await self.http.json(
+                "PATCH",
+                f"/pages/{self.page_id}/incidents/{_safe(incident_id)}",
+                operation="update incident",
+                idempotent=True,
+                json=payload,
+            )
         return _incident(data)
 
     async def set_component_status(self, component: str, status: ComponentStatus) -> Component:
         """Set one component's status (logical name or id)."""
         _one_of("component status", status, ComponentStatus)
-        data = await self.http.json(
-            "PATCH",
-            f"/pages/{self.page_id}/components/{_safe(self.component_id(component))}",
-            operation="update component",
-            json={"component": {"status": status}},
-        )
+        with acting("update component", self.http.policy.max_total_wait):
+            data = await self.http.json(
+                "PATCH",
+                f"/pages/{self.page_id}/components/{_safe(self.component_id(component))}",
+                operation="update component",
+                json={"component": {"status": status}},
+            )
         return Component.model_validate({"id": self.component_id(component), **(data or {})})
 
     async def list_components(self) -> list[Component]:

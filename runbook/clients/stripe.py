@@ -26,6 +26,7 @@ from runbook.clients._http import (
     Redactor,
     RetryPolicy,
     Sleeper,
+    acting,
     parse_retry_after,
     rate_limited,
     require,
@@ -455,6 +456,8 @@ class StripeClient:
         Stripe answers the resend before it delivers: an event is delivered only once a re-read shows
         `pending_webhooks == 0`, polled after 0.25 s, then twice as long each time up to `poll_interval`, for up to
         `confirm_timeout` seconds; one still pending then is reported as not delivered. Default endpoint: the app's.
+        Each event's resend is an action (`acting`) of `confirm_timeout` seconds, its re-reads included: a rate
+        limit is waited out while that time allows, else given up at once for that event.
         """
         if endpoint_id is None:
             check = await self.check_webhook_endpoint()
@@ -465,8 +468,9 @@ class StripeClient:
                 results.append(ReplayResult(event_id=event_id[:40], ok=False, detail="not a Stripe event id"))
                 continue
             try:
-                await self._call("resend event", self._resend(event_id, endpoint_id), read=False)
-                pending = await self._confirm(event_id, confirm_timeout, poll_interval)
+                with acting("resend event", confirm_timeout, clock=self.clock) as action:
+                    await self._call("resend event", self._resend(event_id, endpoint_id), read=False)
+                    pending = await self._confirm(event_id, action.remaining(), poll_interval)
             except IntegrationError as exc:
                 results.append(ReplayResult(event_id=event_id, ok=False, status=exc.status, detail=str(exc)))
                 continue

@@ -1,0 +1,130 @@
+"""Writes to PagerDuty, Statuspage and Stripe are actions (`acting`), like Vercel's rollback: a rate limit is waited
+out while the write's timeout allows, and past it given up at once, saying the write's time ran out; the same
+client's reads give up at once past the read bound (30 s).
+
+None of these vendors documents a Retry-After or a reset time (their stand-ins' own 429s carry none), so the throttles
+here opt one in (`undocumented_retry_after=True`: what a proxy in front of them could send): the only way to say
+"the reset is N s away" to these clients. The waits are recorded on a test clock, not waited.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient
+from runbook.clients.statuspage import POLICY as STATUSPAGE_POLICY
+from runbook.clients.statuspage import StatuspageClient
+from runbook.clients.stripe import StripeClient
+from runbook.drill import DrillStack, Fault
+from runbook.errors import RateLimited
+
+
+class Clock:
+    """A monotonic clock that the client's sleeps advance (each sleep recorded)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _throttle(seconds: float, *, times: int | None = 1, path: str | None = None) -> Fault:
+    return Fault.rate_limit(retry_after=seconds, times=times, path=path, undocumented_retry_after=True)
+
+
+async def test_a_page_waits_a_reset_past_the_read_bound_within_its_minutes(drill: DrillStack) -> None:
+    """A trigger throttled for 400 s (more than PAGE_POLICY's 300 s bound of a plain call) waits it: the page's
+    action has 10 minutes; then it lands."""
+    drill.pagerduty.inject(_throttle(400))
+    clock = Clock()
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=clock.sleep) as pd:
+        result = await pd.trigger("inc-acting-1", "Throttled for a while")
+    assert result.status == "success" and clock.sleeps == [400]
+    assert 400 > PAGE_POLICY.max_retry_after and drill.pagerduty.alert("inc-acting-1") is not None
+
+
+async def test_a_page_whose_reset_is_past_its_timeout_gives_up_at_once_as_an_action(drill: DrillStack) -> None:
+    """A reset 700 s away and a 600 s page: no wait, RateLimited as an action naming the page's timeout; the caller
+    keeps the page pending."""
+    drill.pagerduty.inject(_throttle(700, times=None))
+    clock = Clock()
+    async with PagerDutyClient.from_settings(drill.settings(), sleep=clock.sleep) as pd:
+        with pytest.raises(RateLimited) as caught:
+            await pd.trigger("inc-acting-2", "Throttled too long")
+    assert clock.sleeps == [] and len(drill.pagerduty.requests_to("/v2/enqueue")) == 1
+    assert caught.value.use == "action" and "the trigger event has 600 s left of its 600 s timeout" in str(caught.value)
+
+
+async def test_a_status_page_write_waits_where_its_read_gives_up(drill: DrillStack) -> None:
+    """The same 45 s throttle: listing components (a read) gives up at once past its 30 s bound; setting a
+    component (a write, an action of Statuspage's minute) waits the 45 s and lands."""
+    clock = Clock()
+    async with StatuspageClient.from_settings(drill.settings(), sleep=clock.sleep) as page:
+        page.http.pacer = None  # one request at a time here: the pacing has its own tests
+        drill.statuspage.inject(_throttle(45))
+        with pytest.raises(RateLimited) as caught:
+            await page.list_components()
+        assert caught.value.use == "read" and clock.sleeps == []
+        drill.statuspage.inject(_throttle(45))
+        component = await page.set_component_status("app", "degraded_performance")
+    assert component.status == "degraded_performance" and clock.sleeps == [45]
+    assert 30 < 45 < STATUSPAGE_POLICY.max_total_wait
+    assert drill.statuspage.component_status("app") == "degraded_performance"
+
+
+async def test_a_status_page_write_past_its_minute_gives_up_at_once(drill: DrillStack) -> None:
+    """A 90 s throttle on creating an incident (its minute is shorter): no wait, RateLimited as the write's action,
+    and no incident."""
+    drill.statuspage.inject(_throttle(90, times=None))
+    clock = Clock()
+    async with StatuspageClient.from_settings(drill.settings(), sleep=clock.sleep) as page:
+        page.http.pacer = None
+        with pytest.raises(RateLimited) as caught:
+            await page.create_incident("Checkout errors")
+    assert clock.sleeps == [] and caught.value.use == "action"
+    assert "the create incident has 60 s left of its 60 s timeout" in str(caught.value)
+    drill.statuspage.clear_faults()
+    async with StatuspageClient.from_settings(drill.settings()) as page:
+        assert await page.list_unresolved_incidents() == []
+
+
+async def _failed_event(drill: DrillStack, stripe: StripeClient) -> str:
+    drill.inject("stripe-webhook-secret")
+    return (await stripe.failed_events())[0].id
+
+
+async def test_a_stripe_resend_waits_a_reset_within_its_confirm_time(drill: DrillStack) -> None:
+    """The resend meets a 40 s throttle (past a plain call's 30 s): the 60 s action waits it, the resend lands, and
+    the confirming re-reads get the 20 s left (the app still rejects: reported not delivered)."""
+    clock = Clock()
+    async with StripeClient.from_settings(drill.settings(), sleep=clock.sleep) as stripe:
+        stripe.clock = clock
+        event_id = await _failed_event(drill, stripe)
+        retry = f"/v1/events/{event_id}/retry"
+        drill.stripe.inject(_throttle(40, path=retry))
+        [result] = await stripe.resend_events([event_id], confirm_timeout=60, poll_interval=2.0)
+    assert [r.status for r in drill.stripe.requests_to(retry, "POST")] == [429, 200]
+    assert clock.sleeps[0] == 40 and 0 < sum(clock.sleeps[1:]) <= 20  # the re-reads: the action's time left
+    assert result.ok is False and "still pending" in result.detail
+
+
+async def test_a_stripe_resend_whose_reset_is_past_its_time_is_given_up_at_once(drill: DrillStack) -> None:
+    """A 90 s throttle and a 60 s resend: that event is given up at once (no wait, one request), saying the resend's
+    time ran out; nothing is re-read."""
+    clock = Clock()
+    async with StripeClient.from_settings(drill.settings(), sleep=clock.sleep) as stripe:
+        stripe.clock = clock
+        event_id = await _failed_event(drill, stripe)
+        retry = f"/v1/events/{event_id}/retry"
+        drill.stripe.inject(_throttle(90, times=None, path=retry))
+        [result] = await stripe.resend_events([event_id], confirm_timeout=60)
+    assert clock.sleeps == [] and len(drill.stripe.requests_to(retry, "POST")) == 1
+    assert result.ok is False and result.status == 429
+    assert "the resend event has 60 s left of its 60 s timeout" in result.detail
+    assert drill.stripe.requests_to(f"/v1/events/{event_id}", "GET") == []

@@ -70,6 +70,23 @@ async def test_a_retried_rollback_that_meets_409_waits_for_its_own_job(drill: Dr
     assert_conforms(VENDOR, recorder.exchanges)
 
 
+async def test_a_retried_promote_that_meets_409_waits_for_its_own_job(drill: DrillStack, recorder: Recorder,
+                                                                     fast: RetryPolicy) -> None:
+    """Promote as rollback: its first answer times out, the retry's 409 is our own job in progress, polled to the
+    end; production is the promoted deployment."""
+    candidate = drill.vercel.rollback_candidates()[0]
+    drill.vercel.answer_delays = [5.0]
+    policy = fast.with_(read_timeout=0.5)
+    async with VercelClient.from_settings(drill.settings(), policy=policy, poll_interval=0.05) as vercel:
+        recorder.watch(vercel.http)
+        job = await vercel.promote(candidate.id, timeout=30)
+    assert job.succeeded and job.to_deployment_id == candidate.id and job.type == "promote"
+    assert drill.vercel.production().id == candidate.id
+    posts = [e for e in recorder.exchanges if e.method == "POST"]
+    assert [e.status for e in posts] == [409] and posts[0].path.startswith("/v10/projects/")
+    assert_conforms(VENDOR, recorder.exchanges)
+
+
 async def test_an_older_job_to_the_same_deployment_is_not_taken_for_ours(drill: DrillStack) -> None:
     """A succeeded job from an earlier rollback to the same deployment is ignored until our own job shows."""
     candidate = drill.vercel.rollback_candidates()[0]

@@ -49,7 +49,8 @@ REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
 WEB = "https://permit-school.pagerduty.com"
 API = "https://api.pagerduty.com"
 # The Events API's answer past its limit: "429 - Request Limit Exceeded", the event not ingested
-# (PagerDuty/developer-docs docs/events-API-v2/05-Rate-Limits.md); the body is the document's Error object.
+# (PagerDuty/developer-docs docs/events-API-v2/05-Rate-Limits.md); the body is the document's Error object (its
+# `status` words are the drill's: PagerDuty documents the message only).
 EVENTS_THROTTLED = {"status": "throttle event", "message": "Request Limit Exceeded",
                     "errors": ["Request Limit Exceeded"]}
 # The REST API's answer past its limit (docs/REST-API/04-Rate-Limits.md, "Reaching the limit").

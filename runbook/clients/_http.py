@@ -12,10 +12,11 @@ How long a rate limit is waited out depends on the use, as an on-call engineer w
 cycle's) gives up at once when the reset is more than `max_retry_after` away, with `RateLimited` saying "rate limited
 until <time>" (the monitor records a gap, the next cycle reads again); an action, run inside `acting(name, timeout)`,
 waits for the reset as long as its timeout allows, and otherwise gives up at once saying its timeout ends first.
-Every write to a vendor is an action: Vercel's rollback, promote and redeploy (their polls included), PagerDuty's
-events (the page's minutes), Statuspage's incident and component writes (its rolling minute), Stripe's resend
-(with its confirming re-reads). The time left is the action's deadline on its clock, and never more than its
-timeout less what this call has already waited (so a test's recorded sleeps are bounded too).
+Every write to a vendor's HTTP API is an action: Vercel's rollback, promote and redeploy (their polls included) and
+env var writes, PagerDuty's events (the page's minutes), Statuspage's incident and component writes (its rolling
+minute), Stripe's resend (with its confirming re-reads), Slack's Web API calls and webhook posts. The time left is
+the action's deadline on its clock, and never more than its timeout less what this call has already waited (so a
+test's recorded sleeps are bounded too).
 Never retried: 401/403 (`AuthError`) and any other 4xx (`RequestRejected`).
 Non-idempotent calls (create an incident, post a message, create a deployment) are retried only when the
 request surely did not reach the vendor (connect errors) or the vendor said "slow down" (429/420).

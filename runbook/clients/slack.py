@@ -5,7 +5,8 @@ With a bot token (RUNBOOK_SLACK_BOT_TOKEN, scope chat:write) messages carry Bloc
 an approval request, Acknowledge on a page); the clicks come back, signed, to the intake's POST /slack/interactions.
 With webhooks only, messages are plain (no buttons). Slack answers Web API calls with HTTP 200 and
 `{"ok": false, "error": "<code>"}` on failure (translated here: invalid_auth & co. → AuthError, others →
-RequestRejected) and 429 with `Retry-After` when rate limited (retried by the shared HTTP helper).
+RequestRejected) and 429 with `Retry-After` when rate limited (retried by the shared HTTP helper; every call here
+is a write, an action of the policy's total wait: a Retry-After within it is waited, one past it gives up at once).
 Block builders (`approval_blocks`, `offer_blocks`, `decided_blocks`, `ack_blocks`, `reject_modal`) are plain data,
 shared by the tasks that post and the intake that updates a message after a click.
 """
@@ -24,6 +25,7 @@ from runbook.clients._http import (
     HttpClient,
     RetryPolicy,
     Sleeper,
+    acting,
     secret_value,
     settings_secrets,
 )
@@ -106,8 +108,9 @@ class SlackClient(BaseClient):
         if not token:
             raise NotConfigured(VENDOR, f"{ENV_PREFIX}SLACK_BOT_TOKEN")
         url = f"{self._settings.slack_api_url.rstrip('/')}/{method}"
-        data = await self.http.json("POST", url, operation=method, idempotent=idempotent, json=body,
-                                    headers={"Authorization": f"Bearer {token}"})
+        with acting(method, self.http.policy.max_total_wait):  # a write: a Retry-After within its time is waited
+            data = await self.http.json("POST", url, operation=method, idempotent=idempotent, json=body,
+                                        headers={"Authorization": f"Bearer {token}"})
         if not isinstance(data, dict):
             raise RequestRejected(VENDOR, method, "answer is not a JSON object")
         if data.get("ok") is not True:
@@ -141,7 +144,8 @@ class SlackClient(BaseClient):
         """POST to an interaction's response_url: an ephemeral answer, or replace the original message."""
         if not response_url.startswith(("https://", "http://")):
             raise RequestRejected(VENDOR, "response_url", "not an http(s) URL")
-        await self.http.request("POST", response_url, operation="response_url", idempotent=True, json=body)
+        with acting("response_url", self.http.policy.max_total_wait):
+            await self.http.request("POST", response_url, operation="response_url", idempotent=True, json=body)
 
     def configured_channels(self) -> list[str]:
         """Return the channels that have a webhook."""
@@ -162,9 +166,10 @@ class SlackClient(BaseClient):
         payload: dict[str, Any] = {"text": text}
         if blocks:
             payload["blocks"] = blocks
-        response = await self.http.request(
-            "POST", hook.get_secret_value(), operation=f"post to #{name}", idempotent=False, json=payload
-        )
+        with acting(f"post to #{name}", self.http.policy.max_total_wait):
+            response = await self.http.request(
+                "POST", hook.get_secret_value(), operation=f"post to #{name}", idempotent=False, json=payload
+            )
         body = response.text.strip()
         if body and body != "ok" and body.startswith("{"):
             data = response.json()

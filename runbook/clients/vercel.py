@@ -13,9 +13,10 @@ older job, even a succeeded one to the same deployment, is not our answer. A 409
 after a read timeout while the first one runs, or the deployment is already production) is "in progress" when the
 project's job is ours, and we poll it; any other 409 (another job running) is refused with Vercel's message.
 
-Rollback, promote and redeploy are actions (`acting`): a 429 whose `X-RateLimit-Reset` comes before the action's
-timeout is waited out, reads and polls included; a reset past it gives up at once, saying the timeout ends first. The
-reads elsewhere (a monitor's, a plan's) give up at once when the reset is more than `max_retry_after` away.
+Rollback, promote and redeploy are actions (`acting`), and so are the env var writes (within the policy's total
+wait): a 429 whose `X-RateLimit-Reset` comes before the action's timeout is waited out, reads and polls included; a
+reset past it gives up at once, saying the timeout ends first. The reads elsewhere (a monitor's, a plan's) give up at
+once when the reset is more than `max_retry_after` away.
 """
 
 from __future__ import annotations
@@ -412,14 +413,15 @@ class VercelClient(BaseClient):
             "type": type,
             "target": targets or ["production"],
         }
-        body = await self.http.json(
-            "POST",
-            f"/v10/projects/{self.project_id}/env",
-            operation="upsert env",
-            params={"upsert": "true"},
-            idempotent=True,
-            json=payload,
-        )
+        with acting("upsert env", self.http.policy.max_total_wait, clock=self.clock):
+            body = await self.http.json(
+                "POST",
+                f"/v10/projects/{self.project_id}/env",
+                operation="upsert env",
+                params={"upsert": "true"},
+                idempotent=True,
+                json=payload,
+            )
         body = body or {}
         failed = body.get("failed") or []
         if failed:
@@ -432,7 +434,8 @@ class VercelClient(BaseClient):
     async def delete_env(self, env_id: str) -> None:
         """Delete an env var."""
         _check_id(env_id)
-        await self.http.request("DELETE", f"/v9/projects/{self.project_id}/env/{env_id}", operation="delete env")
+        with acting("delete env", self.http.policy.max_total_wait, clock=self.clock):
+            await self.http.request("DELETE", f"/v9/projects/{self.project_id}/env/{env_id}", operation="delete env")
 
 
 def _alias_job(raw: dict[str, Any]) -> AliasJob:

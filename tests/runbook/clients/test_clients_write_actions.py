@@ -1,20 +1,24 @@
-"""Writes to PagerDuty, Statuspage and Stripe are actions (`acting`), like Vercel's rollback: a rate limit is waited
-out while the write's timeout allows, and past it given up at once, saying the write's time ran out; the same
-client's reads give up at once past the read bound (30 s).
+"""Writes are actions (`acting`), like Vercel's rollback: a rate limit is waited out while the write's timeout allows,
+and past it given up at once, saying the write's time ran out; the same client's reads give up at once past the read
+bound (30 s). PagerDuty's events, Statuspage's writes, Stripe's resend, Vercel's env var writes, Slack's posts.
 
-None of these vendors documents a Retry-After or a reset time (their stand-ins' own 429s carry none), so the throttles
-here opt one in (`undocumented_retry_after=True`: what a proxy in front of them could send): the only way to say
-"the reset is N s away" to these clients. The waits are recorded on a test clock, not waited.
+PagerDuty's Events API, Statuspage and Stripe document no Retry-After or reset time (their stand-ins' own 429s carry
+none), so their throttles here opt one in (`undocumented_retry_after=True`: what a proxy in front of them could send),
+the only way to tell these clients "the reset is N s away"; Vercel's and Slack's are their own documented answers.
+The waits are recorded on a test clock, not waited.
 """
 
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from runbook.clients.pagerduty import PAGE_POLICY, PagerDutyClient
+from runbook.clients.slack import SlackClient
 from runbook.clients.statuspage import POLICY as STATUSPAGE_POLICY
 from runbook.clients.statuspage import StatuspageClient
 from runbook.clients.stripe import StripeClient
+from runbook.clients.vercel import VercelClient
 from runbook.drill import DrillStack, Fault
 from runbook.errors import RateLimited
 
@@ -128,3 +132,41 @@ async def test_a_stripe_resend_whose_reset_is_past_its_time_is_given_up_at_once(
     assert result.ok is False and result.status == 429
     assert "the resend event has 60 s left of its 60 s timeout" in result.detail
     assert drill.stripe.requests_to(f"/v1/events/{event_id}", "GET") == []
+
+
+async def test_a_vercel_env_write_waits_its_reset_within_its_time_and_not_past_it(drill: DrillStack) -> None:
+    """Vercel's own 429 (X-RateLimit-Reset, no Retry-After) on the env write: a reset 10 s away is waited and the
+    value written; one 45 s away (past the write's 30 s) is given up at once, as the write's action."""
+    clock = Clock()
+    path = f"/v10/projects/{drill.vercel.project_id}/env"
+    async with VercelClient.from_settings(drill.settings(), sleep=clock.sleep) as vercel:
+        drill.vercel.inject(Fault.rate_limit(retry_after=10, times=1, path=path))
+        await vercel.upsert_env("FEATURE_X", "on")
+        assert len(clock.sleeps) == 1 and 9 <= clock.sleeps[0] <= 11
+        drill.vercel.inject(Fault.rate_limit(retry_after=45, times=None, path=path))
+        with pytest.raises(RateLimited) as caught:
+            await vercel.upsert_env("FEATURE_X", "off")
+    assert len(clock.sleeps) == 1 and caught.value.use == "action"
+    assert "the upsert env has 30 s left of its 30 s timeout" in str(caught.value)
+    env = drill.vercel.env_var("FEATURE_X")
+    assert env is not None and env.value == "on"
+
+
+async def test_a_slack_post_is_an_action_too(drill: DrillStack) -> None:
+    """Slack documents Retry-After: a post told 45 s (past its 30 s) gives up at once as the post's action; told
+    2 s, it waits them and posts."""
+    slack = drill.slack
+    settings = drill.settings().model_copy(update={
+        "slack_bot_token": SecretStr(slack.bot_token), "slack_api_url": f"{slack.base_url}/api",
+        "slack_channel_ids": dict(slack.channel_ids)})
+    clock = Clock()
+    async with SlackClient.from_settings(settings, sleep=clock.sleep) as client:
+        slack.inject(Fault.rate_limit(retry_after=45, times=None, path="/api/chat.postMessage"))
+        with pytest.raises(RateLimited) as caught:
+            await client.post_message("incidents", "told to wait too long")
+        slack.clear_faults()
+        slack.inject(Fault.rate_limit(retry_after=2, times=1, path="/api/chat.postMessage"))
+        await client.post_message("incidents", "told to wait a little")
+    assert caught.value.use == "action"
+    assert "the chat.postMessage has 30 s left of its 30 s timeout" in str(caught.value)
+    assert clock.sleeps == [2] and [m["text"] for m in slack.messages("incidents")] == ["told to wait a little"]

@@ -253,9 +253,8 @@ def drain_api_workers() -> None:
     from prefect.logging.handlers import APILogWorker
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    async def drain() -> None:
-        with contextlib.suppress(RuntimeError):  # never started
-            await APILogWorker.instance().drain()  # type: ignore[misc]
+    async def drain() -> None:  # only the workers that run: instance() would start one, and with no server set
+        await APILogWorker.drain_all()  # type: ignore[misc]  # an ephemeral one ("Stopping temporary server")
         await EventsWorker.drain_all()  # type: ignore[misc]
 
     with contextlib.suppress(Exception):  # a server already gone: nothing more to do

@@ -15,7 +15,7 @@ import pytest
 
 from deployments.local_server import LocalPrefectServer, new_api_auth_string, prefect_on_postgres
 from deployments.serve import PROJECT_DIR
-from tests.e2e.deploy_support import register_all
+from tests.e2e.deploy_support import prefect_settings, register_all
 
 # A run of the pool server silent this long is set Crashed (production: 90 s, three 30 s heartbeats missed); the
 # killed-worker test waits for it. Two heartbeats: a loaded machine's late beat is not taken for a death.
@@ -61,7 +61,6 @@ def pool_server() -> Iterator[LocalPrefectServer]:
     `prefect deploy --all` itself, what users run, is proven once by test_prefect_deploy_all_registers_every_deployment
     on this same server.
     """
-    from prefect.settings import temporary_settings
 
     from deployments.workers import deploy_to_pool
 
@@ -70,7 +69,7 @@ def pool_server() -> Iterator[LocalPrefectServer]:
     try:
         with prefect_on_postgres(home, server_env={"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"},
                                  auth_string=new_api_auth_string()) as srv:
-            with temporary_settings(updates=srv.client_settings()):
+            with prefect_settings(srv.client_settings()):
                 asyncio.run(deploy_to_pool(crashed_after=CRASHED_AFTER_SECONDS))
             yield srv
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -10,12 +12,33 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.client.schemas.objects import FlowRun
 from prefect.runner import Runner
 
+from deployments.local_server import drain_api_workers
 from deployments.serve import load_deployments
 
 INCIDENT_ID = "inc-20261126-abcdef"
 # The tests that use the `pool_server` fixture (or `deployed`) carry @pytest.mark.xdist_group(POOL_SERVER);
-# pyproject's `--dist loadgroup` sends them to one xdist worker, so that server starts once per session.
+# loadgroup (tests/conftest.py) sends them to one xdist worker, so that server starts once per session.
 POOL_SERVER = "pool-server"
+
+
+@contextlib.contextmanager
+def prefect_settings(updates: dict[Any, Any]) -> Iterator[None]:
+    """Point this process's Prefect client at another server (`updates`: its URL, its credential) for a while.
+
+    Prefect keeps one events worker (and one API log worker) per process for every running server, bound to the
+    server that was current when its first event was sent: without a drain on the way in and out, the events of
+    later tests went to the previous server (or to none, once it stopped) — `Service 'EventsWorker' failed to
+    process item` in the log, and the tests that wait for an event (test_monitor, test_fast_page) timed out.
+    """
+    from prefect.settings import temporary_settings
+
+    drain_api_workers()
+    try:
+        with temporary_settings(updates=updates):
+            yield
+            drain_api_workers()
+    finally:
+        drain_api_workers()
 
 
 async def register_all() -> dict[str, UUID]:

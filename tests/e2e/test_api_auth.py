@@ -27,7 +27,7 @@ from deployments.local_server import LocalPrefectServer, api_auth_string, api_he
 from runbook.errors import RunbookError
 from runbook.models import Incident, Severity
 from runbook.store import open_store
-from tests.e2e.deploy_support import POOL_SERVER
+from tests.e2e.deploy_support import POOL_SERVER, prefect_settings
 
 RUNBOOK = Path(sys.executable).with_name("runbook")
 WRONG = "runbook:not-the-key"
@@ -81,12 +81,11 @@ async def test_the_secret_block_is_unreadable_without_the_key(pool_server: Local
     """The config snapshot's kind of Secret block: 401 without the credential or with a wrong one (body without the
     value), read back with it, through Prefect's client and through plain HTTP."""
     from prefect.blocks.system import Secret
-    from prefect.settings import temporary_settings
 
     server = pool_server
     name = "config-production-snap-auth-probe"
     values = json.dumps({"SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE})
-    with temporary_settings(updates=server.client_settings()):
+    with prefect_settings(server.client_settings()):
         await Secret(value=values).save(name, overwrite=True)  # type: ignore[call-arg]
         block: Any = await Secret.aload(name)  # type: ignore[attr-defined]
         read = block.get()  # Secret gives JSON text back parsed
@@ -106,7 +105,7 @@ async def test_the_secret_block_is_unreadable_without_the_key(pool_server: Local
                 assert answer.status_code == 401, (headers.keys(), answer.status_code)
                 assert SERVICE_ROLE not in answer.text and answer.json() == {"exception_message": "Unauthorized"}
         assert (await http.get("/health")).status_code == 200  # the health probe stays open (load balancers)
-    with temporary_settings(updates={**server.client_settings(), **_no_key()}):
+    with prefect_settings({**server.client_settings(), **_no_key()}):
         from prefect.exceptions import PrefectHTTPStatusError
 
         with pytest.raises(PrefectHTTPStatusError, match="401"):
@@ -128,7 +127,6 @@ async def test_a_paused_run_cannot_be_resumed_without_the_key(pool_server: Local
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from prefect.flow_runs import aresume_flow_run
-    from prefect.settings import temporary_settings
     from prefect.states import Paused
 
     @flow(name="auth-probe-approval")
@@ -136,11 +134,11 @@ async def test_a_paused_run_cannot_be_resumed_without_the_key(pool_server: Local
         return None
 
     server = pool_server
-    with temporary_settings(updates=server.client_settings()):
+    with prefect_settings(server.client_settings()):
         async with get_client() as client:
             run = await client.create_flow_run(approval, state=Paused(timeout_seconds=600, pause_key="approval"))
     try:
-        with temporary_settings(updates={**server.client_settings(), **_no_key()}):
+        with prefect_settings({**server.client_settings(), **_no_key()}):
             with pytest.raises(PrefectHTTPStatusError, match="401"):
                 await aresume_flow_run(run.id)
         async with httpx.AsyncClient(base_url=server.api_url, timeout=10) as http:
@@ -149,12 +147,12 @@ async def test_a_paused_run_cannot_be_resumed_without_the_key(pool_server: Local
                 assert refused.status_code == 401, refused.text
             now = (await http.get(f"/flow_runs/{run.id}", headers=server.api_headers)).json()
             assert now["state_type"] == "PAUSED", now["state_type"]
-            with temporary_settings(updates=server.client_settings()):
+            with prefect_settings(server.client_settings()):
                 await aresume_flow_run(run.id)
             now = (await http.get(f"/flow_runs/{run.id}", headers=server.api_headers)).json()
             assert now["state_type"] != "PAUSED", now["state"]
     finally:
-        with temporary_settings(updates=server.client_settings()):
+        with prefect_settings(server.client_settings()):
             async with get_client() as client:
                 await client.delete_flow_run(run.id)
 

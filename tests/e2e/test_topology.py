@@ -15,16 +15,15 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments.flow_runs import arun_deployment
-from prefect.settings import temporary_settings
 
 from deployments.drill import DRILL_POLICY, run_one
-from deployments.local_server import LocalPrefectServer
+from deployments.local_server import LocalPrefectServer, drain_api_workers
 from deployments.workers import Topology, shared_store
 from runbook.drill import DrillStack
 from runbook.drill.approver import resume
 from runbook.models import EventKind, Incident, Severity
 from runbook.store import open_store
-from tests.e2e.deploy_support import POOL_SERVER
+from tests.e2e.deploy_support import POOL_SERVER, prefect_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(POOL_SERVER)]
 
@@ -54,7 +53,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def on_server(server: LocalPrefectServer) -> Iterator[str]:
     """Point this test's Prefect client at the topology's server."""
-    with temporary_settings(updates=server.client_settings()):  # its URL and its API credential
+    with prefect_settings(server.client_settings()):  # its URL and its API credential
         yield server.api_url
 
 
@@ -329,6 +328,7 @@ async def test_a_prefect_server_restarted_mid_incident_loses_no_approval_and_no_
         assert time.monotonic() < deadline, "on-call was never paged"
         await asyncio.sleep(0.2)
 
+    await asyncio.to_thread(drain_api_workers)  # this process's events reach the server before it stops
     await asyncio.to_thread(server.stop)
     await asyncio.to_thread(server.start)  # the same port and database: `prefect server start` again
     await asyncio.to_thread(topology.reap)  # a worker that gave up on the server while it was down is restarted

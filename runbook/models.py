@@ -199,6 +199,8 @@ class Incident(BaseModel):
                                              "new severity's escalation counts from then)")
     links: list[str] = Field(default_factory=list, description="Related incidents (runbook link)")
     merged_into: str | None = Field(None, description="The incident this duplicate was merged into (closed)")
+    reopened_at: datetime | None = Field(None, description="When its fault last returned after a resolution "
+                                         "(reopened by an alert): a new response cycle, escalated from then")
 
     @field_validator("title")
     @classmethod
@@ -214,8 +216,9 @@ class Incident(BaseModel):
 
     @property
     def escalation_start(self) -> datetime:
-        """Return when the current severity's escalation clock started (declaration, or the last severity change)."""
-        return max(self.created_at, self.severity_set_at) if self.severity_set_at else self.created_at
+        """Return when the current escalation clock started: the declaration, the last severity change or the
+        last reopen (the problem returned), whichever is latest."""
+        return max(t for t in (self.created_at, self.severity_set_at, self.reopened_at) if t is not None)
 
     @property
     def dedup_key(self) -> str:

@@ -421,7 +421,8 @@ class IncidentStore:
         Its fingerprint's incident resolved less than `reopen_within` ago (default: the policy's
         `response.reopen_window_minutes`, on the runbook clock) is reopened: back to investigating, with a
         status change from resolved and a `reopened` event carrying the alert; its follow-ups not yet done are
-        withdrawn (they are scheduled again from the final resolution). The reopen is a compare-and-set on the
+        withdrawn (they are scheduled again from the final resolution); its acknowledgement is cleared and its
+        escalation counts from the reopen (`reopened_at`): a new response cycle. The reopen is a compare-and-set on the
         resolved row that takes the unique open fingerprint, so of two alerts at once exactly one reopens and
         the other attaches to it as a duplicate. An open incident with the fingerprint gets the alert attached;
         otherwise the incident is created.
@@ -512,7 +513,11 @@ class IncidentStore:
                 if taken.rowcount != 1:
                     return None
                 current = await self._get(conn, incident_id)
-                reopened = current.model_copy(update={"status": Status.INVESTIGATING, "resolved_at": None})
+                # A new response cycle: the escalation counts from now and waits for a new acknowledgement (the
+                # first one stays on the timeline, where MTTA is read).
+                reopened = current.model_copy(update={
+                    "status": Status.INVESTIGATING, "resolved_at": None, "reopened_at": at,
+                    "acknowledged_at": None, "acknowledged_by": None, "acknowledged_via": None})
                 await self._save(conn, reopened)
                 withdrawn = [dict(r) for r in (await conn.execute(
                     select(follow_ups_t.c.kind, follow_ups_t.c.due, follow_ups_t.c.flow_run_id)
@@ -534,6 +539,7 @@ class IncidentStore:
                     details={"alert": alert_json, "fingerprint": fingerprint, "resolved_at": resolved_at.isoformat(),
                              "minutes_after_resolution": round(ago, 2),
                              "window_minutes": within.total_seconds() / 60,
+                             "acknowledged_before_by": current.acknowledged_by,
                              "withdrawn_follow_ups": [{"kind": w["kind"], "due": w["due"].isoformat(),
                                                        "flow_run_id": w["flow_run_id"]} for w in withdrawn]},
                     flow_run_id=flow_run_id))

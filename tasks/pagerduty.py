@@ -442,6 +442,8 @@ async def acknowledge_pages(incident: Incident) -> list[str]:
     """Acknowledge every page of the chain in PagerDuty (stops PagerDuty's own re-notification); recorded as ours."""
     async with open_store() as store:
         events = await store.timeline(incident.id)
+    since = last_reopen(events)  # reopened: the pages of this response cycle
+    events = [e for e in events if since is None or e.at >= since]
     done = _resolved_in_pagerduty(events)
     keys = sorted(k for k in page_roles(events) if k not in done
                   and any(e.details.get("dedup_key") == k and e.kind in {EventKind.PAGED, EventKind.ESCALATED}

@@ -86,6 +86,8 @@ async def test_the_fault_back_within_the_window_reopens_and_pages_again(drill_en
     assert first.created and first.response_run_id
     inc_id = first.incident_id
     assert drill_env.pagerduty.alert(inc_id)["status"] == "triggered"  # type: ignore[index]
+    async with open_store() as store:
+        await store.acknowledge(inc_id, "dana", via="pagerduty")
     await _resolve(inc_id, "auth provider recovered")
     assert drill_env.pagerduty.alert(inc_id)["status"] == "resolved"  # type: ignore[index]
     assert _public(drill_env, inc_id)["status"] == "resolved"
@@ -101,6 +103,7 @@ async def test_the_fault_back_within_the_window_reopens_and_pages_again(drill_en
     async with open_store() as store:
         current = await store.get(inc_id)
         assert current.status is Status.INVESTIGATING and current.resolved_at is None
+        assert current.acknowledged_at is None and current.escalation_start == current.reopened_at  # a new cycle
         assert len(await store.list()) == 1
         reopen = (await store.timeline(inc_id, kind=EventKind.REOPENED))[0]
         assert reopen.details["alert"]["summary"] == "Login fails again"
@@ -132,6 +135,31 @@ async def test_the_fault_back_within_the_window_reopens_and_pages_again(drill_en
     assert _public(drill_env, inc_id)["status"] == "resolved"
     assert "Reopened: 1 time(s)" in report and "- Reopened " in report and "Login fails again" in report
     assert "MTTR (declared → resolved (to the final resolution))" in report
+    assert "Acknowledged by dana via pagerduty" in report  # MTTA: the first acknowledgement
+
+
+async def test_a_reopen_page_pagerduty_does_not_take_stays_pending_and_is_sent(drill_env: DrillStack,
+                                                                               deployments: None) -> None:
+    """PagerDuty failing at the reopen: the page stays pending (the incident was acknowledged before, but the
+    reopen waits for a new acknowledgement), "the problem returned" still goes out, and the sweep's resend delivers
+    it on the same dedup key."""
+    from runbook.drill.faults import Fault
+    from tasks.pagerduty import pending_pages, resend_pending_pages
+
+    first = await _declare()
+    async with open_store() as store:
+        await store.acknowledge(first.incident_id, "dana", via="pagerduty")
+    await _resolve(first.incident_id, "auth provider recovered")
+    drill_env.pagerduty.inject(Fault.error(503, times=3))  # the reopen page's quick first try: three attempts
+    again = await _declare("Login fails again")
+    assert again.reopened
+    assert [p["dedup_key"] for p in await pending_pages(first.incident_id)] == [first.incident_id]
+    assert len(_returned(drill_env)) == 1 and _public(drill_env, first.incident_id)["status"] == "investigating"
+    async with open_store() as store:
+        incident = await store.get(first.incident_id)
+    assert await resend_pending_pages.fn(incident) == [first.incident_id]
+    assert drill_env.pagerduty.incident(first.incident_id)["status"] == "triggered"  # type: ignore[index]
+    assert await pending_pages(first.incident_id) == []
 
 
 async def test_the_fault_back_after_the_window_is_a_new_incident(drill_env: DrillStack, deployments: None) -> None:

@@ -46,6 +46,22 @@ async def test_a_fault_back_within_the_window_reopens_the_incident(store: Incide
     assert len(await store.timeline(resolved.id, kind=EventKind.REOPENED)) == 1
 
 
+async def test_a_reopen_starts_a_new_response_cycle(store: IncidentStore) -> None:
+    """The reopened incident waits for a new acknowledgement and escalates from the reopen; the first
+    acknowledgement stays on the timeline (MTTA)."""
+    first, _ = await store.declare(_incident(), _alert("503 on /api/health"))
+    await store.acknowledge(first.id, "dana", via="pagerduty")
+    await store.transition(first.id, Status.RESOLVED)
+    admitted = await store.admit(_incident(), _alert())
+    current = await store.get(first.id)
+    assert current.acknowledged_at is None and current.acknowledged_by is None
+    assert current.reopened_at is not None and current.escalation_start == current.reopened_at > current.created_at
+    assert admitted.event is not None and admitted.event.details["acknowledged_before_by"] == "dana"
+    _, newly = await store.acknowledge(first.id, "eli", via="slack")
+    assert newly
+    assert [e.actor for e in await store.timeline(first.id, kind=EventKind.ACKNOWLEDGED)] == ["dana", "eli"]
+
+
 async def test_a_fault_back_after_the_window_opens_a_new_incident(store: IncidentStore) -> None:
     """61 minutes (runbook clock) after the resolution the same fingerprint opens a new incident; the old stays
     resolved."""

@@ -190,3 +190,32 @@ async def test_two_alerts_at_once_reopen_it_once(drill_env: DrillStack, deployme
         assert len(await store.timeline(first.incident_id, kind=EventKind.REOPENED)) == 1
         assert len(await store.timeline(first.incident_id, kind=EventKind.DUPLICATE_ALERT)) == 1
         assert len(await store.list()) == 1
+
+
+async def test_the_monitor_seeing_the_fault_again_reopens_the_incident(drill_env: DrillStack, deployments: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's own path: an auth outage declared (P1, on-call paged), repaired and resolved; the outage back
+    and the monitor's next run reopens that incident and pages on-call again on its key; one incident in all."""
+    from flows.monitor import MonitorParams, monitor
+
+    async def watch() -> str:
+        result = await monitor(MonitorParams(respond="deployment", cycles=2, interval_seconds=0))
+        assert [d.rule for d in result.declared] == ["authentication_failing"], result.declared
+        return result.declared[0].incident_id
+
+    for key, value in drill_env.inject("auth-outage").items():
+        monkeypatch.setenv(key, value)
+    inc_id = await watch()
+    drill_env.repair("auth-outage")
+    await _resolve(inc_id, "auth provider recovered")
+    for key, value in drill_env.inject("auth-outage").items():
+        monkeypatch.setenv(key, value)
+    assert await watch() == inc_id
+    assert len(_triggers(drill_env, inc_id)) == 2
+    assert drill_env.pagerduty.incident(inc_id)["status"] == "triggered"  # type: ignore[index]
+    async with open_store() as store:
+        assert [i.id for i in await store.list()] == [inc_id]
+        assert (await store.get(inc_id)).status is Status.INVESTIGATING
+        [reopen] = await store.timeline(inc_id, kind=EventKind.REOPENED)
+    assert reopen.details["alert"]["source"] == "monitor" and reopen.actor
+    assert len(_returned(drill_env)) == 1

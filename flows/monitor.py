@@ -275,7 +275,7 @@ async def _declare_gap(step: GapStep, reason: str, blind: list[str], params: Mon
     state.incident_id = out.incident_id
     get_run_logger().warning("monitoring gap: %s for %d cycles → P2 %s (blind: %s)", state.target,
                              state.gap_cycles, out.incident_id, rules)
-    if out.created and params.respond != "none":
+    if (out.created or out.reopened) and params.respond != "none":  # a gap back within the window: paged again
         async with open_store() as store:
             incident = await store.get(out.incident_id)
         await page_oncall(incident, f"{reason}; blind rules: {rules}")

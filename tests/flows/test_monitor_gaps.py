@@ -72,3 +72,12 @@ async def test_a_revoked_sentry_token_pages_once_and_resolves_when_it_works_agai
         assert (await store.get(incident_id)).status is Status.RESOLVED
         assert len(await store.list()) == 1
     assert len(paged_roles(drill_env)) == 1
+    drill_env.sentry.token = "rotated-elsewhere"  # blind again within the reopen window: the same incident
+    try:
+        again = await run(cycles=5)
+    finally:
+        drill_env.sentry.token = token
+    assert gap_declarations(again) == [incident_id]
+    async with open_store() as store:
+        assert (await store.get(incident_id)).status.is_open and len(await store.list()) == 1
+    assert len(paged_roles(drill_env)) == 2  # paged again on the reopen

@@ -483,11 +483,14 @@ async def pager_acknowledgement(incident: Incident) -> str | None:
     """
     async with open_store() as store:
         roles = page_roles(await store.timeline(incident.id))
+        cycle = (await store.get(incident.id)).reopened_at
     if not roles:
         return None
     async with open_client(PagerDutyRestClient) as rest:
         found = [(key, pi) for key in roles for pi in (await rest.incidents(key))[-1:]]
     for key, pi in found:
+        if cycle is not None and (opened := _parse_time(pi.created_at)) is not None and opened < cycle:
+            continue  # the PagerDuty incident of the cycle before the reopen (its page not re-sent yet): not ours
         person = pi.person()
         if pi.status in ("acknowledged", "resolved") and person is not None:
             person = await with_email(person, get_settings())

@@ -154,6 +154,7 @@ class PagerIncident(BaseModel):
     acknowledgers: list[dict[str, Any]] = []
     last_status_change_by: dict[str, Any] | None = None
     last_status_change_at: str | None = None
+    created_at: str | None = None
 
     def person(self) -> dict[str, Any] | None:
         """Return the user (a `user_reference`) who acknowledged or resolved it, or None (an integration did)."""
@@ -209,7 +210,7 @@ class PagerDutyRestClient(BaseClient):
                 id=str(item.get("id")), status=item.get("status"), incident_key=item.get("incident_key"),
                 html_url=item.get("html_url"), acknowledgers=acks,
                 last_status_change_by=item.get("last_status_change_by"),
-                last_status_change_at=item.get("last_status_change_at")))
+                last_status_change_at=item.get("last_status_change_at"), created_at=item.get("created_at")))
         return out
 
 

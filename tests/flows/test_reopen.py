@@ -162,6 +162,35 @@ async def test_a_reopen_page_pagerduty_does_not_take_stays_pending_and_is_sent(d
     assert await pending_pages(first.incident_id) == []
 
 
+async def test_the_acknowledgement_of_the_cycle_before_the_reopen_is_not_taken_for_the_new_one(
+        drill_env: DrillStack, deployments: None) -> None:
+    """On-call acknowledged the first page in PagerDuty and resolved it there; after the reopen, while its page is
+    still pending, the PagerDuty incident the REST poll finds for the key is that old one, resolved by a person:
+    not an acknowledgement of the reopened incident, which still waits for one."""
+    from runbook.drill.faults import Fault
+    from runbook.drill.pagerduty import acknowledge_as_oncall
+    from tasks.pagerduty import pager_acknowledgement, pending_pages
+
+    first = await _declare()
+    assert acknowledge_as_oncall(drill_env.pagerduty, first.incident_id) is not None
+    async with open_store() as store:
+        incident = await store.get(first.incident_id)
+    await pager_acknowledgement(incident)  # the first cycle's acknowledgement (or the escalation's poll took it)
+    async with open_store() as store:
+        assert (await store.get(first.incident_id)).acknowledged_via == "pagerduty"
+    drill_env.pagerduty.press_resolve(first.incident_id)  # on-call resolves the page in PagerDuty
+    await _resolve(first.incident_id, "auth provider recovered")
+    drill_env.pagerduty.inject(Fault.error(503, times=3))
+    again = await _declare("Login fails again")
+    assert again.reopened and await pending_pages(first.incident_id)
+    async with open_store() as store:
+        reopened = await store.get(first.incident_id)
+    assert reopened.acknowledged_at is None
+    assert await pager_acknowledgement(reopened) is None
+    async with open_store() as store:
+        assert (await store.get(first.incident_id)).acknowledged_at is None
+
+
 async def test_the_fault_back_after_the_window_is_a_new_incident(drill_env: DrillStack, deployments: None) -> None:
     """61 minutes (runbook clock) after the resolution the same fault opens a new incident, paged on its own key."""
     first = await _declare()

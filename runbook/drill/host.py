@@ -25,9 +25,15 @@ _log = logging.getLogger(__name__)
 
 
 def bind_socket(port: int = 0) -> socket.socket:
-    """Return a listening TCP socket on 127.0.0.1 (port 0 = any free port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """Return a listening TCP socket on 127.0.0.1 (port 0 = any free port).
+
+    Created with proto IPPROTO_TCP, and TCP_NODELAY set (accepted connections inherit it): asyncio disables Nagle's
+    algorithm only on sockets whose proto is IPPROTO_TCP, and with proto 0 every answer (uvicorn writes the headers
+    and the body apart) waited for the client's delayed ACK: 44 ms a request instead of about 1 ms.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(("127.0.0.1", port))
         sock.listen(128)

@@ -6,7 +6,7 @@
 Order on every POST: authenticate the raw body (401, nothing parsed) → parse and validate (400 with the reason; the
 raw payload is kept in the incident store; nothing started) → keep the alert in the outbox → hand it to Prefect
 (`declare-incident` through Prefect's API, `run_deployment(..., timeout=0)`, or the warm path's background task) →
-202 within about 1.5 s with the fingerprint, the outbox id and the run started, or `queued` while Prefect is slow or
+202 within 1.5 s with the fingerprint, the outbox id and the run started, or `queued` while Prefect is slow or
 down (retried in the background until the alert is attached to its incident). The incident id is decided by that
 run (a duplicate alert attaches to the open incident): read it with `runbook incidents list` or the run's result.
 

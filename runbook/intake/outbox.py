@@ -8,12 +8,14 @@ but never attached. Now, per alert:
     keep (a row of `intake_outbox` in the incident store, before any answer: nothing accepted is lost)
     → hand it to Prefect (the Starter: a declare-incident deployment run, or the warm path's background task), at
       most HANDOFF_CONCURRENCY at once per intake process, so a burst does not become a burst on Prefect's database
-    → 202: with what was started when the hand-off finished within ANSWER_WITHIN_S, else `queued` (it goes on)
+    → 202: with what was started when the hand-off finished within ANSWER_WITHIN_S, else `queued` (it goes on);
+      in a burst (no free hand-off slot) `queued` as soon as it is kept
     → a hand-off that failed (Prefect down, slow, refusing) is tried again by the retry loop (RETRY_MIN_S doubling
       to RETRY_MAX_S) for as long as it takes; a process that died holding one leaves it to the next loop once its
       lease has passed (LEASE_S)
     → attached: the declaration recorded the alert on its incident (the store's alerts table, same fingerprint and
-      received_at); a started hand-off whose run ended without attaching it is handed off again.
+      received_at); a started hand-off whose run ended without attaching it, or whose background task run no task
+      worker ever started, is handed off again (REHANDOFF_AFTER_S).
 
 The row states: queued (to hand off: new, or failed with `error` and `next_try_at`), started (Prefect has it:
 `started` names the run), attached (`incident_id`). The deployment Starter passes an idempotency key per alert, so a
@@ -28,7 +30,7 @@ from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, and_, or_, select, update
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, and_, func, or_, select, update
 
 from runbook.intake.common import Starter
 from runbook.models import Alert, utcnow
@@ -36,7 +38,8 @@ from runbook.store import IncidentStore, UTCDateTime
 
 log = logging.getLogger("runbook.intake")
 
-# Every alert is answered within about this long: with what Prefect started, or `queued` while the hand-off goes on.
+# An alert with a free hand-off slot is answered within about this long: with what Prefect started, or `queued` while
+# the hand-off goes on; one that has to wait for a slot (a burst) is answered `queued` once it is kept.
 ANSWER_WITHIN_S = 1.5
 # Hand-offs to Prefect at once per intake process: a burst waits here, in memory and kept, not in Prefect's database.
 HANDOFF_CONCURRENCY = 4
@@ -49,7 +52,11 @@ RETRY_MIN_S, RETRY_MAX_S = 2.0, 60.0
 # Started rows are checked for their attachment this often; one not attached this long after it was started has
 # its run read in Prefect, and is handed off again when that run ended (or is gone) without attaching it.
 ATTACH_CHECK_S = 5.0
-REHANDOFF_AFTER_S = 600.0
+# A started row not attached this long after its hand-off (doubling with each hand-off, at most 16 times) has its run
+# read in Prefect: handed off again when that run ended (or is gone) without attaching it, or when it is a warm-path
+# task run still Scheduled while later alerts are attached (pushed to a task worker that died or lost it: it is
+# cancelled first, so it never runs twice).
+REHANDOFF_AFTER_S = 60.0
 
 _metadata = MetaData()
 outbox_t = Table(
@@ -94,6 +101,8 @@ class Outbox:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._last_attach_check = 0.0
+        self._to_keep: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._keeper: asyncio.Task[None] | None = None
 
     # -- the store --------------------------------------------------------------------------------------------
 
@@ -124,15 +133,36 @@ class Outbox:
         return self._store
 
     async def keep(self, alert: Alert, respond: Any, digest: str | None = None) -> int:
-        """Keep an accepted alert (leased to this process, which hands it off now); return its outbox id."""
-        store = await self._open()
+        """Keep an accepted alert (leased to this process, which hands it off now); return its outbox id.
+
+        Alerts kept at the same moment are written in one transaction (one commit for a burst, not one each)."""
         now = utcnow()
-        async with store.engine.begin() as conn:
-            result = await conn.execute(outbox_t.insert().values(
-                kept_at=now, fingerprint=alert.fingerprint, received_at=alert.received_at, digest=digest,
-                alert=alert.model_dump(mode="json"), respond=respond, state="queued", attempts=0, next_try_at=now,
-                lease_until=now + timedelta(seconds=LEASE_S), updated_at=now))
-        return int(result.inserted_primary_key[0])
+        values = {"kept_at": now, "fingerprint": alert.fingerprint, "received_at": alert.received_at,
+                  "digest": digest, "alert": alert.model_dump(mode="json"), "respond": respond, "state": "queued",
+                  "attempts": 0, "next_try_at": now, "lease_until": now + timedelta(seconds=LEASE_S),
+                  "updated_at": now}
+        kept: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._to_keep.append((values, kept))
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.ensure_future(self._write_kept())
+        return await kept
+
+    async def _write_kept(self) -> None:
+        while self._to_keep:
+            batch, self._to_keep = self._to_keep, []
+            try:
+                store = await self._open()
+                async with store.engine.begin() as conn:
+                    ids = [int((await conn.execute(outbox_t.insert().values(**values))).inserted_primary_key[0])
+                           for values, _ in batch]
+            except Exception as exc:  # the store unreachable: every alert of the batch is answered 503
+                for _, kept in batch:
+                    if not kept.done():
+                        kept.set_exception(exc)
+                continue
+            for (_, kept), outbox_id in zip(batch, ids, strict=True):
+                if not kept.done():
+                    kept.set_result(outbox_id)
 
     async def _set(self, outbox_id: int, *, where: Any = None, **values: Any) -> bool:
         store = await self._open()
@@ -165,8 +195,11 @@ class Outbox:
         failed first hand-off) once the hand-off ended or `answer_within` passed (it then goes on)."""
         outbox_id = await self.keep(alert, respond, digest)
         self.ensure_running(forever=False)
+        # Wait for the hand-off only when a slot is free: in a burst the alerts behind the first few are answered
+        # `queued` as soon as they are kept, not after waiting their turn.
+        free = len(self._inflight) < self._concurrency
         handoff = self._spawn(self._hand_off(outbox_id, alert, respond, 0))
-        done, _ = await asyncio.wait({handoff}, timeout=self.answer_within)
+        done, _ = await asyncio.wait({handoff}, timeout=self.answer_within if free else 0)
         if handoff not in done:
             return outbox_id, None, None
         started, error = handoff.result()
@@ -178,9 +211,13 @@ class Outbox:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _hand_off(self, outbox_id: int, alert: Alert, respond: Any, attempts: int
-                        ) -> tuple[dict[str, str] | None, str | None]:
-        self._inflight.add(outbox_id)
+    def _hand_off(self, outbox_id: int, alert: Alert, respond: Any, attempts: int
+                  ) -> Awaitable[tuple[dict[str, str] | None, str | None]]:
+        self._inflight.add(outbox_id)  # now, not when the task first runs: the next alert's answer counts it
+        return self._handing_off(outbox_id, alert, respond, attempts)
+
+    async def _handing_off(self, outbox_id: int, alert: Alert, respond: Any, attempts: int
+                           ) -> tuple[dict[str, str] | None, str | None]:
         try:
             if self._slots is None:
                 self._slots = asyncio.Semaphore(self._concurrency)
@@ -217,7 +254,7 @@ class Outbox:
 
     async def aclose(self) -> None:
         """Stop the retry loop and the hand-offs in flight (kept rows stay for the next process), close the store."""
-        tasks = [t for t in (self._loop, *self._tasks) if t is not None and not t.done()]
+        tasks = [t for t in (self._loop, self._keeper, *self._tasks) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -276,12 +313,12 @@ class Outbox:
 
     async def check_attached(self) -> int:
         """Mark started rows attached once their alert is on its incident; hand off again a started one whose run
-        ended without attaching it (after REHANDOFF_AFTER_S). Return how many were marked attached."""
+        ended without attaching it, or whose task run is still Scheduled while alerts handed off after it are
+        attached (a task worker lost it), after `rehandoff_after`. Return how many were marked attached."""
         store = await self._open()
-        started = await self.rows("started")
         by_fingerprint: dict[str, dict[datetime, str]] = {}
-        marked = 0
-        for row in started:
+        marked, waiting = 0, []
+        for row in await self.rows("started"):
             fingerprint = row["fingerprint"]
             if fingerprint not in by_fingerprint:
                 by_fingerprint[fingerprint] = {
@@ -292,22 +329,39 @@ class Outbox:
             if incident_id is not None:
                 marked += await self._set(row["id"], where=outbox_t.c.state == "started", state="attached",
                                           incident_id=incident_id)
-            elif (utcnow() - row["updated_at"]).total_seconds() > REHANDOFF_AFTER_S \
-                    and await _run_over(row["started"] or {}):
+            elif (utcnow() - row["updated_at"]).total_seconds() > rehandoff_after(int(row["attempts"])):
+                waiting.append(row)
+        if not waiting:
+            return marked
+        async with store.engine.connect() as conn:
+            newest_attached = (await conn.execute(select(func.max(outbox_t.c.id)).where(
+                outbox_t.c.state == "attached"))).scalar() or 0
+        for row in waiting:
+            if await _run_over(row["started"] or {}, overtaken=row["id"] < newest_attached):
                 await self._set(row["id"], where=outbox_t.c.state == "started", state="queued",
                                 attempts=int(row["attempts"]) + 1, next_try_at=utcnow(),
-                                error="its Prefect run ended without attaching it to an incident")
-                log.warning("alert %s (intake #%d): its run ended without attaching it; handed off again",
-                            fingerprint, row["id"])
+                                error="its Prefect run ended, or was never started, without attaching it")
+                log.warning("alert %s (intake #%d): its run ended or was never started without attaching it; "
+                            "handed off again", row["fingerprint"], row["id"])
         return marked
 
 
-async def _run_over(started: dict[str, Any]) -> bool:
-    """Whether the flow or task run a hand-off started is over (final) or gone in Prefect; False when unknown."""
+def rehandoff_after(attempts: int) -> float:
+    """Return how long a started, unattached row waits before its run is read (REHANDOFF_AFTER_S, doubling)."""
+    return REHANDOFF_AFTER_S * 2 ** min(max(0, attempts), 4)
+
+
+async def _run_over(started: dict[str, Any], *, overtaken: bool) -> bool:
+    """Whether the run a hand-off started can no longer attach its alert: final or gone in Prefect, or a background
+    task run still Scheduled although alerts handed off after it are attached (`overtaken`: the task worker that
+    was pushed it died or lost it; it is cancelled now so that it never runs as well as the next). False when it
+    may still run (a Scheduled one in a backlog, or waiting for a task worker), or Prefect cannot be read."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled
 
     try:
         async with get_client() as client:
@@ -315,6 +369,10 @@ async def _run_over(started: dict[str, Any]) -> bool:
                 run: Any = await client.read_flow_run(UUID(started["incident_flow_run_id"]))
             elif started.get("task_run_id"):
                 run = await client.read_task_run(UUID(started["task_run_id"]))
+                if overtaken and run.state is not None and run.state.type is StateType.SCHEDULED:
+                    await client.set_task_run_state(run.id, Cancelled(
+                        message="no task worker started it; the intake hands the alert off again"), force=True)
+                    return True
             else:
                 return False
     except ObjectNotFound:
@@ -322,3 +380,16 @@ async def _run_over(started: dict[str, Any]) -> bool:
     except Exception:  # Prefect unreachable: ask again at the next check
         return False
     return run.state is None or run.state.is_final()
+
+
+async def _hands_off_nothing(alert: Alert, respond: Any) -> dict[str, str]:
+    raise RuntimeError("a reader of the outbox hands nothing off")
+
+
+async def read_outbox(state: str | None = None, *, url: str | None = None) -> list[dict[str, Any]]:
+    """Return the kept alerts (one state, or all), oldest first, from the settings' store or `url` (read only)."""
+    outbox = Outbox(_hands_off_nothing, url=url)
+    try:
+        return await outbox.rows(state)
+    finally:
+        await outbox.aclose()

@@ -116,7 +116,7 @@ async def _clock(incident: Incident, run_id: str | None, stop: asyncio.Event, re
     policy = get_policy()
     poll = policy.response.ack_poll_seconds
     async with open_store() as store:
-        done = steps_taken(await store.timeline(incident.id))
+        done = steps_taken(await store.timeline(incident.id), since=incident.reopened_at)
     current = incident
     while True:
         pending = pending_steps(current, policy, done)
@@ -168,11 +168,16 @@ async def _take(step: Step, incident: Incident, policy: Policy, outcome: Escalat
                       STEP: list(step_key(step, incident))})
 
 
-def steps_taken(events: list[TimelineEvent]) -> set[tuple[str, ...]]:
+def steps_taken(events: list[TimelineEvent], since: datetime | None = None) -> set[tuple[str, ...]]:
     """Return the step_key of every escalation step the timeline says was taken: a contact paged (sent, not merely
-    pending: page_contact sends a pending one again), a reminder posted, a missed SLA recorded."""
+    pending: page_contact sends a pending one again), a reminder posted, a missed SLA recorded.
+
+    `since`: the incident's last reopen; a reopen is a new response cycle, whose chain starts again (the lead paged
+    for the first cycle is paged again if this one goes unacknowledged as long)."""
     done: set[tuple[str, ...]] = set()
     for e in events:
+        if since is not None and e.at < since:
+            continue
         if e.kind in {EventKind.PAGED, EventKind.ESCALATED} and e.details.get("role"):
             done.add(("page", str(e.details["role"])))
         elif e.kind in {EventKind.REMINDER, EventKind.SLA_MISSED} and e.details.get(STEP):

@@ -70,6 +70,36 @@ async def test_no_ack_pages_lead_then_cto_in_order(incident: Incident, drill_env
     assert kinds.count("escalated") == 2 and "sla_missed" in kinds and "acknowledged" in kinds
 
 
+async def test_a_reopened_incident_escalates_through_the_chain_again(incident: Incident, drill_env: DrillStack,
+                                                                     manual: ManualClock) -> None:
+    """A reopen is a new response cycle: the on-call is paged again, and with no acknowledgement for the lead's
+    step, counted from the reopen, the engineering lead is paged again too (the first cycle's pages don't count)."""
+    from runbook.models import Alert, Status
+
+    run = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
+    manual.advance_to(incident.created_at + LEAD_AT)
+    assert await paged(drill_env, 2) == ["On-Call Engineer", "Engineering Lead"]
+    await resume(paused, {"by": "chen"})
+    await run
+    manual.advance(timedelta(minutes=5))
+    async with open_store() as store:
+        await store.transition(incident.id, Status.RESOLVED, summary="verified")
+        manual.advance(timedelta(minutes=5))
+        admitted = await store.admit(incident, Alert(source="monitor", fingerprint="esc", summary="down again"))
+    assert admitted.outcome == "reopened"
+    reopened_at = admitted.incident.reopened_at
+    assert reopened_at is not None
+    again = asyncio.create_task(escalate_incident(EscalateParams(incident_id=incident.id)))
+    paused = await wait_for_pause(["escalate-incident"], timeout=120)
+    assert (await paged(drill_env, 3))[2] == "On-Call Engineer"
+    manual.advance_to(reopened_at + LEAD_AT)
+    assert await paged(drill_env, 4) == ["On-Call Engineer", "Engineering Lead"] * 2
+    await resume(paused, {"by": "dana"})
+    outcome = await again
+    assert outcome.acknowledged_by == "dana"
+
+
 async def test_ack_from_the_ui_after_first_page_stops_escalation(incident: Incident, drill_env: DrillStack,
                                                                   manual: ManualClock) -> None:
     """An acknowledgement given through Prefect's API after the first page means nobody else is paged."""

@@ -66,6 +66,7 @@ class Cell:
     triggers: int = 0
     duplicates: int = 0
     pending: int = 0
+    closed_unsent: int = 0  # pending pages closed, not sent: the incident was resolved (or acknowledged) first
     named_on_timeline: bool = False
     finding: str | None = None
     remediation: str | None = None
@@ -74,7 +75,8 @@ class Cell:
 
     @property
     def page_lost(self) -> bool:
-        return self.detected and self.triggers == 0 and self.pending == 0
+        """No page sent, none pending, and none closed because the incident was resolved or acknowledged first."""
+        return self.detected and self.triggers == 0 and self.pending == 0 and self.closed_unsent == 0
 
     @property
     def clear(self) -> bool:
@@ -145,12 +147,13 @@ async def judge(stack: Any, cell: Cell) -> None:
     # A trigger re-sent with the same dedup key is the same alert in PagerDuty (nobody is paged twice); a duplicate
     # is a second incident for the one fault, each with pages of its own.
     cell.triggers = sum(keys.values())
-    from tasks.pagerduty import pending_pages
+    from tasks.pagerduty import page_states, pending_pages
 
     cell.pending = len(await pending_pages(cell.incident_id))
     async with open_store() as store:
         timeline = await store.timeline(cell.incident_id)
         declared = [i for i in await store.list() if i.created_at.timestamp() >= cell.started]
+    cell.closed_unsent = sum(p["state"] == "closed" for p in page_states(timeline).values())
     cell.duplicates = max(0, len(declared) - 1)
     words = {cell.dependency, cell.dependency.replace("_api", ""), cell.dependency.replace("_", " ")}
     failures = [e for e in timeline if e.kind in {EventKind.NOTE, EventKind.PAGED, EventKind.STATUS_PAGE,
@@ -235,17 +238,19 @@ async def matrix(dependencies: list[str], faults: list[str], when: str, timeout:
 
 def table(cells: list[Cell]) -> str:
     """Return the Markdown table of the cells and the totals line."""
-    lines = ["| dependency | fault | scenario | clear | resolved | pages sent / pending | lost | duplicates | "
-             "duration | what went wrong |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dependency | fault | scenario | clear | resolved | pages sent / pending / closed unsent | lost | "
+             "duplicates | duration | what went wrong |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         wrong = (c.error or "")[:90].replace("|", "/")
         lines.append(f"| {c.dependency} | {c.fault} | {c.scenario} | {'yes' if c.clear else '**no**'} | "
-                     f"{'yes' if c.resolved else 'no'} | {c.triggers} / {c.pending} | {'**1**' if c.page_lost else 0} "
+                     f"{'yes' if c.resolved else 'no'} | {c.triggers} / {c.pending} / {c.closed_unsent} | "
+                     f"{'**1**' if c.page_lost else 0} "
                      f"| {c.duplicates} | {c.duration_s:.0f} s | {wrong} |")
     clear = sum(c.clear for c in cells)
     lines.append("")
     lines.append(f"{clear} of {len(cells)} cells clear; pages lost: {sum(c.page_lost for c in cells)}; duplicate "
-                 f"pages: {sum(c.duplicates for c in cells)}; load average {os.getloadavg()[0]:.1f} at the end.")
+                 f"pages: {sum(c.duplicates for c in cells)}; pages closed unsent (resolved first): "
+                 f"{sum(c.closed_unsent for c in cells)}; load average {os.getloadavg()[0]:.1f} at the end.")
     return "\n".join(lines)
 
 

@@ -18,7 +18,6 @@ docs/webhooks/01-Overview.md (extract in tests/contracts/specs/pagerduty-rest.js
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runbook.errors import IncidentNotFound
-from runbook.intake.common import Respond, Starter, log, read_body, rejected
+from runbook.intake.common import Respond, Starter, log, read_body, rejected, strict_json
 from runbook.intake.signatures import SeenOnce, verify_pagerduty
 from runbook.settings import Settings
 
@@ -140,7 +139,7 @@ def routes(settings: Settings, *, open_access: bool, respond: Respond, start: St
                             request.client.host if request.client else "?")
             return rejected(401, "unauthorized")
         try:
-            payload = json.loads(body)
+            payload = strict_json(body)  # strict: no NaN, lone surrogates or nesting past the limit (no 500)
             event = payload["event"]
             if not isinstance(event, dict) or not event.get("id") or not event.get("event_type"):
                 raise ValueError("event.id and event.event_type are required")

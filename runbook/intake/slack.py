@@ -50,7 +50,7 @@ from runbook.clients.slack import (
     reject_modal,
 )
 from runbook.errors import IncidentNotFound, IntegrationError
-from runbook.intake.common import MAX_BODY_BYTES, Respond, Starter, log, read_body, rejected
+from runbook.intake.common import MAX_BODY_BYTES, Respond, Starter, log, read_body, rejected, strict_json
 from runbook.intake.signatures import REPLAY_WINDOW_SECONDS, verify_slack
 from runbook.models import Approval, ApprovalRequest
 from runbook.policy import Approver, get_policy, two_person_violation
@@ -342,7 +342,7 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     if not raw:
         raise ValueError("no payload field")
     try:
-        payload = json.loads(raw[0])
+        payload = strict_json(raw[0].encode("utf-8", "surrogatepass"))  # deep nesting: 400, not a 500
     except ValueError:
         raise ValueError("payload is not JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):

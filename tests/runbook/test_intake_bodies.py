@@ -44,3 +44,29 @@ async def test_a_chunked_body_under_the_limit_is_read_and_checked(client: httpx.
     body = CountingBody(chunks=2, size=1024)
     response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 401 and body.pulled == 2
+
+
+async def test_a_signed_deeply_nested_pagerduty_webhook_is_400(client: httpx.AsyncClient) -> None:
+    """A correctly signed PagerDuty webhook nested 10,000 levels deep is refused 400 (it was a RecursionError, 500)."""
+    from runbook.intake.signatures import sign_pagerduty
+
+    body = b"[" * 10_000 + b"]" * 10_000
+    response = await client.post("/pagerduty/webhooks", content=body, headers={
+        "Content-Type": "application/json",
+        "X-PagerDuty-Signature": sign_pagerduty(body, "pagerduty-webhook-secret-0123456789")})
+    assert response.status_code == 400, response.text
+    assert "nested deeper" in response.json()["error"]
+
+
+async def test_a_signed_deeply_nested_slack_payload_is_400(client: httpx.AsyncClient) -> None:
+    """A correctly signed Slack interaction whose payload is nested 5,000 levels deep is refused 400, not 500."""
+    import time
+
+    from runbook.intake.signatures import sign_slack
+
+    body = b"payload=" + b"[" * 5_000 + b"]" * 5_000
+    stamp = str(int(time.time()))
+    response = await client.post("/slack/interactions", content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": sign_slack(body, "slack-signing-secret-0123456789", stamp)})
+    assert response.status_code == 400, response.text

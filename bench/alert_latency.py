@@ -27,11 +27,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -40,11 +38,18 @@ from typing import Any
 import httpx
 from prefect import flow, task
 
+from bench._support import cpu_seconds, final_run, in_temp_home, until
 from deployments.local_server import free_port, prefect_on_postgres
 from deployments.serve import PROJECT_DIR, load_deployments
 from deployments.warm_start import warm_process
 from runbook.drill import DrillStack
 from runbook.store import open_store
+
+# Statuspage takes one request a second per API token (the client paces every request: runbook/clients/statuspage.py):
+# alerts closer together than that measure the vendor's pace, not the path. Real alerts of separate incidents do not
+# come every second; a burst is bench/burst.py's.
+GAP_S = 1.5
+IDLE_S = 10.0
 
 
 @task(name="bench-empty-task")
@@ -70,25 +75,19 @@ def _load() -> str:
     return f"load {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
 
 
-async def _until(condition: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await condition() if asyncio.iscoroutinefunction(condition) else condition()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    return None
-
-
 async def _alerts(stack: DrillStack, base_url: str, store_url: str, count: int, label: str,
-                  timeout: float = 120) -> dict[str, list[float]]:
-    """Post `count` P0 alerts one at a time; return alert → page, alert → status page and the breakdown."""
+                  timeout: float = 120, gap: float = 0.0) -> dict[str, list[float]]:
+    """Post `count` P0 alerts one at a time, each `gap` seconds after the previous one reached the status page;
+    return alert → page, alert → status page and the breakdown."""
     from prefect.client.orchestration import get_client
 
     headers = {"Authorization": f"Bearer {stack.env['RUNBOOK_INTAKE_TOKEN']}", "Content-Type": "application/json"}
-    out: dict[str, list[float]] = {"page": [], "status_page": [], "intake": [], "to_start": [], "start_to_page": []}
+    out: dict[str, list[float]] = {k: [] for k in ("page", "status_page", "intake", "created", "to_start",
+                                                    "recorded", "pending", "start_to_page")}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client, get_client() as prefect:
         for i in range(count):
+            if i and gap:
+                await asyncio.sleep(gap)
             tag = f"{label}-{uuid.uuid4().hex[:8]}"
             alert = {"source": "bench", "fingerprint": f"bench:{tag}", "summary": f"bench {tag} down",
                      "rule": "application_down"}
@@ -99,10 +98,10 @@ async def _alerts(stack: DrillStack, base_url: str, store_url: str, count: int, 
                 print(f"  {label} #{i}: {answer.status_code} {answer.text[:200]}", flush=True)
                 continue
 
-            async def incident_id(tag: str = tag) -> str | None:
+            async def incident(tag: str = tag) -> Any:
                 async with open_store(store_url) as store:
                     found = [x for x in await store.list(limit=50) if x.fingerprint == f"bench:{tag}"]
-                return found[0].id if found else None
+                return found[0] if found else None
 
             def page_at(key: str) -> float | None:
                 return next((r.time for r in stack.pagerduty.requests if isinstance(r.body, dict)
@@ -112,21 +111,31 @@ async def _alerts(stack: DrillStack, base_url: str, store_url: str, count: int, 
                 return next((r.time for r in stack.statuspage.requests if r.method == "POST"
                              and tag in json.dumps(r.body)), None)
 
-            key = await _until(incident_id, timeout)
-            paged = await _until(lambda key=key: page_at(key), timeout) if key else None
-            posted = await _until(status_at, timeout) if paged else None
+            declared = await until(incident, timeout)
+            key = declared.id if declared else None
+            paged = await until(lambda key=key: page_at(key), timeout) if key else None
+            posted = await until(status_at, timeout) if paged else None
             if paged is None or posted is None:
                 print(f"  {label} #{i}: no page or status page within {timeout:.0f} s", flush=True)
                 continue
             out["page"].append(paged - began)
             out["status_page"].append(posted - began)
             out["intake"].append(answered - began)
-            body = answer.json()
+            out["recorded"].append(declared.created_at.timestamp() - began)
+            async with open_store(store_url) as store:
+                pending = next((e.at for e in await store.timeline(declared.id)
+                                if e.details.get("page_pending") and e.details.get("dedup_key") == key), None)
+            if pending is not None:
+                out["pending"].append(pending.timestamp() - began)
+            body = answer.json()  # a `queued` answer (the hand-off outlasted the answer) names no run
+            run: Any = None
             if "task_run_id" in body:
-                run: Any = await prefect.read_task_run(uuid.UUID(body["task_run_id"]))
-            else:
+                run = await prefect.read_task_run(uuid.UUID(body["task_run_id"]))
+            elif "incident_flow_run_id" in body:
                 run = await prefect.read_flow_run(uuid.UUID(body["incident_flow_run_id"]))
-            if run.start_time is not None:
+            if run is not None and run.created is not None:
+                out["created"].append(run.created.timestamp() - began)
+            if run is not None and run.start_time is not None:
                 out["to_start"].append(run.start_time.timestamp() - began)
                 out["start_to_page"].append(paged - run.start_time.timestamp())
     return out
@@ -135,8 +144,10 @@ async def _alerts(stack: DrillStack, base_url: str, store_url: str, count: int, 
 def _report(label: str, found: dict[str, list[float]]) -> None:
     print(f"{label}: alert → page {_stats(found['page'])}", flush=True)
     print(f"{' ' * len(label)}  alert → status page {_stats(found['status_page'])}", flush=True)
-    print(f"{' ' * len(label)}  breakdown (p50): intake answered {_p50(found['intake'])}, run started "
-          f"{_p50(found['to_start'])}, start → page {_p50(found['start_to_page'])}", flush=True)
+    print(f"{' ' * len(label)}  breakdown (p50, from the POST): run created {_p50(found['created'])}, intake "
+          f"answered {_p50(found['intake'])}, run started {_p50(found['to_start'])}, incident recorded "
+          f"{_p50(found['recorded'])}, page pending {_p50(found['pending'])}, start → page "
+          f"{_p50(found['start_to_page'])}", flush=True)
 
 
 def _p50(values: list[float]) -> str:
@@ -156,12 +167,7 @@ async def _floor_task(count: int) -> list[float]:
             for _ in range(count):
                 began = time.time()
                 future = await asyncio.to_thread(empty_task.delay)
-
-                async def done(run_id: uuid.UUID = future.task_run_id) -> Any:
-                    run = await prefect.read_task_run(run_id)
-                    return run if run.state is not None and run.state.is_final() else None
-
-                run = await _until(done, 60)
+                run = await final_run(prefect.read_task_run, future.task_run_id, 60)
                 if run is not None and run.end_time is not None:
                     out.append(run.end_time.timestamp() - began)
     finally:
@@ -187,12 +193,7 @@ async def _floor_flow(count: int, query_seconds: float) -> list[float]:
             for _ in range(count):
                 began = time.time()
                 run = await arun_deployment("bench-empty-flow/bench-empty-flow", timeout=0)
-
-                async def done(run_id: uuid.UUID = run.id) -> Any:
-                    now = await prefect.read_flow_run(run_id)
-                    return now if now.state is not None and now.state.is_final() else None
-
-                final = await _until(done, 120)
+                final = await final_run(prefect.read_flow_run, run.id, 120)
                 if final is not None and final.end_time is not None:
                     out.append(final.end_time.timestamp() - began)
     finally:
@@ -235,19 +236,19 @@ def main() -> None:
     """Run every topology and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=20, help="alerts through the warm path (and floor runs)")
-    parser.add_argument("--served-alerts", type=int, default=10, help="alerts through the served hop (slow)")
+    parser.add_argument("--served-alerts", type=int, default=10,
+                        help="alerts through the served hop (slow; 0: neither it nor its floor)")
+    parser.add_argument("--gap", type=float, default=GAP_S,
+                        help=f"seconds between an alert's status page and the next alert (default {GAP_S:g})")
     parser.add_argument("--query-seconds", type=float, default=2.0, help="the runner's poll (runbook up: 2)")
     parser.add_argument("--imports", type=int, default=0, metavar="RUNS",
                         help="only time each entrypoint's import, RUNS times each (median)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (the warm process's log)")
     args = parser.parse_args()
     if args.imports:
         _imports(args.imports)
         return
-    home = Path(tempfile.mkdtemp(prefix="runbook-bench-latency-"))
-    try:
-        _run(args, home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    in_temp_home("runbook-bench-latency-", lambda home: _run(args, home), keep=args.keep)
 
 
 def _run(args: argparse.Namespace, home: Path) -> None:
@@ -265,21 +266,37 @@ def _run(args: argparse.Namespace, home: Path) -> None:
         asyncio.run(_init_store(store_url))
         asyncio.run(_register())
         port = free_port()
-        with warm_process(env, home / "warm.log", intake_port=port):
+        with warm_process(env, home / "warm.log", intake_port=port) as process:
             _wait_http(f"http://127.0.0.1:{port}/healthz")
             time.sleep(3)  # the task worker subscribed
             asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, 2, "warmup"))
-            warm = asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, args.alerts, "warm"))
+            postgres = str(home / "prefect" / "postgres")
+            pids = {"warm process": ({process.pid}, None), "its PostgreSQL": (set(), postgres),
+                    "Prefect server": ({server.process.pid} if server.process else set(), None)}
+            idle = {name: cpu_seconds(*p) for name, p in pids.items()}
+            time.sleep(IDLE_S)  # what the processes use doing nothing (polls, heartbeats), taken off below
+            before, began = {name: cpu_seconds(*p) for name, p in pids.items()}, time.monotonic()
+            warm = asyncio.run(_alerts(stack, f"http://127.0.0.1:{port}", store_url, args.alerts, "warm",
+                                       gap=args.gap))
+            after, took = {name: cpu_seconds(*p) for name, p in pids.items()}, time.monotonic() - began
             _report("warm   ", warm)
+            if warm["page"]:
+                used = {name: (after[name] - before[name] - (before[name] - idle[name]) * took / IDLE_S)
+                        / len(warm["page"]) for name in before}
+                print("         CPU per alert (its whole declaration, idle use taken off): "
+                      + ", ".join(f"{name} {cpu * 1000:.0f} ms" for name, cpu in used.items()), flush=True)
             print(f"  after warm: {_load()}", flush=True)
         asyncio.run(_delete_scheduled())
-        served = asyncio.run(_served_alerts(stack, store_url, args.served_alerts, args.query_seconds))
-        _report("served ", served)
-        print(f"  after served: {_load()}", flush=True)
-        asyncio.run(_delete_scheduled())
+        if args.served_alerts:
+            served = asyncio.run(_served_alerts(stack, store_url, args.served_alerts, args.query_seconds,
+                                                     args.gap))
+            _report("served ", served)
+            print(f"  after served: {_load()}", flush=True)
+            asyncio.run(_delete_scheduled())
         print(f"floor, empty background task: {_stats(asyncio.run(_floor_task(args.alerts)))}", flush=True)
-        print(f"floor, empty served flow (poll {args.query_seconds:g} s): "
-              f"{_stats(asyncio.run(_floor_flow(args.served_alerts, args.query_seconds)))}", flush=True)
+        if args.served_alerts:
+            print(f"floor, empty served flow (poll {args.query_seconds:g} s): "
+                  f"{_stats(asyncio.run(_floor_flow(args.served_alerts, args.query_seconds)))}", flush=True)
         print(f"end: {_load()}", flush=True)
 
 
@@ -310,7 +327,7 @@ async def _init_store(store_url: str) -> None:
         pass
 
 
-async def _served_alerts(stack: DrillStack, store_url: str, count: int, query_seconds: float
+async def _served_alerts(stack: DrillStack, store_url: str, count: int, query_seconds: float, gap: float = 0.0
                          ) -> dict[str, list[float]]:
     """The intake with its default Starter (a declare-incident deployment run) in this process, declare-incident
     served by a Runner here polling every `query_seconds` (each run in a new Python process, as `runbook up`)."""
@@ -328,7 +345,7 @@ async def _served_alerts(stack: DrillStack, store_url: str, count: int, query_se
     while not server.started:
         await asyncio.sleep(0.05)
     try:
-        return await _alerts(stack, f"http://127.0.0.1:{port}", store_url, count, "served", timeout=180)
+        return await _alerts(stack, f"http://127.0.0.1:{port}", store_url, count, "served", timeout=180, gap=gap)
     finally:
         server.should_exit = True
         await serving

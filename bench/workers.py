@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from bench._support import in_temp_home
 from deployments.local_server import prefect_on_postgres
 from deployments.workers import Topology, deploy_to_pool, shared_store
 from runbook.drill import DrillStack
@@ -67,11 +66,7 @@ def main() -> None:
     parser.add_argument("--incidents", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="runbook-bench-workers-"))
-    try:
-        _run(args, home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    in_temp_home("runbook-bench-workers-", lambda home: _run(args, home))
 
 
 def _run(args: argparse.Namespace, home: Path) -> None:

@@ -224,5 +224,8 @@ def _task_name() -> str:
 async def declare_alert(params: DeclareParams) -> Declared:
     """Declare an alert as a Prefect background task (`declare_alert.delay(params)`, run by the long-running task
     worker of `runbook up`: deployments/warm_start.py): a warm process, no poll and no process start before the
-    page. The declaration is the declare-incident flow run (in the UI as before, under this task run)."""
-    return await declare_incident(params)
+    page. The declaration runs in this task run itself (declare-incident's body, not a flow run of it: creating a
+    nested flow run and its states through the API came before the page, 0.1-0.3 s and more on a loaded server);
+    its steps (admit, the page, the status page, Slack) are task runs under it in the UI, and a page it leaves
+    pending names this task run as its sender (tasks/pagerduty.py: the sweep's dead-sender check reads it)."""
+    return await declare_incident.fn(params)

@@ -97,7 +97,7 @@ def page_states(events: list[Any]) -> dict[str, dict[str, Any]]:
             if key in pages and pages[key]["state"] != "paged":
                 pages[key]["state"] = "closed"
         elif e.kind == EventKind.NOTE and e.details.get("page_pending"):
-            page = {**e.details, "failures": 0, "retry_at": None, "sender_run_id": e.flow_run_id}
+            page = {**e.details, "failures": 0, "retry_at": None, "sender_run_id": _sender(e)}
             if live:
                 page = pages[key]
             pages[key] = page
@@ -107,8 +107,21 @@ def page_states(events: list[Any]) -> dict[str, dict[str, Any]]:
             pages[key].update(state="failed", last_at=_noted_at(e), failures=int(pages[key]["failures"]) + 1,
                               retry_at=datetime.fromisoformat(retry_at) if retry_at else None)
         elif live and e.details.get("page_retry") is not None:
-            pages[key].update(state="in-flight", last_at=_noted_at(e), sender_run_id=e.flow_run_id)
+            pages[key].update(state="in-flight", last_at=_noted_at(e), sender_run_id=_sender(e))
     return pages
+
+
+# A page sent by a task run outside any flow run (the warm path's declare-alert background task) names that task
+# run as its sender: "task-run:<id>" (a flow run is named by its bare id).
+TASK_RUN_SENDER = "task-run:"
+
+
+def _sender(event: Any) -> str | None:
+    """Return the run that wrote a page's note: its flow run, else its task run (from the event's provenance)."""
+    if event.flow_run_id:
+        return str(event.flow_run_id)
+    task_run = (event.provenance or {}).get("task_run_id")
+    return f"{TASK_RUN_SENDER}{task_run}" if task_run else None
 
 
 async def pending_pages(incident_id: str) -> list[dict[str, Any]]:
@@ -334,8 +347,8 @@ def _due(page: dict[str, Any], *, honour_retry_at: bool, dead: set[str] | None =
 
 
 async def _dead_senders(pages: list[dict[str, Any]]) -> set[str]:
-    """Return the flow-run ids of in-flight pages' senders that are no longer running (read through Prefect's API);
-    none when the API cannot be read (the page is then left to IN_FLIGHT_S)."""
+    """Return the senders (flow runs, or task runs outside any flow run) of in-flight pages that are no longer
+    running (read through Prefect's API); none when the API cannot be read (the page is then left to IN_FLIGHT_S)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -349,7 +362,10 @@ async def _dead_senders(pages: list[dict[str, Any]]) -> set[str]:
         async with get_client() as client:
             for run_id in ids:
                 try:
-                    run = await client.read_flow_run(UUID(run_id))
+                    if run_id.startswith(TASK_RUN_SENDER):
+                        run: Any = await client.read_task_run(UUID(run_id.removeprefix(TASK_RUN_SENDER)))
+                    else:
+                        run = await client.read_flow_run(UUID(run_id))
                 except ObjectNotFound:
                     dead.add(run_id)
                     continue

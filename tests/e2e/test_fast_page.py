@@ -1,10 +1,12 @@
 """The warm path (issue 18): an alert through the intake is declared by a Prefect background task on a long-running
 task worker, which pages on-call once, then posts the status page and #incidents; duplicates, re-runs and the later
-respond deployment run page nobody twice. Order and counts, not timing (timing: bench/alert_latency.py)."""
+respond deployment run page nobody twice; a page left pending by a dead background task run goes out at the next
+sweep. Order and counts, not timing (timing: bench/alert_latency.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,17 +14,21 @@ from uuid import UUID
 
 import httpx
 import pytest
-from prefect import flow
+from prefect import flow, task
 from prefect.client.orchestration import get_client
 
 from deployments.local_server import free_port
 from deployments.warm_start import aserve_warm
 from flows._response import first_response
 from flows.declare_incident import DeclareParams, declare_alert
+from flows.follow_up_sweep import FollowUpSweepParams, follow_up_sweep
 from runbook.drill import DrillStack
+from runbook.drill.faults import Fault
 from runbook.intake.outbox import read_outbox
-from runbook.models import EventKind
+from runbook.models import EventKind, Incident, Severity
+from runbook.policy import get_policy
 from runbook.store import open_store
+from tasks.pagerduty import TASK_RUN_SENDER, page_contact, pending_pages
 from tests.e2e.deploy_support import delete_runs, runs_of
 from tests.paging import paged_roles
 from tests.waiting import eventually
@@ -75,8 +81,9 @@ def _investigating_messages(stack: DrillStack) -> list[Any]:
 async def test_an_alert_pages_once_then_status_page_and_slack(warm: str, drill_env: DrillStack,
                                                               registered_deployments: dict[str, UUID]) -> None:
     """Three copies of one P0 alert at once through the intake: one incident, one page to on-call, then the status
-    page "investigating" and #incidents; the declaration is a task run of the task worker; the rest of the response
-    is a respond-p0 deployment run; a re-run of the first response and of the task pages nobody again."""
+    page "investigating" and #incidents; the declaration is a task run of the task worker, with no flow run of its
+    own (the page is a task run under it); the rest of the response is a respond-p0 deployment run; a re-run of the
+    first response and of the task pages nobody again."""
     token = drill_env.env["RUNBOOK_INTAKE_TOKEN"]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=warm, timeout=60) as client:
@@ -111,6 +118,12 @@ async def test_an_alert_pages_once_then_status_page_and_slack(warm: str, drill_e
     assert len(_investigating_messages(drill_env)) == 1
     respond_runs = await runs_of(registered_deployments["respond-p0"])
     assert [r.parameters["params"]["incident_id"] for r in respond_runs].count(incident.id) == 1
+    paged = next(e for e in timeline if e.kind == EventKind.PAGED)
+    assert paged.flow_run_id is None, paged  # declared in the task run itself: no nested flow run before the page
+    async with get_client() as prefect:
+        page_run = await prefect.read_task_run(UUID(paged.provenance["task_run_id"]))
+    assert page_run.name.startswith("page_contact") and page_run.flow_run_id is None, page_run
+    assert {p.id for p in page_run.task_inputs["__parents__"]} & set(task_runs), page_run.task_inputs
 
     @flow(name="first-response-again")
     async def again() -> None:
@@ -124,3 +137,45 @@ async def test_an_alert_pages_once_then_status_page_and_slack(warm: str, drill_e
     assert len(_investigating_messages(drill_env)) == 1
     respond_runs = await runs_of(registered_deployments["respond-p0"])
     assert [r.parameters["params"]["incident_id"] for r in respond_runs].count(incident.id) == 1
+
+
+@task(name="pages-in-the-background")
+async def pages_in_a_task(incident: Incident) -> None:
+    """Page on-call from a task run outside any flow run, as the warm path's declare-alert does."""
+    await page_contact(incident, get_policy().chain()[0])
+
+
+async def test_a_page_left_pending_by_a_dead_background_task_is_sent_by_the_sweep(drill_env: DrillStack) -> None:
+    """The warm path pages from a task run with no flow run: its pending page names that task run as its sender.
+    While the task run lives (PagerDuty hanging) the follow-up sweep leaves the page to it; once it is killed the
+    next sweep finds it over in Prefect and sends the page, once."""
+    async with open_store() as store:
+        incident, _ = await store.declare(Incident(title="Permits down", severity=Severity.P0,
+                                                   fingerprint="warm-sender-dies"))
+    drill_env.pagerduty.inject(Fault.hang(seconds=120, times=1))
+    sender = asyncio.create_task(pages_in_a_task(incident))
+    try:
+        await eventually(lambda: drill_env.pagerduty.requests_to("/v2/enqueue"), "the page to reach PagerDuty")
+        [pending] = await pending_pages(incident.id)
+        assert pending["state"] == "in-flight" and pending["sender_run_id"].startswith(TASK_RUN_SENDER), pending
+        alive = await follow_up_sweep(FollowUpSweepParams(lookback_days=1))
+        assert alive.pages_sent == [] and len(drill_env.pagerduty.requests_to("/v2/enqueue")) == 1
+    finally:
+        sender.cancel()  # the task run dies with its page in flight
+        with contextlib.suppress(asyncio.CancelledError, BaseException):
+            await sender
+    drill_env.pagerduty.clear_faults()
+
+    async def sender_over() -> bool:
+        async with get_client() as client:
+            run = await client.read_task_run(UUID(pending["sender_run_id"].removeprefix(TASK_RUN_SENDER)))
+        return run.state is not None and run.state.is_final()
+
+    await eventually(sender_over, "the killed task run to end in Prefect")
+    outcome = await follow_up_sweep(FollowUpSweepParams(lookback_days=1))
+    assert outcome.pages_sent == [incident.id]
+    assert drill_env.pagerduty.alert(incident.id) is not None and await pending_pages(incident.id) == []
+    again = await follow_up_sweep(FollowUpSweepParams(lookback_days=1))
+    assert again.pages_sent == []
+    async with open_store() as store:
+        assert len(await store.timeline(incident.id, kind=EventKind.PAGED)) == 1

@@ -5,10 +5,16 @@
 The intake (runbook/intake/, built here with `start=start_warm`) hands each accepted alert to
 `flows.declare_incident.declare_alert.delay(...)`: a task run in Prefect (Scheduled), pushed over the server's
 websocket to the task worker of this process, which runs it at once in a warm Python process: no deployment poll
-interval and no process start before the page. The task runs the declare-incident flow (a flow run under the task
-run, as in the UI before): dedupe by fingerprint, record, page on-call and announce "investigating" (status page,
-#incidents: `flows._response.first_response`), then start the rest of the response (respond-<severity>) as a
-deployment run, whose page and first announcement find themselves made (dedup keys) and are not repeated.
+interval and no process start before the page. The task run declares the alert itself (declare-incident's body, no
+flow run of its own: that cost API calls before the page), its steps task runs under it in the UI: dedupe by
+fingerprint, record, page on-call and announce "investigating" (status page, #incidents:
+`flows._response.first_response`), then start the rest of the response (respond-<severity>) as a deployment run,
+whose page and first announcement find themselves made (dedup keys) and are not repeated. A page the task run
+leaves pending (the process died) names it as its sender: the follow-up sweep sends it once the run is over.
+
+Per alert, what Prefect costs on this path is kept down (bench/alert_latency.py measures it, CPU included): one
+Prefect client for the process (not one, with its TLS context, per alert and per task run), and the task run is
+submitted without the intake's serialized run context (see `submit_background`).
 
 The task's parameters travel through Prefect's result storage: the intake and the task worker must share it
 (PREFECT_LOCAL_STORAGE_PATH; both in this process here). SIGINT/SIGTERM stop the worker (a task run in flight is

@@ -90,6 +90,10 @@ class ReconcileOutcome(BaseModel):
         return not self.drifts
 
 
+# PagerDuty REST reads of one reconcile run (every 5 minutes: at most 24 a minute, beside its limit of 960).
+PAGE_READS_PER_RUN = 120
+
+
 @task(name="list_incidents_to_reconcile", retries=0, cache_policy=NO_CACHE)
 async def list_incidents_to_reconcile(since: datetime) -> list[tuple[Incident, list[TimelineEvent]]]:
     """Return this environment's incidents declared since a time and every open one, each with its timeline."""
@@ -186,9 +190,20 @@ def find_drift(incidents: list[tuple[Incident, list[TimelineEvent]]], page: dict
 
 
 async def _page_drift(pages: dict[str, list[str]], out: ReconcileOutcome) -> list[Drift]:
-    """Return the pages PagerDuty shows open for resolved incidents (read through the REST API)."""
+    """Return the pages PagerDuty shows open for resolved incidents (read through the REST API).
+
+    Newest incident first, at most PAGE_READS_PER_RUN pages a run: PagerDuty's REST API allows 960 requests a
+    minute per key, shared with the escalations' acknowledgement polls; every incident is read in each run while it
+    is among the newest, and the older ones left are named in not_checked."""
     drifts: list[Drift] = []
-    for incident_id, keys in pages.items():
+    budget = PAGE_READS_PER_RUN
+    newest_first = list(reversed(pages.items()))  # pages is in declaration order
+    for n, (incident_id, keys) in enumerate(newest_first):
+        if len(keys) > budget:
+            out.not_checked.append(f"pagerduty: the pages of {len(newest_first) - n} older resolved incident(s) not "
+                                   f"read this run (at most {PAGE_READS_PER_RUN} reads a run)")
+            break
+        budget -= len(keys)
         statuses = await _read("pagerduty", out, read_page_statuses(keys))
         if statuses is None:
             break

@@ -144,3 +144,28 @@ async def test_a_component_left_degraded_is_restored_unless_an_open_incident_exp
     assert drift.kind == "component_degraded" and drift.target == "payments" and drift.incident_id is None
     assert drift.repaired and drill_env.statuspage.component_status("payments") == "operational"
     assert drill_env.statuspage.component_status("auth") == "partial_outage"
+
+
+async def test_a_run_reads_at_most_its_budget_of_pages_newest_first(drill_env: DrillStack) -> None:
+    """With more resolved incidents' pages in the lookback than one run may read in PagerDuty (its REST API allows
+    960 requests a minute, shared with the escalations), the run reads the newest first, finds the newest one's page
+    left open, stops at its budget and names what it did not read; PagerDuty never refuses it."""
+    from flows.reconcile import PAGE_READS_PER_RUN
+
+    old = []
+    for n in range(PAGE_READS_PER_RUN + 5):
+        inc = await _declare(f"Old incident {n}", Severity.P2, "performance", age=timedelta(hours=2, seconds=-n))
+        async with open_store() as store:
+            await store.append_event(inc.id, TimelineEvent(kind=EventKind.PAGED, actor="runbook", summary="Paged",
+                                                           details={"dedup_key": inc.id, "role": "on-call"}))
+        old.append(await _resolve(inc.id))
+    newest = await _declare("API latency", Severity.P1, "performance")
+    await page_contact(newest, Policy().chain()[0])
+    await _resolve(newest.id)
+    before = len([r for r in drill_env.pagerduty.requests if r.method == "GET" and r.path == "/incidents"])
+    with use_clock(ManualClock(utcnow() + LATER)):
+        out, _ = await _run(dry_run=True)
+    reads = [r for r in drill_env.pagerduty.requests if r.method == "GET" and r.path == "/incidents"][before:]
+    assert [d.target for d in out.drifts if d.kind == "pagerduty_open"] == [newest.id]
+    assert len(reads) == PAGE_READS_PER_RUN and all(r.status == 200 for r in reads), len(reads)
+    assert any("6 older resolved incident(s) not read" in line for line in out.not_checked), out.not_checked

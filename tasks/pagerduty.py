@@ -9,7 +9,7 @@ doubling to 5 min, on the runbook clock); the response goes on. `pending_pages` 
 and unacknowledged, and `resend_pending_pages` (a re-run or a sweep) sends them now. A page whose sender crashed is
 due once it has had no news for longer than the page task's limit. The dedup_key keeps it single in PagerDuty, and
 a page already recorded sent is not recorded twice. While a page is not delivered, #incidents is told so (once per
-page, on its first failed try) and again when it lands.
+page: at its third retry, or when its retries give up, whichever comes first) and again when it lands.
 
 A pending page is for an open, unacknowledged incident only: once the incident is resolved (or acknowledged) it is
 not sent any more, by any sender (the retry loop of the page itself stops at its next retry), and the timeline says
@@ -193,6 +193,8 @@ def _retry_note(incident_id: str, key: str, who: str) -> RetryHook:
         why = await _withdrawn(incident_id)
         if why is not None:
             raise PageWithdrawn(why)
+        if attempt >= TELL_AT_RETRY:
+            await _tell_not_delivered(incident_id, key, who, error)
         if attempt == 1 or attempt % 5 == 0:
             await record(incident_id, EventKind.NOTE,
                          f"Page to {who} still pending: {error}; retrying in {delay:.0f}s (attempt {attempt})",
@@ -241,10 +243,7 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
                      f"Page to {who} NOT delivered, still pending: {exc}; next try in {wait:.0f}s",
                      {"dedup_key": key, "page_failed": True, "status": exc.status, "failures": failures,
                       "retry_at": retry_at.isoformat(), "clock_at": _now()}, actor="pagerduty")
-        if failures == 1:
-            await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} NOT delivered: {exc}. It stays "
-                                  "pending and is tried again until PagerDuty takes it or someone acknowledges; "
-                                  f"reach {who} directly meanwhile.", delivered=False)
+        await _tell_not_delivered(incident_id, key, who, exc)
         if raise_refused and not isinstance(exc, TransientError):
             raise
         return {"sent": False, "pending": True, "dedup_key": key, "error": str(exc), "retry_at": retry_at}
@@ -257,15 +256,35 @@ async def _send_page(incident_id: str, page: dict[str, Any], *, policy: RetryPol
         {"dedup_key": key, "role": page.get("role"), "name": page.get("name"), "status": result.status},
         actor="pagerduty",
     )
-    if int(page.get("failures") or 0) > 0:
-        await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} delivered now, after "
-                              f"{page['failures']} failed tries.", delivered=True)
+    if await _told(incident_id, key):
+        failed = int(page.get("failures") or 0)
+        await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} delivered now"
+                              + (f", after {failed} failed tries." if failed else "."), delivered=True)
     await _resolve_if_resolved(incident_id, key, who)
     return {"sent": True, "dedup_key": key, "status": result.status}
 
 
 # Telling #incidents that a page is not delivered must not hold the page's own retries (Slack down as well).
 TELL_TIMEOUT_S = 30.0
+
+
+# While the page's own retries go on (minutes), #incidents hears that it is not delivered from this retry on.
+TELL_AT_RETRY = 3
+
+
+async def _told(incident_id: str, key: str) -> bool:
+    """Whether #incidents was told that this page is not delivered."""
+    async with open_store() as store:
+        return any(e.details.get("page") == key and e.details.get("page_delivered") is False
+                   for e in await store.timeline(incident_id, kind=EventKind.SLACK))
+
+
+async def _tell_not_delivered(incident_id: str, key: str, who: str, error: IntegrationError) -> None:
+    """Tell #incidents once per page that it is not delivered, still pending, and whom to reach meanwhile."""
+    if not await _told(incident_id, key):
+        await _tell_incidents(incident_id, key, f"Page to {who} for {incident_id} NOT delivered: {error}. It stays "
+                              "pending and is tried again until PagerDuty takes it or someone acknowledges; "
+                              f"reach {who} directly meanwhile.", delivered=False)
 
 
 async def _tell_incidents(incident_id: str, key: str, text: str, *, delivered: bool) -> None:

@@ -160,3 +160,23 @@ async def test_the_sweep_closes_the_pending_page_of_a_resolved_incident(incident
     assert outcome.pages_sent == [] and await pending_pages(incident.id) == []
     assert drill_env.pagerduty.alert(incident.id) is None
     assert (await _page_notes(incident.id))[-1] == RESOLVED_FIRST
+
+
+async def test_a_page_still_being_retried_is_said_in_incidents_before_the_retries_give_up(
+        incident: Incident, drill_env: DrillStack) -> None:
+    """PagerDuty throttles; while the page's own retry loop goes on (minutes), #incidents hears at its third retry
+    that the page is not delivered, once; when PagerDuty takes it, that it was delivered."""
+    drill_env.pagerduty.inject(Fault.rate_limit(retry_after=1, times=None))
+    sender = asyncio.create_task(page_contact.fn(incident, _oncall()))
+
+    def notices() -> list[str]:
+        return [m["text"] for m in drill_env.slack.messages("#incidents") if "NOT delivered" in m["text"]]
+
+    await eventually(notices, "#incidents to hear that the page is not delivered")
+    assert not sender.done() and (await pending_pages(incident.id))[0]["state"] == "in-flight"
+    await eventually(lambda: _triggers(drill_env, incident.id) >= 5, "two more retries")
+    drill_env.pagerduty.clear_faults()
+    assert (await asyncio.wait_for(sender, timeout=60))["sent"] is True
+    assert len(notices()) == 1
+    assert [m["text"] for m in drill_env.slack.messages("#incidents") if "delivered now" in m["text"]] == [
+        f"Page to On-Call Engineer (Dana) for {incident.id} delivered now."]

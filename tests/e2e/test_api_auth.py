@@ -212,7 +212,7 @@ async def _declare(state: Path, title: str) -> str:
 def test_runbook_up_runs_its_server_with_a_private_key_on_loopback(tmp_path: Path) -> None:
     """`runbook up`: its server binds to 127.0.0.1 and answers 401 without the key it generated into the state dir
     (0600); its banner says where the key is, never the key; `runbook resolve` from the same state dir reaches it
-    with only PREFECT_API_URL set; after a restart the same key works; no output or log holds it."""
+    with only PREFECT_API_URL set; no output or log holds it."""
     state = tmp_path / "state"
     outputs: list[str] = []
     proc = _start_up(state)
@@ -240,13 +240,8 @@ def test_runbook_up_runs_its_server_with_a_private_key_on_loopback(tmp_path: Pat
             done.stdout + done.stderr
         outputs.append(_stop(proc))
         assert proc.returncode == 0, outputs[-1][-2000:]
-        # the same state dir: the same key, and it still opens the server
-        proc = _start_up(state)
-        outputs.append(_until_ready(proc))
-        assert key_file.read_text().strip() == key
-        port = int(re.search(r"Prefect UI: +http://127\.0\.0\.1:(\d+)", outputs[-1])[1])  # type: ignore[index]
-        assert httpx.post(f"http://127.0.0.1:{port}/api/block_documents/filter", json={}, timeout=10,
-                          headers=api_headers(key)).status_code == 200
+        # a restart on the same state dir keeps the key: test_deployments' `runbook up` starts on a state dir whose
+        # key exists and is served with it (one start fewer here)
     finally:
         outputs.append(_stop(proc))
     token = key.split(":", 1)[1]

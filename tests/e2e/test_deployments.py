@@ -25,7 +25,7 @@ from prefect import Flow
 from prefect.deployments.flow_runs import arun_deployment
 from pydantic import BaseModel
 
-from deployments.local_server import LocalPrefectServer, api_headers, prefect_command
+from deployments.local_server import LocalPrefectServer, api_auth_string, api_headers, prefect_command
 from deployments.serve import PROJECT_DIR, DeploymentSpec, build_schedule, load_flow, read_specs
 from runbook.errors import ConfigError
 from runbook.store import open_store
@@ -241,14 +241,18 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.mark.slow
 def test_runbook_up_serves_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    """`runbook up` says ready (with links) once every deployment is; Ctrl-C mid-run cancels it and leaves nothing."""
+    """`runbook up` says ready (with links) once every deployment is; Ctrl-C mid-run cancels it and leaves nothing.
+    Its state dir holds the key of an earlier start: the server requires that key (kept across restarts)."""
     state = tmp_path / "up-state"
+    earlier = api_auth_string(state / "api-auth")
     proc = start_runbook_up(state)
     try:
         output = read_until_ready(proc)
         ui = re.search(r"Prefect UI: +(http://127\.0\.0\.1:\d+)", output)
         key = up_key(state)
         assert ui and f"ready: {len(BY_NAME)} deployments served" in output, output
+        assert key == earlier and earlier.split(":", 1)[1] not in output  # the earlier start's key, never printed
+        assert httpx.post(f"{ui[1]}/api/block_documents/filter", json={}, timeout=10).status_code == 401
         assert f"{ui[1]}/deployments" in output and f"{ui[1]}/artifacts" in output and "state=Paused" in output
         found = api_post(ui[1], key, "/deployments/filter", {"limit": 200})
         assert {d["name"] for d in found} == set(BY_NAME) and {d["status"] for d in found} == {"READY"}

@@ -14,10 +14,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
-import stripe as stripe_sdk
 from pydantic import BaseModel, Field, SecretStr
 
 from runbook.clients._http import (
@@ -44,6 +43,9 @@ from runbook.errors import (
     TransientError,
 )
 from runbook.settings import Settings, fingerprint
+
+if TYPE_CHECKING:  # the SDK is imported where it is used: an entrypoint that never calls Stripe skips it
+    import stripe as stripe_sdk
 
 VENDOR = "stripe"
 APP = "app webhook"
@@ -143,6 +145,8 @@ def _header(headers: Any, name: str) -> str | None:
 
 def translate_stripe_error(exc: stripe_sdk.StripeError, operation: str, redact: Redactor) -> IntegrationError:
     """Translate an SDK error into the runbook's hierarchy (message from Stripe's code/message, redacted)."""
+    import stripe as stripe_sdk
+
     status = exc.http_status
     kind = getattr(exc.error, "type", None) if exc.error else None
     code = exc.code or kind
@@ -199,6 +203,8 @@ class StripeClient:
     ) -> StripeClient:
         """Build from settings; NotConfigured names RUNBOOK_STRIPE_SECRET_KEY when unset."""
         require(VENDOR, settings, "stripe_secret_key")
+        import stripe as stripe_sdk
+
         sdk_http = stripe_sdk.HTTPXClient(timeout=policy.timeout())
         sdk = stripe_sdk.StripeClient(
             secret_value(settings.stripe_secret_key),
@@ -218,6 +224,8 @@ class StripeClient:
         )
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]], *, read: bool = True) -> T:
+        import stripe as stripe_sdk
+
         async def once() -> T:
             try:
                 return await call()
@@ -363,6 +371,8 @@ class StripeClient:
         secret = secret_value(self._webhook_secret)
         if not secret:
             raise NotConfigured(VENDOR, "RUNBOOK_STRIPE_WEBHOOK_SECRET")
+        import stripe as stripe_sdk
+
         return stripe_sdk.WebhookSignature.generate_signature_header(payload, secret)
 
     def _target(self, url: str | None) -> str:

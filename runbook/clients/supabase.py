@@ -14,13 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import asyncpg
 import httpx
-from postgrest import APIError
 from pydantic import BaseModel, Field, SecretStr
-from supabase import AsyncClientOptions, acreate_client
 
 from runbook.clients._http import (
     DEFAULT_POLICY,
@@ -47,6 +44,9 @@ from runbook.errors import (
     TransientError,
 )
 from runbook.settings import ENV_PREFIX, Settings
+
+if TYPE_CHECKING:  # the SDKs are imported where they are used: an entrypoint that never calls Supabase skips them
+    import asyncpg
 
 VENDOR = "supabase"
 T = TypeVar("T")
@@ -127,6 +127,8 @@ class SupabaseRest:
 
     async def _supabase(self) -> Any:
         if self._client is None:
+            from supabase import AsyncClientOptions, acreate_client
+
             options = AsyncClientOptions(
                 httpx_client=self._http,
                 postgrest_client_retry=False,  # retries are ours
@@ -142,6 +144,7 @@ class SupabaseRest:
             raise InputError(f"not a table name: {table[:40]!r}")
         operation = f"count {table}"
         client = await self._supabase()
+        from postgrest import APIError
 
         async def once() -> int | None:
             self._last = None
@@ -283,6 +286,8 @@ where backend_type = 'client backend' and pid <> pg_backend_pid() and state = 'a
 
 def translate_db_error(exc: BaseException, operation: str, redact: Redactor) -> IntegrationError:
     """Translate an asyncpg/OS error into the runbook's hierarchy (the DSN and its password never shown)."""
+    import asyncpg
+
     vendor = "supabase db"
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return AuthError(vendor, operation, redact(str(exc))[:200])
@@ -342,6 +347,8 @@ class SupabaseDatabase:
         )
 
     async def _connect(self) -> asyncpg.Connection:
+        import asyncpg
+
         return await asyncpg.connect(
             self._dsn.get_secret_value(),
             timeout=self.policy.connect_timeout,
@@ -351,6 +358,7 @@ class SupabaseDatabase:
 
     async def run(self, operation: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Open a connection, run `work(conn)`, close; retried on connection-level failures."""
+        import asyncpg
 
         async def once() -> T:
             try:
@@ -502,6 +510,8 @@ async def _long_queries(conn: asyncpg.Connection, seconds: float, max_chars: int
 async def _mean_query_ms(
     conn: asyncpg.Connection,
 ) -> tuple[float | None, Literal["pg_stat_statements", "pg_stat_activity"]]:
+    import asyncpg
+
     has_statements = await conn.fetchval(
         "select exists(select 1 from pg_extension where extname = 'pg_stat_statements')"
     )

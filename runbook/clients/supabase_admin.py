@@ -23,16 +23,18 @@ import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import asyncpg
 from pydantic import BaseModel, Field, SecretStr
 
 from runbook.clients._http import DEFAULT_POLICY, Redactor, RetryPolicy, require, settings_secrets
 from runbook.clients.supabase import SupabaseDatabase, parse_version, translate_db_error
 from runbook.errors import InputError, PlanChanged, RequestRejected, UnsafeOperation
 from runbook.settings import Settings
+
+if TYPE_CHECKING:  # imported where it is used: an entrypoint that never writes to the database skips it
+    import asyncpg
 
 VENDOR = "supabase db"
 FLAG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -149,6 +151,8 @@ class SupabaseAdmin:
 
     async def _write(self, operation: str, work: Any) -> Any:
         """Connect (connection failures retried by the reader's policy) and run `work(conn)` exactly once."""
+        import asyncpg
+
         try:
             conn = await asyncpg.connect(
                 self._dsn.get_secret_value(),

@@ -153,9 +153,9 @@ def _run(args: argparse.Namespace, home: Path) -> None:
             for k, v in timings.items():
                 found[k].append(v)
         asyncio.run(_delete_scheduled())
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # the last runs' log lines reach the server before it stops
+        APILogWorker.drain_all(timeout=5)  # the last runs' log lines reach the server before it stops
         print(f"breach on cycle {args.breach_cycles} ({args.scenario}): cycle measured → page {_stats(found['page'])}",
               flush=True)
         print(f"  breakdown (p50, from the measurement's end): declare-incident run created {_p50(found['created'])},"

@@ -76,7 +76,7 @@ class PagerDutyStandIn(StandIn):
         self._changed = threading.Condition(self._lock)  # deliveries and state changes, waited for by tests
         self.routing_key = routing_key
         self.api_token = api_token
-        self.rest_limit = rest_limit  # requests per minute per key, as the REST API allows
+        self.rest_limit = self._rest_limit = rest_limit  # requests per minute per key, as the REST API allows
         self.events_limit = self._events_limit = events_limit  # Events API v2: ~120 a minute per routing key
         self.events_clock: Callable[[], float] = time.monotonic
         self._events_window: dict[str, list[float]] = {}
@@ -98,7 +98,7 @@ class PagerDutyStandIn(StandIn):
         """Forget every alert, incident, event and delivery (the subscription stays, as in an account)."""
         with self._changed:
             self.alerts, self.incidents, self.events, self.deliveries = [], [], [], []
-            self._rest_window = []
+            self._rest_window, self.rest_limit = [], self._rest_limit  # a test's lowered limit ends with it
             self._events_window, self.events_limit, self.events_clock = {}, self._events_limit, time.monotonic
             self.users = {ONCALL_USER["id"]: dict(ONCALL_USER)}
             if self.subscription is not None:

@@ -201,3 +201,11 @@ def test_status_pages_speak_statuspage_and_stripe_formats(stack: DrillStack, htt
     stripe_status = http.get(f"{pages['stripe']}/current").json()
     assert vercel["status"]["indicator"] == "minor" and supabase["status"]["indicator"] == "none"
     assert stripe_status["largestatus"] == "up" and stripe_status["statuses"]["webhooks"] == "up"
+
+
+def test_pagerduty_reset_restores_the_rest_limit(stack: DrillStack) -> None:
+    """A test that lowers the REST API's per-minute limit (to see a 429) leaves it lowered for no later test: the
+    stand-in's reset puts the documented 960 back (the suite's later PagerDuty reads were refused at random)."""
+    stack.pagerduty.rest_limit = 1
+    stack.reset()
+    assert stack.pagerduty.rest_limit == 960

@@ -112,7 +112,7 @@ async def test_a_burst_past_a_stricter_limit_backs_off_without_retry_after(drill
     assert throttled.response_json() == {"message": "Rate limit exceeded"}
     assert not {"retry-after", "x-ratelimit-reset", "ratelimit-reset"} & set(throttled.response_headers)
     assert clock.sleeps[:2] == [1.0, 1.0] and len(clock.sleeps) == 3  # paced, then one backoff (the pacer agreed)
-    assert 1.0 <= clock.sleeps[2] <= 2.0
+    assert sum(clock.sleeps) >= 3.0  # the retry went out once the 3 s rolling window had room for it (and landed)
     assert drill.statuspage.component_status("app") == "degraded_performance"
     assert_conforms(VENDOR, recorder.exchanges)
 
